@@ -1,0 +1,62 @@
+# packer: `make help` lists the targets.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SAMPLE ?= sample
+MANIFEST ?=
+OCR ?=
+OUT ?= Step_3
+WORKERS ?= $(shell nproc 2>/dev/null || echo 1)
+LIMIT ?=
+PACK_FLAGS ?=
+
+.PHONY: help install pilot pack test lint clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@echo "  variables: MANIFEST=... OCR=... OUT=Step_3 WORKERS=$(WORKERS) LIMIT=N PACK_FLAGS='...'"
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	@# pillow-simd needs the JPEG, zlib and WebP headers; install them when we are root and they are missing.
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && ! dpkg -s libwebp-dev >/dev/null 2>&1; then \
+		apt-get install -y -q --no-install-recommends libjpeg62-turbo-dev zlib1g-dev libwebp-dev >/dev/null 2>&1 \
+		|| echo "note: could not install image headers; pillow-simd may lack WebP"; fi
+	$(PY) -m pip install -q -e '.[dev,simd]' || { \
+		echo "pillow-simd could not be built here: falling back to plain Pillow"; \
+		$(PY) -m pip install -q -e '.[dev,pillow]'; }
+	@$(PY) -c "import PIL; from PIL import features; print('imaging:', PIL.__version__, '(webp:', features.check('webp'), ')')"
+	touch $@
+
+install: $(VENV)/.installed ## make .venv and install packer with its dependencies (pillow-simd, else Pillow)
+
+$(SAMPLE)/Step_2/data_manifest.jsonl: scripts/make_sample_data.py | $(VENV)/.installed
+	$(PY) scripts/make_sample_data.py --out $(SAMPLE)/Step_2
+
+pilot: $(VENV)/.installed ## pack a pilot (the built-in sample data unless MANIFEST=... is given)
+ifeq ($(MANIFEST),)
+	$(MAKE) --no-print-directory $(SAMPLE)/Step_2/data_manifest.jsonl
+	$(PY) -m packer --manifest $(SAMPLE)/Step_2/data_manifest.jsonl --ocr $(SAMPLE)/Step_2/ocr.jsonl \
+		--output-dir $(SAMPLE)/Step_3/shards --label-taxonomy $(SAMPLE)/Step_3/label_taxonomy.json \
+		--splits $(SAMPLE)/Step_3/splits.json --workers $(WORKERS) --include-diagnostics $(PACK_FLAGS)
+else
+	$(PY) -m packer --manifest $(MANIFEST) $(if $(OCR),--ocr $(OCR)) --output-dir $(OUT)/shards \
+		--label-taxonomy $(OUT)/label_taxonomy.json --splits $(OUT)/splits.json --workers $(WORKERS) \
+		--examples-limit $(or $(LIMIT),5000) $(PACK_FLAGS)
+endif
+
+pack: $(VENV)/.installed ## pack everything: make pack MANIFEST=Step_2/data_manifest.jsonl OCR=Step_2/ocr.jsonl OUT=Step_3
+	@test -n "$(MANIFEST)" || { echo "usage: make pack MANIFEST=Step_2/data_manifest.jsonl OCR=Step_2/ocr.jsonl OUT=Step_3"; exit 2; }
+	$(PY) -m packer --manifest $(MANIFEST) $(if $(OCR),--ocr $(OCR)) --output-dir $(OUT)/shards \
+		--label-taxonomy $(OUT)/label_taxonomy.json --splits $(OUT)/splits.json --workers $(WORKERS) \
+		$(if $(LIMIT),--examples-limit $(LIMIT)) $(PACK_FLAGS)
+
+test: $(VENV)/.installed ## run the test suite
+	$(PY) -m pytest -q
+
+lint: $(VENV)/.installed ## ruff
+	$(VENV)/bin/ruff check packer tests scripts
+
+clean: ## remove the venv, the sample data and caches
+	rm -rf $(VENV) $(SAMPLE) .pytest_cache .ruff_cache *.egg-info

@@ -1,0 +1,198 @@
+"""The one frozen run configuration and the label taxonomy file's validation."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+UNIFIED_FIELDS = ("abuse_hate", "offensive", "target_type", "target_group")
+# target_type is computed last: its rules may look at the other three unified labels.
+LABEL_ORDER = ("abuse_hate", "offensive", "target_group", "target_type")
+TARGET_TYPES = ("none", "individual", "group", "other")
+SPLITS = ("train", "val", "test")
+DIAGNOSTICS = "diagnostics"
+RAW_KINDS = ("scalar", "list", "annotators")
+AUX_TYPES = ("int", "str", "list[int]", "list[str]", "list[list[int]]")
+
+
+class InputError(Exception):
+    """Bad input or usage: the run stops with exit code 2 and writes nothing."""
+
+
+@dataclass(frozen=True)
+class PackConfig:
+    manifest: Path
+    ocr: Path | None
+    output_dir: Path
+    label_taxonomy: Path
+    splits: Path
+    stats: Path
+    examples_limit: int | None = None
+    workers: int = 1
+    include_diagnostics: bool = False
+    keep_unlabelled: bool = False
+    shard_maxcount: int = 5000
+    shard_maxsize: int = 1_000_000_000
+    image_size: int = 384
+    jpeg_quality: int = 95
+    ocr_min_conf: float = 0.5
+    max_image_pixels: int = 89_478_485
+    val_ratio: float = 0.1
+    split_ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    seed: int = 0
+    chunk_size: int = 64
+
+    @property
+    def failures_log(self) -> Path:
+        return self.stats.parent / "failures.jsonl"
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class Taxonomy:
+    """The parsed label_taxonomy.json: one block per dataset (see packer/data/label_taxonomy.json)."""
+
+    target_vocabulary: tuple[str, ...]
+    datasets: dict[str, dict[str, Any]] = field(hash=False)
+    source: str = ""
+
+    def raw_fields(self) -> dict[str, str]:
+        """Every raw field any dataset reads, with its kind (the manifest's labels_raw schema)."""
+        fields: dict[str, str] = {}
+        for block in self.datasets.values():
+            fields.update(block.get("raw_fields", {}))
+        return fields
+
+
+def default_taxonomy_text() -> str:
+    return resources.files("packer").joinpath("data/label_taxonomy.json").read_text(encoding="utf-8")
+
+
+def load_taxonomy(path: Path | None) -> Taxonomy:
+    """Read and validate a taxonomy file; `None` reads the packaged default."""
+    source = "packer/data/label_taxonomy.json" if path is None else str(path)
+    text = default_taxonomy_text() if path is None else path.read_text(encoding="utf-8")
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{source}: line {exc.lineno}: not valid JSON: {exc.msg}") from None
+    return validate_taxonomy(doc, source)
+
+
+def validate_taxonomy(doc: Any, source: str) -> Taxonomy:
+    def fail(where: str, msg: str) -> InputError:
+        return InputError(f"{source}: {where}: {msg}")
+
+    if not isinstance(doc, dict) or not isinstance(doc.get("datasets"), dict):
+        raise fail("top level", "needs an object with a 'datasets' object")
+    vocab = doc.get("target_vocabulary")
+    if not isinstance(vocab, list) or not all(isinstance(v, str) for v in vocab) or "other" not in vocab:
+        raise fail("target_vocabulary", "needs a list of strings including 'other'")
+    raw_kinds: dict[str, tuple[str, str]] = {}
+    for name, block in doc["datasets"].items():
+        where = f"datasets.{name}"
+        if not isinstance(block, dict):
+            raise fail(where, "must be an object")
+        raw = block.get("raw_fields", {})
+        if not isinstance(raw, dict):
+            raise fail(f"{where}.raw_fields", "must be an object of field -> kind")
+        for fname, kind in raw.items():
+            if kind not in RAW_KINDS:
+                raise fail(f"{where}.raw_fields.{fname}", f"kind {kind!r} is not one of {RAW_KINDS}")
+            if fname in raw_kinds and raw_kinds[fname][0] != kind:
+                other = raw_kinds[fname][1]
+                raise fail(f"{where}.raw_fields.{fname}", f"kind {kind!r} conflicts with {other!r}")
+            raw_kinds[fname] = (kind, name)
+        splits = block.get("splits", {})
+        if not isinstance(splits, dict) or any(k not in SPLITS for k in splits):
+            raise fail(f"{where}.splits", f"keys must be among {SPLITS}")
+        sources = [s for names in splits.values() for s in names]
+        if len(sources) != len(set(sources)):
+            raise fail(f"{where}.splits", "a source split is listed twice")
+        carve = block.get("carve_val_from")
+        if carve is not None and carve not in splits.get("train", []):
+            raise fail(f"{where}.carve_val_from", "must name a source split mapped to train")
+        labels = block.get("labels")
+        if not isinstance(labels, dict) or set(labels) != set(UNIFIED_FIELDS):
+            raise fail(f"{where}.labels", f"needs exactly the fields {UNIFIED_FIELDS}")
+        for lname, rule in labels.items():
+            _check_rule(rule, raw, f"{where}.labels.{lname}", lname, set(vocab), fail)
+        aux = block.get("aux", {})
+        if not isinstance(aux, dict):
+            raise fail(f"{where}.aux", "must be an object")
+        _check_aux(aux, raw, f"{where}.aux", fail)
+    return Taxonomy(tuple(vocab), doc["datasets"], source)
+
+
+def _fields_of(spec: Any) -> list[str]:
+    return spec if isinstance(spec, list) else [spec]
+
+
+def _check_values(values: Any, lname: str, vocab: set[str], where: str, fail) -> None:
+    for value in values:
+        if value is None:
+            continue
+        if lname in ("abuse_hate", "offensive") and value not in (0, 1):
+            raise fail(where, f"{lname} values must be 0, 1 or null, not {value!r}")
+        if lname == "target_type" and value not in TARGET_TYPES:
+            raise fail(where, f"target_type values must be among {TARGET_TYPES}, not {value!r}")
+        if lname == "target_group":
+            groups = value if isinstance(value, list) else [value]
+            bad = [g for g in groups if g not in vocab]
+            if bad:
+                raise fail(where, f"{bad} not in target_vocabulary")
+
+
+def _check_rule(rule: Any, raw: dict, where: str, lname: str, vocab: set[str], fail) -> None:
+    if rule is None:
+        return
+    if not isinstance(rule, dict):
+        raise fail(where, "a rule is null or an object")
+    if "cases" in rule:
+        for i, case in enumerate(rule["cases"]):
+            for cond in case.get("when", []):
+                names = [cond[k] for k in ("field", "vote") if k in cond]
+                _need_raw(names, raw, f"{where}.cases[{i}]", fail)
+                if "label" in cond and LABEL_ORDER.index(cond["label"]) >= LABEL_ORDER.index(lname):
+                    raise fail(f"{where}.cases[{i}]", f"{cond['label']} is not computed before {lname}")
+            then = case.get("then")
+            if isinstance(then, dict):
+                _check_rule(then, raw, f"{where}.cases[{i}].then", lname, vocab, fail)
+            else:
+                _check_values([then], lname, vocab, f"{where}.cases[{i}].then", fail)
+        _check_values([rule.get("else")], lname, vocab, f"{where}.else", fail)
+        return
+    kinds = [k for k in ("field", "vote", "vote_set", "set") if k in rule]
+    if len(kinds) != 1:
+        raise fail(where, "a rule has exactly one of field, vote, vote_set, set, cases")
+    _need_raw(_fields_of(rule[kinds[0]]), raw, where, fail)
+    if not isinstance(rule.get("map"), dict) or not all(isinstance(k, str) for k in rule["map"]):
+        raise fail(f"{where}.map", "needs an object from raw value (string) to unified value")
+    if rule.get("unknown", "fail") not in ("fail", "other"):
+        raise fail(f"{where}.unknown", "is 'fail' or 'other'")
+    _check_values(rule["map"].values(), lname, vocab, f"{where}.map", fail)
+
+
+def _need_raw(names: list[str], raw: dict, where: str, fail) -> None:
+    missing = [n for n in names if n not in raw]
+    if missing:
+        raise fail(where, f"reads {missing}, which raw_fields does not declare")
+
+
+def _check_aux(aux: dict, raw: dict, where: str, fail) -> None:
+    for name, spec in aux.items():
+        if not isinstance(spec, dict):
+            raise fail(f"{where}.{name}", "must be an object")
+        if "object" in spec:
+            _check_aux(spec["object"], raw, f"{where}.{name}.object", fail)
+            continue
+        if "field" not in spec:
+            raise fail(f"{where}.{name}", "needs 'field' or 'object'")
+        _need_raw(_fields_of(spec["field"]), raw, f"{where}.{name}", fail)
+        if spec.get("type", "str") not in AUX_TYPES:
+            raise fail(f"{where}.{name}.type", f"must be one of {AUX_TYPES}")

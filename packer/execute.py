@@ -1,0 +1,178 @@
+"""The joblib (loky) process pool: chunks of samples in, shards out.
+
+Workers encode the images of one chunk and write its tar members to a chunk file; the parent
+reads the chunk files back in plan order and cuts them into shards at --shard-maxcount /
+--shard-maxsize. Decoding runs on every core while the parent writes, and the shards do not
+depend on how many workers there were. This module and those it imports never import Polars.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from joblib import Parallel, delayed
+from tqdm import tqdm
+
+from .images import ImageFailure, encode_image, file_digest
+from .shards import ShardWriter, sample_bytes
+from .specs import ChunkResult, ChunkSpec, SampleOutcome, SampleSpec
+
+DIGEST_BATCH = 256
+
+
+@dataclass(frozen=True)
+class ImageSettings:
+    size: int
+    quality: int
+    max_pixels: int
+
+
+@dataclass
+class ShardInfo:
+    split: str
+    path: str
+    examples: int
+    bytes: int
+
+
+@dataclass
+class ExecutionResult:
+    outcomes: list[SampleOutcome] = field(default_factory=list)
+    shards: list[ShardInfo] = field(default_factory=list)
+
+
+def sample_json(spec: SampleSpec, image: dict | None) -> bytes:
+    labels = dict(spec.labels)
+    groups = labels.get("target_group")
+    if groups is not None:
+        labels["target_group"] = [g for g in groups.split("|") if g]
+    doc = {
+        "id": spec.id,
+        "key": spec.key,
+        "dataset": spec.dataset,
+        "split": spec.split,
+        "source_split": spec.source_split,
+        "labels": labels,
+        "aux": json.loads(spec.aux_json),
+        "lang": spec.lang,
+        "image": image,
+    }
+    return json.dumps(doc, ensure_ascii=False).encode("utf-8")
+
+
+def pack_chunk(chunk: ChunkSpec, chunk_path: str, settings: ImageSettings) -> ChunkResult:
+    """Worker: encode every sample of a chunk and append its tar members to `chunk_path`."""
+    outcomes = []
+    with open(chunk_path, "wb") as out:
+        for spec in chunk.samples:
+            members = {"txt": spec.text.encode("utf-8")}
+            image = None
+            if spec.image_path is not None:
+                try:
+                    encoded = encode_image(spec.image_path, settings.size, settings.quality, settings.max_pixels)
+                except ImageFailure as exc:
+                    outcomes.append(SampleOutcome(spec.id, "failed", reason=exc.reason, detail=exc.detail))
+                    continue
+                members["jpg"] = encoded.data
+                image = {"orig_width": encoded.orig_width, "orig_height": encoded.orig_height,
+                         "orig_format": encoded.orig_format}
+            members["json"] = sample_json(spec, image)
+            data = sample_bytes(spec.key, members)
+            out.write(data)
+            outcomes.append(SampleOutcome(spec.id, "packed", nbytes=len(data), image=image))
+    return ChunkResult(chunk.split, chunk.index, chunk_path, tuple(outcomes))
+
+
+def digest_batch(paths: list[str]) -> list[str | None]:
+    return [file_digest(p) for p in paths]
+
+
+def fingerprint(paths: list[str], workers: int) -> dict[str, str | None]:
+    """blake2b of each file's bytes, computed in the pool."""
+    unique = sorted(set(paths))
+    batches = [unique[i : i + DIGEST_BATCH] for i in range(0, len(unique), DIGEST_BATCH)]
+    results = Parallel(n_jobs=workers, backend="loky")(delayed(digest_batch)(b) for b in batches)
+    return {p: d for batch, digests in zip(batches, results) for p, d in zip(batch, digests)}
+
+
+class ShardCutter:
+    """Cuts one split's stream of samples into shards, in order."""
+
+    def __init__(self, directory: Path, maxcount: int, maxsize: int):
+        self.directory = directory
+        self.maxcount = maxcount
+        self.maxsize = maxsize
+        self.writer: ShardWriter | None = None
+        self.index = 0
+        self.done: list[tuple[str, int, int]] = []
+
+    def add(self, data: bytes) -> None:
+        w = self.writer
+        if w is not None and (w.count >= self.maxcount or (w.count and w.size + len(data) > self.maxsize)):
+            self.finish()
+        if self.writer is None:
+            self.writer = ShardWriter(self.directory, self.index)
+            self.index += 1
+        self.writer.add(data)
+
+    def finish(self) -> None:
+        if self.writer is not None:
+            count = self.writer.count
+            size = self.writer.close()
+            self.done.append((str(self.writer.path), count, size))
+            self.writer = None
+
+
+def _read_samples(result: ChunkResult) -> Iterator[tuple[SampleOutcome, bytes]]:
+    with open(result.path, "rb") as handle:
+        for outcome in result.outcomes:
+            if outcome.status == "packed":
+                yield outcome, handle.read(outcome.nbytes)
+
+
+def execute(
+    chunks: list[ChunkSpec], shard_root: Path, settings: ImageSettings, workers: int, maxcount: int, maxsize: int
+) -> ExecutionResult:
+    """Run every chunk through the pool and cut the results into shards per split."""
+    work_dir = shard_root / ".chunks"
+    work_dir.mkdir(parents=True, exist_ok=True)
+    result = ExecutionResult()
+    cutters: dict[str, ShardCutter] = {}
+    total = sum(len(c.samples) for c in chunks)
+    tasks = (
+        delayed(pack_chunk)(c, str(work_dir / f"{c.split}-{c.index:06d}.part"), settings) for c in chunks
+    )
+    # Results come back in submission order, so shards never depend on scheduling.
+    stream: Iterable[ChunkResult] = Parallel(
+        n_jobs=workers, backend="loky", return_as="generator", pre_dispatch="4*n_jobs"
+    )(tasks)
+    try:
+        with tqdm(total=total, unit="ex", desc="images", disable=not sys.stdout.isatty()) as bar:
+            for chunk_result in stream:
+                cutter = cutters.get(chunk_result.split)
+                if cutter is None:
+                    for other in cutters.values():
+                        other.finish()
+                    cutter = cutters[chunk_result.split] = ShardCutter(shard_root / chunk_result.split, maxcount, maxsize)
+                for _, data in _read_samples(chunk_result):
+                    cutter.add(data)
+                os.remove(chunk_result.path)
+                result.outcomes.extend(chunk_result.outcomes)
+                bar.update(len(chunk_result.outcomes))
+        for cutter in cutters.values():
+            cutter.finish()
+    finally:
+        for cutter in cutters.values():
+            if cutter.writer is not None:
+                cutter.writer.abort()
+        for leftover in work_dir.glob("*.part"):
+            leftover.unlink()
+        work_dir.rmdir()
+    for split, cutter in cutters.items():
+        result.shards.extend(ShardInfo(split, path, count, size) for path, count, size in cutter.done)
+    return result

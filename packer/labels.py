@@ -1,0 +1,280 @@
+"""Compile label_taxonomy.json into Polars expressions: raw labels -> unified labels.
+
+Every raw field arrives as a String column `raw.<field>`: scalars as their text ("1", "OFF"),
+nested values as JSON text. A rule of the taxonomy becomes a `Compiled`: the value, and the
+reasons why a row fails (a value outside the mapping) or is dropped (no majority).
+target_group travels as one string, its sorted groups joined by "|" ("" is "known: none"),
+and becomes a list only in the worker's JSON.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import reduce
+from typing import Any
+
+import polars as pl
+
+from .config import LABEL_ORDER, Taxonomy
+
+GROUP_SEP = "|"
+DROP_PREFIX = "drop:"
+ANNOTATOR_DTYPE = pl.List(pl.Struct({"label": pl.String, "target": pl.List(pl.String)}))
+AUX_DTYPES = {
+    "list[int]": pl.List(pl.Int64),
+    "list[str]": pl.List(pl.String),
+    "list[list[int]]": pl.List(pl.List(pl.Int64)),
+}
+LABEL_DTYPES = {"abuse_hate": pl.Int8, "offensive": pl.Int8, "target_type": pl.String, "target_group": pl.String}
+
+
+def raw_col(field: str) -> str:
+    return f"raw.{field}"
+
+
+@dataclass(frozen=True)
+class Compiled:
+    value: pl.Expr
+    error: pl.Expr | None = None  # String reason where the row fails, else null
+    drop: pl.Expr | None = None  # String reason where the row is dropped by policy, else null
+    other: pl.Expr | None = None  # List(String): source targets that fell back to "other"
+
+
+def encode_value(label: str, value: Any) -> Any:
+    """A taxonomy value in the internal form of its unified field."""
+    if value is None:
+        return None
+    if label == "target_group":
+        groups = value if isinstance(value, list) else [value]
+        return GROUP_SEP.join(sorted(set(groups)))
+    return value
+
+
+def first_not_null(exprs: list[pl.Expr | None]) -> pl.Expr:
+    present = [e for e in exprs if e is not None]
+    return pl.coalesce(present) if present else pl.lit(None, pl.String)
+
+
+def normalized_group_string(pieces: pl.Expr) -> pl.Expr:
+    """List of encoded group strings -> one sorted, deduplicated "|"-joined string."""
+    flat = pieces.list.join(GROUP_SEP).str.split(GROUP_SEP)
+    return flat.list.eval(pl.element().filter(pl.element() != "")).list.unique().list.sort().list.join(GROUP_SEP)
+
+
+class DatasetCompiler:
+    """Turns one dataset block of the taxonomy into expressions over the raw columns."""
+
+    def __init__(self, name: str, block: dict[str, Any], raw_kinds: dict[str, str]):
+        self.name = name
+        self.block = block
+        self.raw_kinds = raw_kinds
+        self.null_strings = block.get("null_strings", [])
+        self.is_me = pl.col("dataset") == name
+
+    # -- raw access -------------------------------------------------------
+    def scalar(self, fields: str | list[str], normalize: str | None = None) -> pl.Expr:
+        names = fields if isinstance(fields, list) else [fields]
+        expr = pl.coalesce([pl.col(raw_col(n)) for n in names])
+        if self.null_strings:
+            expr = pl.when(expr.is_in(self.null_strings)).then(None).otherwise(expr)
+        if normalize == "snake":
+            expr = expr.str.strip_chars().str.to_lowercase().str.replace_all(r"[\s\-]+", "_")
+        return expr
+
+    def json_list(self, field: str, dtype: pl.DataType) -> pl.Expr:
+        text = pl.col(raw_col(field))
+        # Decode only this dataset's well-formed lists: json_decode fails the whole frame otherwise.
+        guarded = pl.when(self.is_me & text.str.starts_with("[")).then(text)
+        return guarded.str.json_decode(dtype)
+
+    def votes(self, field: str, key: str | None) -> pl.Expr:
+        if self.raw_kinds[field] == "annotators":
+            return self.json_list(field, ANNOTATOR_DTYPE).list.eval(pl.element().struct.field(key or "label"))
+        return self.json_list(field, pl.List(pl.String))
+
+    # -- rules ------------------------------------------------------------
+    def unmapped(self, label: str, field: Any, src: pl.Expr) -> pl.Expr:
+        name = field if isinstance(field, str) else "/".join(field)
+        return pl.format(f"unmapped label {self.name}.{name}: '{{}}'", src)
+
+    def map_scalar(self, label: str, rule: dict, src: pl.Expr, field: Any) -> Compiled:
+        mapping = rule["map"]
+        keys = list(mapping)
+        dtype = LABEL_DTYPES[label]
+        value = src.replace_strict(keys, [encode_value(label, v) for v in mapping.values()], default=None, return_dtype=dtype)
+        unknown = src.is_not_null() & ~src.is_in(keys)
+        error = other = None
+        if rule.get("unknown", "fail") == "other":
+            value = pl.when(unknown).then(pl.lit("other")).otherwise(value)
+            other = pl.when(unknown).then(pl.concat_list([src]))
+        else:
+            error = pl.when(unknown).then(self.unmapped(label, field, src))
+        if "if_missing" in rule:
+            value = pl.when(src.is_null()).then(pl.lit(encode_value(label, rule["if_missing"]), dtype)).otherwise(value)
+        return Compiled(value, error=error, other=other)
+
+    def map_groups(self, rule: dict, sources: pl.Expr, field: str) -> Compiled:
+        """A list of source targets -> the encoded target_group string."""
+        mapping = rule["map"]
+        keys = list(mapping)
+        encoded = [encode_value("target_group", v) for v in mapping.values()]
+        pieces = sources.list.eval(pl.element().replace_strict(keys, encoded, default="other", return_dtype=pl.String))
+        value = normalized_group_string(pieces)
+        unknown = sources.list.eval(pl.element().filter(~pl.element().is_in(keys)))
+        if rule.get("unknown", "fail") == "other":
+            return Compiled(value, other=pl.when(unknown.list.len() > 0).then(unknown))
+        error = pl.when(unknown.list.len() > 0).then(self.unmapped("target_group", field, unknown.list.join(",")))
+        return Compiled(value, error=error)
+
+    def vote(self, label: str, rule: dict) -> Compiled:
+        field = rule["vote"]
+        ballots = self.votes(field, rule.get("key"))
+        error = None
+        if "each" in rule:
+            each = rule["each"]
+            bad = ballots.list.eval(pl.element().filter(~pl.element().is_in(list(each))))
+            error = pl.when(bad.list.len() > 0).then(self.unmapped(label, field, bad.list.join(",")))
+            ballots = ballots.list.eval(pl.element().replace_strict(list(each), list(each.values()), default=None))
+        winners = ballots.list.eval(
+            pl.element().drop_nulls().filter(pl.len().over(pl.element()) >= rule.get("min_votes", 2))
+        ).list.unique()
+        majority = pl.when(winners.list.len() == 1).then(winners.list.first())
+        mapped = self.map_scalar(label, rule, majority, field)
+        no_majority = ballots.is_not_null() & majority.is_null()
+        outcome = rule.get("no_majority")
+        drop = None
+        value = mapped.value
+        if isinstance(outcome, str) and outcome.startswith(DROP_PREFIX):
+            drop = pl.when(no_majority).then(pl.lit(outcome[len(DROP_PREFIX):]))
+        elif outcome is not None:
+            value = pl.when(no_majority).then(pl.lit(encode_value(label, outcome))).otherwise(value)
+        return Compiled(value, error=first_not_null([error, mapped.error]), drop=drop, other=mapped.other)
+
+    def vote_set(self, rule: dict) -> Compiled:
+        field = rule["vote_set"]
+        per_voter = self.json_list(field, ANNOTATOR_DTYPE).list.eval(
+            pl.element().struct.field(rule.get("key", "target")).list.unique()
+        )
+        named = per_voter.list.eval(pl.element().explode().drop_nulls())
+        chosen = named.list.eval(pl.element().filter(pl.len().over(pl.element()) >= rule.get("min_votes", 2))).list.unique()
+        return self.map_groups(rule, chosen, field)
+
+    def condition(self, cond: dict, done: dict[str, Compiled]) -> pl.Expr:
+        if "label" in cond:
+            value = done[cond["label"]].value
+            if cond.get("nonempty"):
+                return value.is_not_null() & (value != "")
+            return value.is_in([encode_value(cond["label"], v) for v in cond["in"]])
+        if "vote" in cond:
+            rule = {"vote": cond["vote"], "key": cond.get("key"), "min_votes": cond.get("min_votes", 2),
+                    "map": {v: v for v in cond["in"]}, "unknown": "other"}
+            ballots = self.votes(rule["vote"], rule["key"])
+            winners = ballots.list.eval(pl.element().filter(pl.len().over(pl.element()) >= rule["min_votes"])).list.unique()
+            return (winners.list.len() == 1) & winners.list.first().is_in(cond["in"])
+        src = self.scalar(cond["field"], cond.get("normalize"))
+        if cond.get("present"):
+            return src.is_not_null()
+        return src.is_in(cond["in"])
+
+    def cases(self, label: str, rule: dict, done: dict[str, Compiled]) -> Compiled:
+        dtype = LABEL_DTYPES[label]
+        value: Any = pl.lit(encode_value(label, rule.get("else")), dtype)
+        errors: list[pl.Expr] = []
+        taken = pl.lit(False)
+        branches = []
+        for case in rule["cases"]:
+            cond = reduce(lambda a, b: a & b, [self.condition(c, done) for c in case["when"]])
+            cond = cond.fill_null(False)
+            then = case["then"]
+            if isinstance(then, dict):
+                sub = self.compile_rule(label, then, done)
+                branches.append((cond, sub.value))
+                if sub.error is not None:
+                    errors.append(pl.when(~taken & cond).then(sub.error))
+            else:
+                branches.append((cond, pl.lit(encode_value(label, then), dtype)))
+            taken = taken | cond
+        for cond, then in reversed(branches):
+            value = pl.when(cond).then(then).otherwise(value)
+        return Compiled(value, error=first_not_null(errors) if errors else None)
+
+    def compile_rule(self, label: str, rule: Any, done: dict[str, Compiled]) -> Compiled:
+        if rule is None:
+            return Compiled(pl.lit(None, LABEL_DTYPES[label]))
+        if "cases" in rule:
+            return self.cases(label, rule, done)
+        if "vote" in rule:
+            return self.vote(label, rule)
+        if "vote_set" in rule:
+            return self.vote_set(rule)
+        if "set" in rule:
+            return self.map_groups(rule, self.json_list(rule["set"], pl.List(pl.String)), rule["set"])
+        src = self.scalar(rule["field"], rule.get("normalize"))
+        return self.map_scalar(label, rule, src, rule["field"])
+
+    def labels(self) -> dict[str, Compiled]:
+        done: dict[str, Compiled] = {}
+        for label in LABEL_ORDER:
+            done[label] = self.compile_rule(label, self.block["labels"][label], done)
+        return done
+
+    # -- aux --------------------------------------------------------------
+    def aux_value(self, name: str, spec: dict) -> tuple[pl.Expr, pl.Expr | None]:
+        if "object" in spec:
+            parts = [self.aux_value(k, v) for k, v in spec["object"].items()]
+            return pl.struct([p[0] for p in parts]).alias(name), first_not_null([p[1] for p in parts])
+        kind = spec.get("type", "str")
+        field = spec["field"]
+        if kind in AUX_DTYPES:
+            return self.json_list(field, AUX_DTYPES[kind]).alias(name), None
+        src = self.scalar(field, spec.get("normalize"))
+        error = None
+        if "map" in spec:
+            keys = list(spec["map"])
+            error = pl.when(src.is_not_null() & ~src.is_in(keys)).then(self.unmapped(name, field, src))
+            src = src.replace_strict(keys, list(spec["map"].values()), default=None)
+        if kind == "int":
+            src = src.cast(pl.Int64, strict=False)
+        return src.cast(pl.Int64 if kind == "int" else pl.String).alias(name), error
+
+    def aux(self) -> tuple[pl.Expr, pl.Expr | None]:
+        specs = self.block.get("aux", {})
+        if not specs:
+            return pl.lit("{}"), None
+        parts = [self.aux_value(k, v) for k, v in specs.items()]
+        return pl.struct([p[0] for p in parts]).struct.json_encode(), first_not_null([p[1] for p in parts])
+
+
+def unified_label_columns(taxonomy: Taxonomy) -> list[pl.Expr]:
+    """Expressions for the unified labels, aux JSON, and the fail/drop reasons of every row."""
+    raw_kinds = taxonomy.raw_fields()
+    known = list(taxonomy.datasets)
+    per_field: dict[str, pl.Expr] = {k: pl.lit(None, LABEL_DTYPES[k]) for k in LABEL_ORDER}
+    aux_json: pl.Expr = pl.lit(None, pl.String)
+    error: pl.Expr = pl.when(~pl.col("dataset").is_in(known)).then(
+        pl.format("unknown dataset '{}': not in the label taxonomy", pl.col("dataset"))
+    )
+    drop: pl.Expr = pl.lit(None, pl.String)
+    other: pl.Expr = pl.lit(None, pl.List(pl.String))
+    for name, block in taxonomy.datasets.items():
+        comp = DatasetCompiler(name, block, raw_kinds)
+        labels = comp.labels()
+        aux, aux_error = comp.aux()
+        me = comp.is_me
+        for label in LABEL_ORDER:
+            per_field[label] = pl.when(me).then(labels[label].value).otherwise(per_field[label])
+        aux_json = pl.when(me).then(aux).otherwise(aux_json)
+        ds_error = first_not_null([labels[k].error for k in LABEL_ORDER] + [aux_error])
+        error = pl.when(me).then(ds_error).otherwise(error)
+        ds_drop = first_not_null([labels[k].drop for k in LABEL_ORDER])
+        drop = pl.when(me).then(ds_drop).otherwise(drop)
+        ds_other = [labels[k].other for k in LABEL_ORDER if labels[k].other is not None]
+        if ds_other:
+            other = pl.when(me).then(pl.concat_list(ds_other) if len(ds_other) > 1 else ds_other[0]).otherwise(other)
+    return [
+        *(per_field[k].cast(LABEL_DTYPES[k]).alias(k) for k in LABEL_ORDER),
+        aux_json.alias("aux_json"),
+        error.alias("label_error"),
+        drop.alias("label_drop"),
+        other.alias("other_targets"),
+    ]

@@ -1,0 +1,50 @@
+"""One way through: load -> plan -> execute -> report."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from functools import partial
+from typing import Any
+
+from .config import DIAGNOSTICS, SPLITS, PackConfig, default_taxonomy_text, load_taxonomy
+from .execute import ImageSettings, execute, fingerprint
+from .plan import build_plan, read_pinned, splits_document
+from .report import build_stats, final_rows, summary, write_json, write_outputs
+
+
+def run(config: PackConfig) -> tuple[int, dict[str, Any]]:
+    """Pack; returns (exit code, stats). Raises InputError (exit 2) before writing anything."""
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    taxonomy_path = config.label_taxonomy
+    taxonomy = load_taxonomy(taxonomy_path if taxonomy_path.is_file() else None)
+    pinned = read_pinned(config.splits)
+    timings["load"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    plan = build_plan(config, taxonomy, pinned, partial(fingerprint, workers=config.workers))
+    timings["plan"] = time.perf_counter() - start
+
+    # Inputs are valid: from here on, outputs are written.
+    if not taxonomy_path.is_file():
+        taxonomy_path.parent.mkdir(parents=True, exist_ok=True)
+        taxonomy_path.write_text(default_taxonomy_text(), encoding="utf-8")
+    for split in (*SPLITS, DIAGNOSTICS):
+        shutil.rmtree(config.output_dir / split, ignore_errors=True)
+    start = time.perf_counter()
+    settings = ImageSettings(config.image_size, config.jpeg_quality, config.max_image_pixels)
+    result = execute(
+        plan.chunks, config.output_dir, settings, config.workers, config.shard_maxcount, config.shard_maxsize
+    )
+    timings["images_and_shards"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    rows = final_rows(plan.rows, result)
+    write_json(config.splits, splits_document(rows, pinned))
+    stats = build_stats(config, rows, result, plan.manifest_rows, plan.ocr_orphans, timings)
+    timings["report"] = time.perf_counter() - start
+    stats["seconds"]["report"] = round(timings["report"], 3)
+    write_outputs(config, stats, rows)
+    print(summary(stats))
+    return (0 if all(stats["checks"].values()) else 1), stats

@@ -1,0 +1,187 @@
+"""The plan: manifest + OCR -> labels, text, splits, duplicates, order -> ChunkSpecs.
+
+Two collects, split by the only I/O the plan needs: the first builds every column from the
+inputs; then the image files that could be exact duplicates (same normalised text as another
+image example) are hashed in the pool; the second assigns splits, drops duplicates and orders
+each split by a seeded hash of the id.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+import polars_hash as plh
+
+from .config import DIAGNOSTICS, SPLITS, UNIFIED_FIELDS, InputError, PackConfig, Taxonomy
+from .labels import unified_label_columns
+from .load import READ_ERRORS, check_manifest, explain_read_error, scan_manifest, scan_ocr
+from .specs import ChunkSpec, SampleSpec
+from .splits import assign_splits, duplicate_of_kept, source_split, stable_hash
+from .text import clean_text, combined_text, normalized_text, ocr_text
+
+KEY_MAX = 80
+
+
+@dataclass
+class Plan:
+    rows: pl.DataFrame  # one row per selected manifest row: status ("ok"/"dropped"/"failed"), reason, ...
+    chunks: list[ChunkSpec]
+    manifest_rows: int
+    ocr_orphans: int
+
+
+def safe_key() -> pl.Expr:
+    """The id made safe for WebDataset: [A-Za-z0-9_-] only; altered or long ids get a hash suffix."""
+    sanitized = pl.col("id").str.replace_all(r"[^A-Za-z0-9_\-]", "_")
+    suffix = plh.col("id").chash.sha2_256().str.slice(0, 12)
+    altered = (sanitized != pl.col("id")) | (pl.col("id").str.len_chars() > KEY_MAX)
+    return pl.when(altered).then(pl.format("{}_{}", sanitized.str.slice(0, KEY_MAX), suffix)).otherwise(pl.col("id"))
+
+
+def limit_examples(frame: pl.LazyFrame, limit: int, seed: int) -> pl.LazyFrame:
+    """A deterministic subset of `limit` rows, every dataset in proportion (each gets its first row)."""
+    u = stable_hash(pl.col("id"), seed)
+    position = (u.rank("ordinal").over("dataset") - 1) / pl.len().over("dataset")
+    return frame.with_columns(_p=position, _u=u).sort("_p", "_u").head(limit).sort("row").drop("_p", "_u")
+
+
+def read_pinned(path: Path) -> dict[str, str]:
+    """splits.json: {"train": [ids], "val": [...], "test": [...]} (or {id: split})."""
+    if not path.is_file():
+        return {}
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path}: line {exc.lineno}: not valid JSON: {exc.msg}") from None
+    if isinstance(doc, dict) and set(doc) <= set(SPLITS) and all(isinstance(v, list) for v in doc.values()):
+        return {i: split for split, ids in doc.items() for i in ids}
+    if isinstance(doc, dict) and all(v in SPLITS for v in doc.values()):
+        return dict(doc)
+    raise InputError(f'{path}: expected {{"train": [ids], "val": [ids], "test": [ids]}}')
+
+
+def status_columns(config: PackConfig) -> list[pl.Expr]:
+    unlabelled = pl.all_horizontal(pl.col(f).is_null() for f in UNIFIED_FIELDS)
+    failure = pl.coalesce(
+        pl.col("label_error"),
+        pl.col("split_error"),
+        pl.when(pl.col("key").is_duplicated()).then(pl.format("key collision: '{}'", pl.col("key"))),
+    )
+    drop = pl.coalesce(
+        pl.when((pl.col("split") == DIAGNOSTICS) & (not config.include_diagnostics)).then(
+            pl.lit("diagnostics (not requested)")
+        ),
+        pl.col("label_drop"),
+        pl.when(unlabelled & (not config.keep_unlabelled)).then(pl.lit("unlabelled")),
+    )
+    status = pl.when(failure.is_not_null()).then(pl.lit("failed")).when(drop.is_not_null()).then(
+        pl.lit("dropped")
+    ).otherwise(pl.lit("ok"))
+    return [status.alias("status"), pl.coalesce(failure, drop).alias("reason"), pl.lit("plan").alias("stage")]
+
+
+def build_columns(config: PackConfig, taxonomy: Taxonomy) -> tuple[pl.LazyFrame, pl.LazyFrame]:
+    manifest = scan_manifest(config.manifest, taxonomy)
+    if config.examples_limit is not None:
+        manifest = limit_examples(manifest, config.examples_limit, config.seed)
+    ocr = scan_ocr(config.ocr)
+    texts = ocr_text(ocr, config.ocr_min_conf)
+    frame = (
+        manifest.rename({"split": "source_split"})
+        .join(texts, on="id", how="left")
+        .with_columns(
+            lang=pl.col("lang").fill_null("en"),
+            has_ocr=pl.col("has_ocr").fill_null(False),
+            ocr_lines_kept=pl.col("ocr_lines_kept").fill_null(0),
+            ocr_lines_low_conf=pl.col("ocr_lines_low_conf").fill_null(0),
+            norm_text=normalized_text(pl.col("text_raw")).fill_null(""),
+            key=safe_key(),
+        )
+        .with_columns(text=combined_text(pl.col("ocr_text"), clean_text(pl.col("text_raw")), pl.col("lang")))
+        .with_columns(*unified_label_columns(taxonomy), *source_split(taxonomy, config.include_diagnostics))
+        .with_columns(*status_columns(config))
+    )
+    orphans = ocr.select("id").unique().join(manifest.select("id"), on="id", how="anti").select(pl.len())
+    return frame, orphans
+
+
+def build_plan(
+    config: PackConfig,
+    taxonomy: Taxonomy,
+    pinned: dict[str, str],
+    fingerprint: Callable[[list[str]], dict[str, str | None]],
+) -> Plan:
+    frame, orphans = build_columns(config, taxonomy)
+    try:
+        rows, orphan_count, total = pl.collect_all(
+            [frame, orphans, scan_manifest(config.manifest, taxonomy).select(pl.len())]
+        )
+    except READ_ERRORS:
+        raise explain_read_error(config.manifest, config.ocr, taxonomy) from None
+    check_manifest(rows, config.manifest)
+
+    # Exact duplicates need the same normalised text, so only such image rows are hashed.
+    images = pl.col("image_path").is_not_null() & (pl.col("status") == "ok")
+    candidates = rows.filter(images & (pl.len().over(images, "norm_text") > 1))["image_path"].to_list()
+    digests = fingerprint(candidates) if candidates else {}
+    digest_frame = pl.DataFrame(
+        {"image_path": list(digests), "image_digest": list(digests.values())},
+        schema={"image_path": pl.String, "image_digest": pl.String},
+    )
+    pinned_frame = pl.DataFrame(
+        {"id": list(pinned), "pinned_split": list(pinned.values())}, schema={"id": pl.String, "pinned_split": pl.String}
+    )
+    ok = pl.col("status") == "ok"
+    planned = (
+        rows.lazy()
+        .join(pinned_frame.lazy(), on="id", how="left")
+        .join(digest_frame.lazy(), on="image_path", how="left")
+        .with_columns(image_digest=pl.when(ok).then(pl.col("image_digest")))
+    )
+    kept = assign_splits(planned.filter(ok), config.seed, config.val_ratio, config.split_ratios)
+    kept = kept.with_columns(is_dup=duplicate_of_kept()).with_columns(
+        status=pl.when("is_dup").then(pl.lit("dropped")).otherwise("status"),
+        reason=pl.when("is_dup").then(pl.lit("duplicate")).otherwise("reason"),
+    )
+    rest = planned.filter(~ok).with_columns(is_dup=pl.lit(False))
+    final = (
+        pl.concat([kept, rest], how="diagonal_relaxed")
+        .with_columns(order=stable_hash(pl.col("id"), config.seed))
+        .sort("row")
+        .collect()
+    )
+    return Plan(final, make_chunks(final, config.chunk_size), int(total.item()), int(orphan_count.item()))
+
+
+def make_chunks(rows: pl.DataFrame, chunk_size: int) -> list[ChunkSpec]:
+    """Samples to pack, per split in seeded-hash order, cut into fixed-size chunks."""
+    order = {s: i for i, s in enumerate((*SPLITS, DIAGNOSTICS))}
+    todo = rows.filter(pl.col("status") == "ok").with_columns(
+        split_rank=pl.col("split").replace_strict(order, return_dtype=pl.Int32)
+    ).sort("split_rank", "order", "id")
+    chunks: list[ChunkSpec] = []
+    columns = ["id", "key", "dataset", "split", "source_split", "lang", "image_path", "text", "aux_json", *UNIFIED_FIELDS]
+    for (split,), part in todo.select(columns).group_by("split", maintain_order=True):
+        samples = [
+            SampleSpec(
+                id=r["id"], key=r["key"], dataset=r["dataset"], split=r["split"], source_split=r["source_split"],
+                lang=r["lang"], image_path=r["image_path"], text=r["text"],
+                labels={f: r[f] for f in UNIFIED_FIELDS}, aux_json=r["aux_json"],
+            )
+            for r in part.iter_rows(named=True)
+        ]
+        for index, start in enumerate(range(0, len(samples), chunk_size)):
+            chunks.append(ChunkSpec(split, index, tuple(samples[start : start + chunk_size])))
+    return chunks
+
+
+def splits_document(rows: pl.DataFrame, previous: dict[str, str]) -> dict[str, list[str]]:
+    """The splits.json to write back: every planned id with its split, plus earlier pins not in this run."""
+    assigned = dict(previous)
+    planned = rows.filter(pl.col("split").is_in(SPLITS) & (pl.col("status") != "failed"))
+    assigned.update(zip(planned["id"], planned["split"]))
+    return {s: sorted(i for i, sp in assigned.items() if sp == s) for s in SPLITS}

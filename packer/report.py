@@ -1,0 +1,211 @@
+"""stats.json, failures.jsonl, the acceptance checks and the human summary."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from .config import SPLITS, UNIFIED_FIELDS, PackConfig
+from .execute import ExecutionResult
+from .splits import HASH_NAME
+
+MAX_FAILURE_RATE = 0.005
+BALANCE_POINTS = 5.0
+BALANCE_MIN_EXAMPLES = 30  # a split smaller than this is too small to judge a share on
+
+
+def final_rows(rows: pl.DataFrame, result: ExecutionResult) -> pl.DataFrame:
+    """Every selected row with its final status: packed, dropped or failed, and why."""
+    outcomes = pl.DataFrame(
+        {
+            "id": [o.id for o in result.outcomes],
+            "w_status": [o.status for o in result.outcomes],
+            "w_reason": [o.reason for o in result.outcomes],
+            "w_detail": [o.detail for o in result.outcomes],
+        },
+        schema={"id": pl.String, "w_status": pl.String, "w_reason": pl.String, "w_detail": pl.String},
+    )
+    joined = rows.join(outcomes, on="id", how="left")
+    ok = pl.col("status") == "ok"
+    return joined.with_columns(
+        status=pl.when(ok).then(pl.col("w_status").fill_null("failed")).otherwise("status"),
+        reason=pl.when(ok).then(pl.col("w_reason")).otherwise("reason"),
+        detail=pl.when(ok).then(pl.col("w_detail")),
+        stage=pl.when(ok & (pl.col("w_status") == "failed")).then(pl.lit("image")).otherwise("stage"),
+    ).drop("w_status", "w_reason", "w_detail")
+
+
+def reason_category() -> pl.Expr:
+    return pl.col("reason").str.split(": ").list.first()
+
+
+def label_counts(packed: pl.DataFrame) -> dict[str, Any]:
+    """split -> dataset -> field -> value -> count, nulls counted as "null", [] as "[]"."""
+    out: dict[str, Any] = defaultdict(lambda: defaultdict(dict))
+    for field in UNIFIED_FIELDS:
+        if field == "target_group":
+            value = (
+                pl.when(pl.col(field).is_null()).then(pl.lit(["null"]))
+                .when(pl.col(field) == "").then(pl.lit(["[]"]))
+                .otherwise(pl.col(field).str.split("|"))
+            )
+            table = packed.select("split", "dataset", value.alias("v")).explode("v")
+        else:
+            table = packed.select("split", "dataset", pl.col(field).cast(pl.String).fill_null("null").alias("v"))
+        counts = table.group_by("split", "dataset", "v").len().sort("split", "dataset", "v")
+        for split, dataset, v, n in counts.iter_rows():
+            out[split][dataset].setdefault(field, {})[v] = n
+    return json.loads(json.dumps(out))
+
+
+def balance(packed: pl.DataFrame) -> dict[str, Any]:
+    """Per dataset and field: each class's share in each split packer assigned vs its share overall."""
+    assigned = packed.filter(pl.col("assign_mode").is_in(["carve", "assign"]))
+    report: dict[str, Any] = {"max_deviation_points": 0.0, "judged": 0, "ok": True, "datasets": {}}
+    for (dataset,), part in assigned.group_by("dataset", maintain_order=True):
+        sizes = dict(part.group_by("split").len().iter_rows())
+        entry: dict[str, Any] = {"split_ratio": {s: round(n / part.height, 4) for s, n in sorted(sizes.items())}}
+        for field in ("abuse_hate", "offensive", "target_type", "target_group"):
+            values = part.select("split", pl.col(field).cast(pl.String).fill_null("null").alias("v"))
+            overall = dict(values.group_by("v").len().iter_rows())
+            per = values.group_by("split", "v").len()
+            field_report = {}
+            for split, n_split in sizes.items():
+                judged = n_split >= BALANCE_MIN_EXAMPLES
+                for v, n_all in overall.items():
+                    n = per.filter((pl.col("split") == split) & (pl.col("v") == v))["len"].sum()
+                    deviation = abs(100.0 * n / n_split - 100.0 * n_all / part.height)
+                    field_report.setdefault(v, {})[split] = round(deviation, 2)
+                    if judged:
+                        report["judged"] += 1
+                        report["max_deviation_points"] = max(report["max_deviation_points"], round(deviation, 2))
+                        report["ok"] = report["ok"] and deviation <= BALANCE_POINTS
+            entry[field] = field_report
+        report["datasets"][dataset] = entry
+    return report
+
+
+def library_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {}
+    for dist in ("polars", "polars-hash", "pyarrow", "webdataset", "joblib", "tqdm", "pillow-simd", "Pillow"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[dist] = None
+    from PIL import __version__ as pil_version
+
+    versions["PIL (imported)"] = pil_version
+    return versions
+
+
+def build_stats(
+    config: PackConfig, rows: pl.DataFrame, result: ExecutionResult, manifest_rows: int, ocr_orphans: int,
+    timings: dict[str, float],
+) -> dict[str, Any]:
+    total = rows.height
+    counts = dict(rows.group_by("status").len().iter_rows())
+    packed_n, dropped_n, failed_n = (counts.get(k, 0) for k in ("packed", "dropped", "failed"))
+    packed = rows.filter(pl.col("status") == "packed")
+    reasons = {
+        status: dict(
+            rows.filter(pl.col("status") == status).group_by(reason_category()).len().sort("len", descending=True).iter_rows()
+        )
+        for status in ("dropped", "failed")
+    }
+    per_split: dict[str, Any] = {}
+    for shard in result.shards:
+        entry = per_split.setdefault(shard.split, {"examples": 0, "shards": 0, "bytes": 0})
+        entry["examples"] += shard.examples
+        entry["shards"] += 1
+        entry["bytes"] += shard.bytes
+    image_rows = rows.filter(pl.col("image_path").is_not_null())
+    splits_of_id = packed.group_by("id").agg(pl.col("split").n_unique()).filter(pl.col("split") > 1).height
+    failure_rate = failed_n / total if total else 0.0
+    bal = balance(packed)
+    other = (
+        rows.filter(pl.col("other_targets").is_not_null())
+        .select("dataset", pl.col("other_targets").alias("source"))
+        .explode("source")
+        .group_by("dataset", "source").len().sort("dataset", "source")
+    )
+    other_targets: dict[str, dict[str, int]] = defaultdict(dict)
+    for dataset, source, n in other.iter_rows():
+        other_targets[dataset][source] = n
+    null_counts = {
+        ds: {f: int(part[f].null_count()) for f in UNIFIED_FIELDS}
+        for (ds,), part in packed.group_by("dataset", maintain_order=True)
+    }
+    checks = {
+        "failure_rate_below_0.5%": failure_rate < MAX_FAILURE_RATE,
+        "no_id_in_two_splits": splits_of_id == 0,
+        "assigned_splits_balanced_within_5_points": bal["ok"],
+    }
+    return {
+        "total": total,
+        "manifest_rows": manifest_rows,
+        "packed": packed_n,
+        "dropped": dropped_n,
+        "failed": failed_n,
+        "failure_rate": round(failure_rate, 6),
+        "reasons": reasons,
+        "splits": {s: per_split.get(s, {"examples": 0, "shards": 0, "bytes": 0}) for s in (*SPLITS, *sorted(set(per_split) - set(SPLITS)))},
+        "labels": label_counts(packed),
+        "null_counts": null_counts,
+        "other_targets": dict(other_targets),
+        "ocr": {
+            "image_examples": image_rows.height,
+            "with_ocr": int(image_rows["has_ocr"].sum()),
+            "without_ocr": int((~image_rows["has_ocr"]).sum()),
+            "lines_kept": int(rows["ocr_lines_kept"].sum()),
+            "lines_low_confidence": int(rows["ocr_lines_low_conf"].sum()),
+            "ocr_rows_without_manifest_row": ocr_orphans,
+        },
+        "duplicates_dropped": int(rows.filter(pl.col("reason") == "duplicate").height),
+        "balance": bal,
+        "checks": checks,
+        "split_hash": HASH_NAME,
+        "config": config.to_json(),
+        "versions": library_versions(),
+        "seconds": {k: round(v, 3) for k, v in timings.items()},
+    }
+
+
+def write_outputs(config: PackConfig, stats: dict[str, Any], rows: pl.DataFrame) -> None:
+    config.stats.parent.mkdir(parents=True, exist_ok=True)
+    config.stats.write_text(json.dumps(stats, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    problems = rows.filter(pl.col("status") != "packed").sort("row")
+    with open(config.failures_log, "w", encoding="utf-8") as out:
+        for r in problems.select("id", "status", "stage", "reason", "detail").iter_rows(named=True):
+            out.write(json.dumps(r, ensure_ascii=False) + "\n")
+
+
+def summary(stats: dict[str, Any]) -> str:
+    lines = [
+        f"packed {stats['packed']} / {stats['total']} examples "
+        f"(dropped {stats['dropped']}, failed {stats['failed']}, failure rate {100 * stats['failure_rate']:.2f}%)",
+    ]
+    for split, entry in stats["splits"].items():
+        lines.append(f"  {split:<12} {entry['examples']:>8} examples  {entry['shards']:>4} shards  {entry['bytes']:>12} bytes")
+    for status in ("dropped", "failed"):
+        for reason, n in stats["reasons"][status].items():
+            lines.append(f"  {status} {n:>6}  {reason}")
+    ocr = stats["ocr"]
+    lines.append(
+        f"  OCR: {ocr['with_ocr']}/{ocr['image_examples']} image examples, {ocr['lines_kept']} lines kept, "
+        f"{ocr['lines_low_confidence']} low-confidence, {ocr['ocr_rows_without_manifest_row']} OCR rows without manifest row"
+    )
+    for name, ok in stats["checks"].items():
+        lines.append(f"  check {name}: {'PASS' if ok else 'FAIL'}")
+    return "\n".join(lines)
+
+
+def write_json(path: Path, doc: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.replace(path)

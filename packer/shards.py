@@ -1,0 +1,60 @@
+"""Tar members with fixed metadata, and shards written to a temporary name then renamed."""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+from pathlib import Path
+
+BLOCK = tarfile.BLOCKSIZE
+END_OF_ARCHIVE = b"\0" * (2 * BLOCK)
+
+
+def member_bytes(name: str, data: bytes) -> bytes:
+    """One tar member (header + data + padding) with fixed mtime, owner and mode, for reproducible shards."""
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mtime = 0
+    info.mode = 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    header = info.tobuf(format=tarfile.PAX_FORMAT, encoding="utf-8", errors="strict")
+    padding = (-len(data)) % BLOCK
+    return header + data + b"\0" * padding
+
+
+def sample_bytes(key: str, members: dict[str, bytes]) -> bytes:
+    """All members of one sample, `<key>.<ext>`, in sorted order as webdataset's TarWriter writes them."""
+    out = io.BytesIO()
+    for ext in sorted(members):
+        out.write(member_bytes(f"{key}.{ext}", members[ext]))
+    return out.getvalue()
+
+
+class ShardWriter:
+    """Appends sample bytes to `<dir>/shard-NNNNN.tar.tmp`; `close()` ends the archive and renames it."""
+
+    def __init__(self, directory: Path, index: int):
+        directory.mkdir(parents=True, exist_ok=True)
+        self.path = directory / f"shard-{index:05d}.tar"
+        self.tmp = self.path.with_name(self.path.name + ".tmp")
+        self.handle = open(self.tmp, "wb")
+        self.count = 0
+        self.size = 0
+
+    def add(self, data: bytes) -> None:
+        self.handle.write(data)
+        self.count += 1
+        self.size += len(data)
+
+    def close(self) -> int:
+        """Finish the archive; returns the shard's size in bytes."""
+        self.handle.write(END_OF_ARCHIVE)
+        self.handle.close()
+        os.replace(self.tmp, self.path)
+        return self.size + len(END_OF_ARCHIVE)
+
+    def abort(self) -> None:
+        self.handle.close()
+        self.tmp.unlink(missing_ok=True)

@@ -1,0 +1,123 @@
+"""Split assignment as Polars expressions over a stable, seeded hash.
+
+`polars-hash`'s xxhash64 is used rather than `Expr.hash`, whose values change between Polars
+versions: the same input and seed give the same splits.json on any machine.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+import polars_hash as plh
+
+from .config import DIAGNOSTICS, Taxonomy
+
+HASH_NAME = "polars-hash xxhash64 of '<seed>:<value>'"
+SPLIT_PRIORITY = {"test": 0, "val": 1, "train": 2, DIAGNOSTICS: 3}
+
+
+def stable_hash(expr: pl.Expr, seed: int) -> pl.Expr:
+    """A UInt64 hash of a string column, stable across Polars versions and machines."""
+    return plh.concat_str(pl.lit(f"{seed}:"), expr).nchash.xxhash64()
+
+
+def unit_interval(expr: pl.Expr, seed: int) -> pl.Expr:
+    return stable_hash(expr, seed).cast(pl.Float64) / 2.0**64
+
+
+def source_split(taxonomy: Taxonomy, include_diagnostics: bool) -> list[pl.Expr]:
+    """`split` (train/val/test/diagnostics, or null where packer assigns it), `assign_mode` and `split_error`."""
+    split = pl.lit(None, pl.String)
+    mode = pl.lit(None, pl.String)
+    error = pl.lit(None, pl.String)
+    src = pl.col("source_split")
+    for name, block in taxonomy.datasets.items():
+        me = pl.col("dataset") == name
+        if block.get("diagnostics"):
+            split = pl.when(me).then(pl.lit(DIAGNOSTICS)).otherwise(split)
+            mode = pl.when(me).then(pl.lit("diagnostics")).otherwise(mode)
+            continue
+        mapped = pl.lit(None, pl.String)
+        for target, names in block.get("splits", {}).items():
+            mapped = pl.when(src.is_in(names)).then(pl.lit(target)).otherwise(mapped)
+        carve = block.get("carve_val_from")
+        ds_mode = (
+            pl.when(src.is_null()).then(pl.lit("assign"))
+            .when(src == carve if carve else pl.lit(False)).then(pl.lit("carve"))
+            .when(mapped.is_not_null()).then(pl.lit("source"))
+        )
+        known = sorted(s for names in block.get("splits", {}).values() for s in names)
+        ds_error = pl.when(src.is_not_null() & mapped.is_null()).then(
+            pl.format(f"unknown split '{{}}' for dataset {name} (known: {', '.join(known) or 'none'})", src)
+        )
+        split = pl.when(me).then(mapped).otherwise(split)
+        mode = pl.when(me).then(ds_mode).otherwise(mode)
+        error = pl.when(me).then(ds_error).otherwise(error)
+    return [split.alias("split"), mode.alias("assign_mode"), error.alias("split_error")]
+
+
+def group_key() -> pl.Expr:
+    """Examples that share a normalised text form one group; an example with no text is its own group."""
+    return pl.when(pl.col("norm_text") != "").then(pl.format("t:{}", pl.col("norm_text"))).otherwise(
+        pl.format("i:{}", pl.col("id"))
+    )
+
+
+def stratum() -> pl.Expr:
+    """Dataset plus every unified label: what the assigned splits are stratified over."""
+    labels = [pl.col(c).cast(pl.String).fill_null("~") for c in ("abuse_hate", "offensive", "target_type", "target_group")]
+    return pl.concat_str([pl.col("dataset"), *labels], separator="/")
+
+
+def assign_splits(
+    frame: pl.LazyFrame, seed: int, val_ratio: float, ratios: tuple[float, float, float]
+) -> pl.LazyFrame:
+    """Fill `split` where packer decides it: carve val from a train, or 80/10/10 where there is none.
+
+    Within each (dataset, pool, stratum) the groups are ordered by hash; a group goes to val/test when
+    its first member sits in the first val_ratio (resp. test, then val ratios) of that order, so each
+    stratum gets its share to within one group, and a group never straddles two splits.
+    Pinned ids (from --splits) keep their split, and their group follows them.
+    """
+    pool = pl.coalesce(pl.col("source_split"), pl.lit("~"))
+    group = ["dataset", "pool", "group_key"]
+    frame = frame.with_columns(pool=pool, group_key=group_key(), stratum=stratum())
+    frame = frame.with_columns(
+        g_stratum=pl.col("stratum").sort_by("row").first().over(group),
+        g_u=unit_interval(pl.col("group_key"), seed),
+    )
+    keys = ["dataset", "pool", "g_stratum"]
+    frame = frame.sort("g_u", "row").with_columns(
+        g_pos=pl.int_range(pl.len()).over(keys),
+        n_stratum=pl.len().over(keys),
+    )
+    frame = frame.with_columns(g_frac=pl.col("g_pos").min().over(group) / pl.col("n_stratum"))
+    test_r, val_r = ratios[2], ratios[1]
+    assigned = (
+        pl.when(pl.col("assign_mode") == "carve")
+        .then(pl.when(pl.col("g_frac") < val_ratio).then(pl.lit("val")).otherwise(pl.lit("train")))
+        .when(pl.col("assign_mode") == "assign")
+        .then(
+            pl.when(pl.col("g_frac") < test_r).then(pl.lit("test"))
+            .when(pl.col("g_frac") < test_r + val_r).then(pl.lit("val"))
+            .otherwise(pl.lit("train"))
+        )
+        .otherwise(pl.col("split"))
+    )
+    pinned_group = pl.col("pinned_split").drop_nulls().first().over(group)
+    movable = pl.col("assign_mode").is_in(["carve", "assign"])
+    final = (
+        pl.when(pl.col("pinned_split").is_not_null()).then(pl.col("pinned_split"))
+        .when(movable & pinned_group.is_not_null()).then(pinned_group)
+        .otherwise(assigned)
+    )
+    return frame.sort("row").with_columns(split=final).drop("pool", "g_stratum", "g_u", "g_pos", "n_stratum", "g_frac")
+
+
+def duplicate_of_kept() -> pl.Expr:
+    """True for every exact duplicate but the one kept: same image bytes and normalised text,
+    the copy in the most protected split (test, val, train), first in manifest order."""
+    key = ["image_digest", "norm_text"]
+    priority = pl.col("split").replace_strict(SPLIT_PRIORITY, default=9, return_dtype=pl.Int32)
+    order = priority * (2**40) + pl.col("row").cast(pl.Int64)
+    first = order.min().over(key)
+    return pl.col("image_digest").is_not_null() & (order != first)
