@@ -1,0 +1,77 @@
+"""Inputs built in code: manifests, OCR files and small real images."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from packer.cli import main
+
+REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def make_jpeg(path: Path, size=(600, 400), colour=(200, 40, 40)) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, colour).save(path, "JPEG", quality=90)
+    return str(path)
+
+
+class Workspace:
+    """A Step_2 / Step_3 layout under a temporary folder, and a way to run the CLI on it."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.manifest = root / "Step_2" / "data_manifest.jsonl"
+        self.ocr = root / "Step_2" / "ocr.jsonl"
+        self.images = root / "Step_2" / "images"
+        self.out = root / "Step_3"
+        self.rows: list[dict] = []
+        self.ocr_rows: list[dict] = []
+
+    def image(self, name: str, **kw) -> str:
+        return make_jpeg(self.images / name, **kw)
+
+    def add(self, id: str, dataset: str, split: str | None, labels: dict, image: str | None = None,
+            text: str | None = "some caption", **extra) -> dict:
+        row = {"id": id, "dataset": dataset, "split": split, "image_path": image, "text_raw": text,
+               "labels_raw": labels, **extra}
+        self.rows.append(row)
+        return row
+
+    def write(self) -> None:
+        write_jsonl(self.manifest, self.rows)
+        write_jsonl(self.ocr, self.ocr_rows)
+
+    def args(self, *extra: str, shards: str = "shards") -> list[str]:
+        return ["--manifest", str(self.manifest), "--ocr", str(self.ocr), "--output-dir", str(self.out / shards),
+                "--label-taxonomy", str(self.out / "label_taxonomy.json"), "--splits", str(self.out / "splits.json"),
+                *extra]
+
+    def run(self, *extra: str, shards: str = "shards") -> int:
+        self.write()
+        return main(self.args(*extra, shards=shards))
+
+    @property
+    def stats(self) -> dict:
+        return json.loads((self.out / "stats.json").read_text())
+
+    def failures(self) -> list[dict]:
+        return [json.loads(line) for line in (self.out / "failures.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture
+def ws(tmp_path: Path) -> Workspace:
+    return Workspace(tmp_path)
+
+
+MAMI = {"misogynous": 1, "shaming": 0, "stereotype": 1, "objectification": 0, "violence": 0}
+MAMI_NOT = {"misogynous": 0, "shaming": 0, "stereotype": 0, "objectification": 0, "violence": 0}

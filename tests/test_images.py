@@ -1,0 +1,134 @@
+"""Every image form of INPUTS.md: packed as 384x384 RGB, or failed with a reason."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+from PIL import Image, features
+
+from packer.images import ImageFailure, encode_image
+
+SIZE, QUALITY, MAX_PIXELS = 384, 95, 89_478_485
+
+
+def decode(data: bytes) -> Image.Image:
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    return image
+
+
+def save(path: Path, image: Image.Image, fmt: str, **kw) -> str:
+    image.save(path, fmt, **kw)
+    return str(path)
+
+
+def half_red_half_blue(size=(800, 400)) -> Image.Image:
+    image = Image.new("RGB", size, (255, 0, 0))
+    image.paste((0, 0, 255), (size[0] // 2, 0, size[0], size[1]))
+    return image
+
+
+CASES = {
+    "baseline.jpg": lambda p: save(p, half_red_half_blue(), "JPEG"),
+    "progressive.jpg": lambda p: save(p, half_red_half_blue(), "JPEG", progressive=True),
+    "cmyk.jpg": lambda p: save(p, Image.new("CMYK", (500, 300), (0, 255, 255, 0)), "JPEG"),
+    "rgb.png": lambda p: save(p, half_red_half_blue(), "PNG"),
+    "rgba.png": lambda p: save(p, Image.new("RGBA", (400, 400), (255, 0, 0, 0)), "PNG"),
+    "la.png": lambda p: save(p, Image.new("LA", (400, 400), (0, 0)), "PNG"),
+    "palette.png": lambda p: save(p, half_red_half_blue().convert("P"), "PNG"),
+    "palette_transparent.png": lambda p: save(p, Image.new("P", (400, 400), 0), "PNG", transparency=0),
+    "grey.png": lambda p: save(p, Image.new("L", (400, 400), 128), "PNG"),
+    "grey16.png": lambda p: save(p, Image.new("I;16", (400, 400), 65535), "PNG"),
+    "anim.gif": lambda p: save(p, Image.new("P", (400, 400), 1), "GIF",
+                              save_all=True, append_images=[Image.new("P", (400, 400), 2)]),
+    "image.bmp": lambda p: save(p, half_red_half_blue(), "BMP"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_every_format_and_mode_becomes_384_rgb_jpeg(tmp_path, name):
+    path = CASES[name](tmp_path / name)
+    out = encode_image(path, SIZE, QUALITY, MAX_PIXELS)
+    image = decode(out.data)
+    assert (image.format, image.mode, image.size) == ("JPEG", "RGB", (SIZE, SIZE))
+    assert out.orig_width > 0 and out.orig_height > 0
+
+
+def test_transparency_is_composited_on_white(tmp_path):
+    for name in ("rgba.png", "la.png", "palette_transparent.png"):
+        image = decode(encode_image(CASES[name](tmp_path / name), SIZE, QUALITY, MAX_PIXELS).data)
+        assert min(image.getpixel((SIZE // 2, SIZE // 2))) > 245, name
+
+
+def test_16_bit_grey_is_scaled_not_clipped(tmp_path):
+    path = save(tmp_path / "mid16.png", Image.new("I;16", (400, 400), 32768), "PNG")
+    value = decode(encode_image(path, SIZE, QUALITY, MAX_PIXELS).data).getpixel((10, 10))
+    assert all(118 <= c <= 138 for c in value)
+
+
+def test_exif_orientation_applied(tmp_path):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    path = save(tmp_path / "rot.jpg", half_red_half_blue((800, 400)), "JPEG", exif=exif.tobytes())
+    out = encode_image(path, SIZE, QUALITY, MAX_PIXELS)
+    assert (out.orig_width, out.orig_height) == (400, 800)
+    image = decode(out.data)
+    top, bottom = image.getpixel((SIZE // 2, 20)), image.getpixel((SIZE // 2, SIZE - 20))
+    assert top[0] > 200 and top[2] < 60  # red half on top after the turn
+    assert bottom[2] > 200 and bottom[0] < 60
+
+
+def test_gif_first_frame(tmp_path):
+    frames = [Image.new("RGB", (100, 100), c).convert("P") for c in ((255, 0, 0), (0, 255, 0))]
+    path = save(tmp_path / "two.gif", frames[0], "GIF", save_all=True, append_images=frames[1:])
+    pixel = decode(encode_image(path, SIZE, QUALITY, MAX_PIXELS).data).getpixel((50, 50))
+    assert pixel[0] > 200 and pixel[1] < 60
+
+
+@pytest.mark.skipif(not features.check("webp"), reason="this Pillow build has no WebP")
+def test_webp(tmp_path):
+    path = save(tmp_path / "a.webp", half_red_half_blue(), "WEBP")
+    assert decode(encode_image(path, SIZE, QUALITY, MAX_PIXELS).data).size == (SIZE, SIZE)
+
+
+def test_jpeg_output_is_deterministic(tmp_path):
+    path = CASES["baseline.jpg"](tmp_path / "b.jpg")
+    assert encode_image(path, SIZE, QUALITY, MAX_PIXELS).data == encode_image(path, SIZE, QUALITY, MAX_PIXELS).data
+
+
+def broken(tmp_path: Path, kind: str) -> str:
+    path = tmp_path / f"{kind}.jpg"
+    if kind == "missing":
+        return str(path)
+    if kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "not_image":
+        path.write_text("hello, I am text")
+    elif kind == "truncated":
+        save(path, half_red_half_blue(), "JPEG")
+        path.write_bytes(path.read_bytes()[:400])
+    elif kind == "truncated_png":
+        path = tmp_path / "t.png"
+        save(path, half_red_half_blue(), "PNG")
+        path.write_bytes(path.read_bytes()[:200])
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "kind, reason",
+    [("missing", "image_missing"), ("empty", "image_unreadable"), ("not_image", "image_unreadable"),
+     ("truncated", "image_corrupt"), ("truncated_png", "image_corrupt")],
+)
+def test_broken_files_fail_with_reason(tmp_path, kind, reason):
+    with pytest.raises(ImageFailure) as info:
+        encode_image(broken(tmp_path, kind), SIZE, QUALITY, MAX_PIXELS)
+    assert info.value.reason == reason
+
+
+def test_decompression_bomb_fails(tmp_path):
+    path = save(tmp_path / "big.png", Image.new("L", (3000, 3000), 0), "PNG")
+    with pytest.raises(ImageFailure) as info:
+        encode_image(path, SIZE, QUALITY, max_pixels=1_000_000)
+    assert info.value.reason == "image_too_large"

@@ -1,0 +1,195 @@
+"""The default taxonomy, compiled to expressions, on small frames: one case per mapping rule."""
+
+from __future__ import annotations
+
+import json
+
+import polars as pl
+import pytest
+
+from packer.config import InputError, load_taxonomy, validate_taxonomy
+from packer.labels import raw_col, unified_label_columns
+
+TAX = load_taxonomy(None)
+
+
+def unify(dataset: str, labels: dict) -> dict:
+    fields = TAX.raw_fields()
+    row = {"dataset": dataset}
+    for f in fields:
+        v = labels.get(f)
+        row[raw_col(f)] = None if v is None else (json.dumps(v) if isinstance(v, (list, dict)) else str(v))
+    frame = pl.DataFrame([row], schema={"dataset": pl.String, **{raw_col(f): pl.String for f in fields}})
+    out = frame.select(*unified_label_columns(TAX)).row(0, named=True)
+    out["aux"] = json.loads(out.pop("aux_json")) if out["aux_json"] is not None else None
+    return out
+
+
+def labels_of(out: dict) -> tuple:
+    return out["abuse_hate"], out["offensive"], out["target_type"], out["target_group"]
+
+
+@pytest.mark.parametrize(
+    "labels, expected",
+    [
+        ({"label": 1}, (1, None, None, None)),
+        ({"label": 0}, (0, None, None, None)),
+        ({"label": 1, "gold_pc": ["race", "sex"], "gold_attack": ["mocking"]}, (1, None, "group", "gender|race")),
+        ({"label": 0, "gold_pc": ["pc_empty"]}, (0, None, "none", "")),
+        ({}, (None, None, None, None)),
+    ],
+)
+def test_hateful_memes(labels, expected):
+    assert labels_of(unify("hateful_memes", labels)) == expected
+
+
+def test_hateful_memes_aux_attack():
+    assert unify("hateful_memes", {"label": 1, "gold_attack": ["mocking", "slurs"]})["aux"] == {"attack": ["mocking", "slurs"]}
+
+
+def test_mami_keeps_sub_labels_and_maps_women():
+    out = unify("mami", {"misogynous": 1, "shaming": 0, "stereotype": 1, "objectification": 0, "violence": 1})
+    assert labels_of(out) == (1, None, "group", "women")
+    assert out["aux"] == {"misogyny": {"shaming": 0, "stereotype": 1, "objectification": 0, "violence": 1}}
+    out = unify("mami", {"misogynous": 0, "shaming": 1, "stereotype": 0, "objectification": 0, "violence": 0})
+    assert labels_of(out) == (0, None, "none", "")
+    assert out["aux"]["misogyny"]["shaming"] == 1
+
+
+@pytest.mark.parametrize(
+    "codes, expected",
+    [
+        ([1, 1, 0], (1, None, "group", "race")),
+        ([2, 2, 2], (1, None, "group", "gender")),
+        ([1, 2, 0], (1, None, "group", None)),  # hate, but no code named twice
+        ([0, 3, 0], (0, None, "none", "")),
+        ([4, 5, 4], (1, None, "group", "religion")),
+    ],
+)
+def test_mmhs150k_votes(codes, expected):
+    out = unify("mmhs150k", {"labels": codes})
+    assert labels_of(out) == expected
+    assert out["aux"] == {"annotator_labels": codes}
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [("not_offensive", (0, 0)), ("slight", (None, 1)), ("very_offensive", (None, 1)),
+     ("hateful_offensive", (1, 1)), (" Hateful_Offensive ", (1, 1)), ("Not Offensive", (0, 0))],
+)
+def test_memotion1_offensive(value, expected):
+    out = unify("memotion1", {"offensive": value, "overall_sentiment": "very_positive"})
+    assert (out["abuse_hate"], out["offensive"]) == expected
+    assert out["target_type"] is None and out["target_group"] is None
+
+
+def test_memotion1_semeval_column_names_and_aux():
+    out = unify("memotion1", {"Humour": "Very_Funny", "Sarcasm": "general", "Offensive": "slight",
+                              "Motivational": "not_motivational", "Overall_Sentiment": "very_negative"})
+    assert out["offensive"] == 1
+    assert out["aux"] == {"sentiment": "very_negative", "sentiment3": "negative", "humour": "very_funny",
+                          "sarcasm": "general", "motivational": "not_motivational"}
+    assert out["label_error"] is None
+
+
+def test_memotion_corrupted_sentiment_fails_with_reason():
+    out = unify("memotion1", {"offensive": "slight", "overall_sentiment": "positivechandler_Friday-Mood-AF.jpg"})
+    assert out["label_error"].startswith("unmapped label memotion1.overall_sentiment/Overall_Sentiment")
+
+
+def test_memotion2():
+    out = unify("memotion2", {"offensive": "hateful_offensive", "overall_sentiment": "positive", "sarcastic": "very_sarcastic",
+                              "humour": "funny", "motivational": "motivational"})
+    assert (out["abuse_hate"], out["offensive"]) == (1, 1)
+    assert out["aux"]["sentiment3"] == "positive" and out["aux"]["sarcasm"] == "very_sarcastic"
+
+
+def annotators(*pairs):
+    return [{"label": lab, "annotator_id": i, "target": t} for i, (lab, t) in enumerate(pairs)]
+
+
+def test_hatexplain_majority_and_targets():
+    out = unify("hatexplain", {"annotators": annotators(("hatespeech", ["African", "Women"]), ("hatespeech", ["African"]),
+                                                         ("offensive", ["Women", "Islam"])),
+                               "post_tokens": ["a", "b"], "rationales": [[0, 1], [1, 1]]})
+    assert labels_of(out) == (1, 1, "group", "black|women")
+    assert out["aux"] == {"rationales": [[0, 1], [1, 1]], "post_tokens": ["a", "b"]}
+    out = unify("hatexplain", {"annotators": annotators(("offensive", ["Homosexual"]), ("offensive", ["Gay"]),
+                                                         ("normal", ["None"]))})
+    assert labels_of(out) == (0, 1, None, "")  # Homosexual and Gay are two different names: neither named twice
+    out = unify("hatexplain", {"annotators": annotators(("normal", ["None"]), ("normal", ["None"]), ("offensive", ["Men"]))})
+    assert labels_of(out) == (0, 0, "none", "")
+
+
+def test_hatexplain_undecided_is_dropped_and_unknown_target_is_other():
+    out = unify("hatexplain", {"annotators": annotators(("hatespeech", ["Martians"]), ("offensive", ["Martians"]),
+                                                         ("normal", ["None"]))})
+    assert out["label_drop"] == "undecided"
+    out = unify("hatexplain", {"annotators": annotators(("hatespeech", ["Martians"]), ("hatespeech", ["Martians"]),
+                                                         ("normal", ["None"]))})
+    assert out["target_group"] == "other" and out["other_targets"] == ["Martians"]
+
+
+@pytest.mark.parametrize(
+    "a, b, c, expected",
+    [
+        ("NOT", "NULL", "NULL", (0, 0, "none", "")),
+        ("NOT", None, None, (0, 0, "none", "")),
+        ("OFF", "UNT", "NULL", (None, 1, "none", None)),
+        ("OFF", "TIN", "IND", (None, 1, "individual", None)),
+        ("OFF", "TIN", "GRP", (None, 1, "group", None)),
+        ("OFF", "TIN", "OTH", (None, 1, "other", None)),
+        ("OFF", None, None, (None, 1, None, None)),
+    ],
+)
+def test_olid(a, b, c, expected):
+    out = unify("olid", {"subtask_a": a, "subtask_b": b, "subtask_c": c})
+    assert labels_of(out) == expected
+    assert out["aux"]["subtasks"]["subtask_a"] == a
+
+
+@pytest.mark.parametrize(
+    "gold, ident, expected",
+    [("hateful", "trans people", (1, None, "group", "lgbtq")), ("hateful", "Muslims", (1, None, "group", "muslim")),
+     ("non-hateful", None, (0, None, "none", "")), ("hateful", "aliens", (1, None, "group", "other"))],
+)
+def test_hatecheck(gold, ident, expected):
+    out = unify("hatecheck", {"label_gold": gold, "target_ident": ident, "functionality": "f", "case_id": 7, "direction": "general"})
+    assert labels_of(out) == expected
+    assert out["aux"] == {"functionality": "f", "direction": "general", "case_id": 7}
+
+
+def test_value_outside_mapping_fails_and_unknown_dataset_fails():
+    assert unify("mami", {"misogynous": 2})["label_error"] == "unmapped label mami.misogynous: '2'"
+    assert unify("olid", {"subtask_a": "MAYBE"})["label_error"] == "unmapped label olid.subtask_a: 'MAYBE'"
+    assert "unknown dataset 'reddit'" in unify("reddit", {})["label_error"]
+
+
+def test_new_dataset_by_taxonomy_block_only():
+    doc = json.loads(json.dumps({"target_vocabulary": ["women", "other"], "datasets": {"toy": {
+        "raw_fields": {"hate": "scalar"}, "splits": {},
+        "labels": {"abuse_hate": {"field": "hate", "map": {"yes": 1, "no": 0}}, "offensive": None,
+                   "target_type": None, "target_group": {"field": "hate", "map": {"yes": ["women"], "no": []}}}}}}))
+    tax = validate_taxonomy(doc, "toy.json")
+    frame = pl.DataFrame({"dataset": ["toy", "toy"], "raw.hate": ["yes", "no"]})
+    out = frame.select(*unified_label_columns(tax))
+    assert out["abuse_hate"].to_list() == [1, 0]
+    assert out["target_group"].to_list() == ["women", ""]
+
+
+@pytest.mark.parametrize(
+    "patch, message",
+    [
+        ({"labels": {"abuse_hate": {"field": "x", "map": {"a": 2}}}}, "abuse_hate values must be 0, 1 or null"),
+        ({"labels": {"target_group": {"field": "x", "map": {"a": ["martians"]}}}}, "not in target_vocabulary"),
+        ({"labels": {"abuse_hate": {"field": "undeclared", "map": {"a": 1}}}}, "which raw_fields does not declare"),
+        ({"splits": {"dev": ["dev"]}}, "keys must be among"),
+    ],
+)
+def test_inconsistent_taxonomy_is_an_input_error(patch, message):
+    block = {"raw_fields": {"x": "scalar"}, "splits": {},
+             "labels": {"abuse_hate": None, "offensive": None, "target_type": None, "target_group": None}}
+    for key, value in patch.items():
+        block[key] = {**block[key], **value} if key == "labels" else value
+    with pytest.raises(InputError, match=message):
+        validate_taxonomy({"target_vocabulary": ["women", "other"], "datasets": {"toy": block}}, "t.json")
