@@ -29,10 +29,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--manifest", type=Path, required=True, help="Step-2 data_manifest.jsonl")
     p.add_argument("--ocr", type=Path, default=None, help="Step-2 ocr.jsonl (optional)")
     p.add_argument("--output-dir", type=Path, required=True, help="shards go to <dir>/{train,val,test}/")
-    p.add_argument("--label-taxonomy", type=Path, required=True,
-                   help="label_taxonomy.json; the default is written there when it does not exist")
+    p.add_argument(
+        "--label-taxonomy",
+        type=Path,
+        required=True,
+        help="label_taxonomy.json; the default is written there when it does not exist",
+    )
     p.add_argument("--splits", type=Path, required=True, help="splits.json: ids in it keep their split; rewritten")
-    p.add_argument("--examples-limit", type=positive_int, default=None, help="deterministic subset, every dataset in proportion")
+    p.add_argument(
+        "--examples-limit", type=positive_int, default=None, help="deterministic subset, every dataset in proportion"
+    )
     p.add_argument("--stats", type=Path, default=None, help="default: stats.json beside the output dir")
     p.add_argument("--workers", type=positive_int, default=os.cpu_count() or 1)
     p.add_argument("--include-diagnostics", action="store_true", help="pack HateCheck into <dir>/diagnostics/")
@@ -42,10 +48,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=positive_int, default=384)
     p.add_argument("--jpeg-quality", type=int, choices=range(1, 101), metavar="1..100", default=95)
     p.add_argument("--ocr-min-conf", type=float, default=0.5, help="on the 0-1 scale")
-    p.add_argument("--max-image-pixels", type=positive_int, default=89_478_485,
-                   help="larger images are failed as decompression bombs")
+    p.add_argument(
+        "--max-image-pixels",
+        type=positive_int,
+        default=89_478_485,
+        help="larger images are failed as decompression bombs",
+    )
     p.add_argument("--val-ratio", type=float, default=0.1, help="val carved from train where a dataset has none")
-    p.add_argument("--split-ratios", type=ratios, default=(0.8, 0.1, 0.1), help="train,val,test where a dataset has no split")
+    p.add_argument(
+        "--split-ratios", type=ratios, default=(0.8, 0.1, 0.1), help="train,val,test where a dataset has no split"
+    )
     p.add_argument("--seed", type=int, default=0)
     return p
 
@@ -53,12 +65,24 @@ def parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> PackConfig:
     output_dir = args.output_dir
     return PackConfig(
-        manifest=args.manifest, ocr=args.ocr, output_dir=output_dir, label_taxonomy=args.label_taxonomy,
-        splits=args.splits, stats=args.stats or output_dir.resolve().parent / "stats.json",
-        examples_limit=args.examples_limit, workers=args.workers, include_diagnostics=args.include_diagnostics,
-        keep_unlabelled=args.keep_unlabelled, shard_maxcount=args.shard_maxcount, shard_maxsize=args.shard_maxsize,
-        image_size=args.image_size, jpeg_quality=args.jpeg_quality, ocr_min_conf=args.ocr_min_conf,
-        max_image_pixels=args.max_image_pixels, val_ratio=args.val_ratio, split_ratios=args.split_ratios,
+        manifest=args.manifest,
+        ocr=args.ocr,
+        output_dir=output_dir,
+        label_taxonomy=args.label_taxonomy,
+        splits=args.splits,
+        stats=args.stats or output_dir.resolve().parent / "stats.json",
+        examples_limit=args.examples_limit,
+        workers=args.workers,
+        include_diagnostics=args.include_diagnostics,
+        keep_unlabelled=args.keep_unlabelled,
+        shard_maxcount=args.shard_maxcount,
+        shard_maxsize=args.shard_maxsize,
+        image_size=args.image_size,
+        jpeg_quality=args.jpeg_quality,
+        ocr_min_conf=args.ocr_min_conf,
+        max_image_pixels=args.max_image_pixels,
+        val_ratio=args.val_ratio,
+        split_ratios=args.split_ratios,
         seed=args.seed,
     )
 

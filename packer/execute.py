@@ -79,8 +79,11 @@ def pack_chunk(chunk: ChunkSpec, chunk_path: str, settings: ImageSettings) -> Ch
                     outcomes.append(SampleOutcome(spec.id, "failed", reason=exc.reason, detail=exc.detail))
                     continue
                 members["jpg"] = encoded.data
-                image = {"orig_width": encoded.orig_width, "orig_height": encoded.orig_height,
-                         "orig_format": encoded.orig_format}
+                image = {
+                    "orig_width": encoded.orig_width,
+                    "orig_height": encoded.orig_height,
+                    "orig_format": encoded.orig_format,
+                }
             members["json"] = sample_json(spec, image)
             data = sample_bytes(spec.key, members)
             out.write(data)
@@ -144,9 +147,7 @@ def execute(
     result = ExecutionResult()
     cutters: dict[str, ShardCutter] = {}
     total = sum(len(c.samples) for c in chunks)
-    tasks = (
-        delayed(pack_chunk)(c, str(work_dir / f"{c.split}-{c.index:06d}.part"), settings) for c in chunks
-    )
+    tasks = (delayed(pack_chunk)(c, str(work_dir / f"{c.split}-{c.index:06d}.part"), settings) for c in chunks)
     # Results come back in submission order, so shards never depend on scheduling.
     stream: Iterable[ChunkResult] = Parallel(
         n_jobs=workers, backend="loky", return_as="generator", pre_dispatch="4*n_jobs"
@@ -158,7 +159,9 @@ def execute(
                 if cutter is None:
                     for other in cutters.values():
                         other.finish()
-                    cutter = cutters[chunk_result.split] = ShardCutter(shard_root / chunk_result.split, maxcount, maxsize)
+                    cutter = cutters[chunk_result.split] = ShardCutter(
+                        shard_root / chunk_result.split, maxcount, maxsize
+                    )
                 for _, data in _read_samples(chunk_result):
                     cutter.add(data)
                 os.remove(chunk_result.path)

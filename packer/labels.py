@@ -101,7 +101,9 @@ class DatasetCompiler:
         mapping = rule["map"]
         keys = list(mapping)
         dtype = LABEL_DTYPES[label]
-        value = src.replace_strict(keys, [encode_value(label, v) for v in mapping.values()], default=None, return_dtype=dtype)
+        value = src.replace_strict(
+            keys, [encode_value(label, v) for v in mapping.values()], default=None, return_dtype=dtype
+        )
         unknown = src.is_not_null() & ~src.is_in(keys)
         error = other = None
         if rule.get("unknown", "fail") == "other":
@@ -145,7 +147,7 @@ class DatasetCompiler:
         drop = None
         value = mapped.value
         if isinstance(outcome, str) and outcome.startswith(DROP_PREFIX):
-            drop = pl.when(no_majority).then(pl.lit(outcome[len(DROP_PREFIX):]))
+            drop = pl.when(no_majority).then(pl.lit(outcome[len(DROP_PREFIX) :]))
         elif outcome is not None:
             value = pl.when(no_majority).then(pl.lit(encode_value(label, outcome))).otherwise(value)
         return Compiled(value, error=first_not_null([error, mapped.error]), drop=drop, other=mapped.other)
@@ -156,7 +158,9 @@ class DatasetCompiler:
             pl.element().struct.field(rule.get("key", "target")).list.unique()
         )
         named = per_voter.list.eval(pl.element().explode().drop_nulls())
-        chosen = named.list.eval(pl.element().filter(pl.len().over(pl.element()) >= rule.get("min_votes", 2))).list.unique()
+        chosen = named.list.eval(
+            pl.element().filter(pl.len().over(pl.element()) >= rule.get("min_votes", 2))
+        ).list.unique()
         return self.map_groups(rule, chosen, field)
 
     def condition(self, cond: dict, done: dict[str, Compiled]) -> pl.Expr:
@@ -166,10 +170,17 @@ class DatasetCompiler:
                 return value.is_not_null() & (value != "")
             return value.is_in([encode_value(cond["label"], v) for v in cond["in"]])
         if "vote" in cond:
-            rule = {"vote": cond["vote"], "key": cond.get("key"), "min_votes": cond.get("min_votes", 2),
-                    "map": {v: v for v in cond["in"]}, "unknown": "other"}
+            rule = {
+                "vote": cond["vote"],
+                "key": cond.get("key"),
+                "min_votes": cond.get("min_votes", 2),
+                "map": {v: v for v in cond["in"]},
+                "unknown": "other",
+            }
             ballots = self.votes(rule["vote"], rule["key"])
-            winners = ballots.list.eval(pl.element().filter(pl.len().over(pl.element()) >= rule["min_votes"])).list.unique()
+            winners = ballots.list.eval(
+                pl.element().filter(pl.len().over(pl.element()) >= rule["min_votes"])
+            ).list.unique()
             return (winners.list.len() == 1) & winners.list.first().is_in(cond["in"])
         src = self.scalar(cond["field"], cond.get("normalize"))
         if cond.get("present"):

@@ -78,9 +78,13 @@ def status_columns(config: PackConfig) -> list[pl.Expr]:
         pl.col("label_drop"),
         pl.when(unlabelled & (not config.keep_unlabelled)).then(pl.lit("unlabelled")),
     )
-    status = pl.when(failure.is_not_null()).then(pl.lit("failed")).when(drop.is_not_null()).then(
-        pl.lit("dropped")
-    ).otherwise(pl.lit("ok"))
+    status = (
+        pl.when(failure.is_not_null())
+        .then(pl.lit("failed"))
+        .when(drop.is_not_null())
+        .then(pl.lit("dropped"))
+        .otherwise(pl.lit("ok"))
+    )
     return [status.alias("status"), pl.coalesce(failure, drop).alias("reason"), pl.lit("plan").alias("stage")]
 
 
@@ -160,17 +164,37 @@ def build_plan(
 def make_chunks(rows: pl.DataFrame, chunk_size: int) -> list[ChunkSpec]:
     """Samples to pack, per split in seeded-hash order, cut into fixed-size chunks."""
     order = {s: i for i, s in enumerate((*SPLITS, DIAGNOSTICS))}
-    todo = rows.filter(pl.col("status") == "ok").with_columns(
-        split_rank=pl.col("split").replace_strict(order, return_dtype=pl.Int32)
-    ).sort("split_rank", "order", "id")
+    todo = (
+        rows.filter(pl.col("status") == "ok")
+        .with_columns(split_rank=pl.col("split").replace_strict(order, return_dtype=pl.Int32))
+        .sort("split_rank", "order", "id")
+    )
     chunks: list[ChunkSpec] = []
-    columns = ["id", "key", "dataset", "split", "source_split", "lang", "image_path", "text", "aux_json", *UNIFIED_FIELDS]
+    columns = [
+        "id",
+        "key",
+        "dataset",
+        "split",
+        "source_split",
+        "lang",
+        "image_path",
+        "text",
+        "aux_json",
+        *UNIFIED_FIELDS,
+    ]
     for (split,), part in todo.select(columns).group_by("split", maintain_order=True):
         samples = [
             SampleSpec(
-                id=r["id"], key=r["key"], dataset=r["dataset"], split=r["split"], source_split=r["source_split"],
-                lang=r["lang"], image_path=r["image_path"], text=r["text"],
-                labels={f: r[f] for f in UNIFIED_FIELDS}, aux_json=r["aux_json"],
+                id=r["id"],
+                key=r["key"],
+                dataset=r["dataset"],
+                split=r["split"],
+                source_split=r["source_split"],
+                lang=r["lang"],
+                image_path=r["image_path"],
+                text=r["text"],
+                labels={f: r[f] for f in UNIFIED_FIELDS},
+                aux_json=r["aux_json"],
             )
             for r in part.iter_rows(named=True)
         ]

@@ -50,8 +50,10 @@ def label_counts(packed: pl.DataFrame) -> dict[str, Any]:
     for field in UNIFIED_FIELDS:
         if field == "target_group":
             value = (
-                pl.when(pl.col(field).is_null()).then(pl.lit(["null"]))
-                .when(pl.col(field) == "").then(pl.lit(["[]"]))
+                pl.when(pl.col(field).is_null())
+                .then(pl.lit(["null"]))
+                .when(pl.col(field) == "")
+                .then(pl.lit(["[]"]))
                 .otherwise(pl.col(field).str.split("|"))
             )
             table = packed.select("split", "dataset", value.alias("v")).explode("v")
@@ -104,7 +106,11 @@ def library_versions() -> dict[str, str | None]:
 
 
 def build_stats(
-    config: PackConfig, rows: pl.DataFrame, result: ExecutionResult, manifest_rows: int, ocr_orphans: int,
+    config: PackConfig,
+    rows: pl.DataFrame,
+    result: ExecutionResult,
+    manifest_rows: int,
+    ocr_orphans: int,
     timings: dict[str, float],
 ) -> dict[str, Any]:
     total = rows.height
@@ -113,7 +119,11 @@ def build_stats(
     packed = rows.filter(pl.col("status") == "packed")
     reasons = {
         status: dict(
-            rows.filter(pl.col("status") == status).group_by(reason_category()).len().sort("len", descending=True).iter_rows()
+            rows.filter(pl.col("status") == status)
+            .group_by(reason_category())
+            .len()
+            .sort("len", descending=True)
+            .iter_rows()
         )
         for status in ("dropped", "failed")
     }
@@ -131,7 +141,9 @@ def build_stats(
         rows.filter(pl.col("other_targets").is_not_null())
         .select("dataset", pl.col("other_targets").alias("source"))
         .explode("source")
-        .group_by("dataset", "source").len().sort("dataset", "source")
+        .group_by("dataset", "source")
+        .len()
+        .sort("dataset", "source")
     )
     other_targets: dict[str, dict[str, int]] = defaultdict(dict)
     for dataset, source, n in other.iter_rows():
@@ -153,7 +165,10 @@ def build_stats(
         "failed": failed_n,
         "failure_rate": round(failure_rate, 6),
         "reasons": reasons,
-        "splits": {s: per_split.get(s, {"examples": 0, "shards": 0, "bytes": 0}) for s in (*SPLITS, *sorted(set(per_split) - set(SPLITS)))},
+        "splits": {
+            s: per_split.get(s, {"examples": 0, "shards": 0, "bytes": 0})
+            for s in (*SPLITS, *sorted(set(per_split) - set(SPLITS)))
+        },
         "labels": label_counts(packed),
         "null_counts": null_counts,
         "other_targets": dict(other_targets),
@@ -190,14 +205,17 @@ def summary(stats: dict[str, Any]) -> str:
         f"(dropped {stats['dropped']}, failed {stats['failed']}, failure rate {100 * stats['failure_rate']:.2f}%)",
     ]
     for split, entry in stats["splits"].items():
-        lines.append(f"  {split:<12} {entry['examples']:>8} examples  {entry['shards']:>4} shards  {entry['bytes']:>12} bytes")
+        lines.append(
+            f"  {split:<12} {entry['examples']:>8} examples  {entry['shards']:>4} shards  {entry['bytes']:>12} bytes"
+        )
     for status in ("dropped", "failed"):
         for reason, n in stats["reasons"][status].items():
             lines.append(f"  {status} {n:>6}  {reason}")
     ocr = stats["ocr"]
     lines.append(
         f"  OCR: {ocr['with_ocr']}/{ocr['image_examples']} image examples, {ocr['lines_kept']} lines kept, "
-        f"{ocr['lines_low_confidence']} low-confidence, {ocr['ocr_rows_without_manifest_row']} OCR rows without manifest row"
+        f"{ocr['lines_low_confidence']} low-confidence, "
+        f"{ocr['ocr_rows_without_manifest_row']} OCR rows without manifest row"
     )
     for name, ok in stats["checks"].items():
         lines.append(f"  check {name}: {'PASS' if ok else 'FAIL'}")

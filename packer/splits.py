@@ -41,9 +41,12 @@ def source_split(taxonomy: Taxonomy, include_diagnostics: bool) -> list[pl.Expr]
             mapped = pl.when(src.is_in(names)).then(pl.lit(target)).otherwise(mapped)
         carve = block.get("carve_val_from")
         ds_mode = (
-            pl.when(src.is_null()).then(pl.lit("assign"))
-            .when(src == carve if carve else pl.lit(False)).then(pl.lit("carve"))
-            .when(mapped.is_not_null()).then(pl.lit("source"))
+            pl.when(src.is_null())
+            .then(pl.lit("assign"))
+            .when(src == carve if carve else pl.lit(False))
+            .then(pl.lit("carve"))
+            .when(mapped.is_not_null())
+            .then(pl.lit("source"))
         )
         known = sorted(s for names in block.get("splits", {}).values() for s in names)
         ds_error = pl.when(src.is_not_null() & mapped.is_null()).then(
@@ -57,20 +60,22 @@ def source_split(taxonomy: Taxonomy, include_diagnostics: bool) -> list[pl.Expr]
 
 def group_key() -> pl.Expr:
     """Examples that share a normalised text form one group; an example with no text is its own group."""
-    return pl.when(pl.col("norm_text") != "").then(pl.format("t:{}", pl.col("norm_text"))).otherwise(
-        pl.format("i:{}", pl.col("id"))
+    return (
+        pl.when(pl.col("norm_text") != "")
+        .then(pl.format("t:{}", pl.col("norm_text")))
+        .otherwise(pl.format("i:{}", pl.col("id")))
     )
 
 
 def stratum() -> pl.Expr:
     """Dataset plus every unified label: what the assigned splits are stratified over."""
-    labels = [pl.col(c).cast(pl.String).fill_null("~") for c in ("abuse_hate", "offensive", "target_type", "target_group")]
+    labels = [
+        pl.col(c).cast(pl.String).fill_null("~") for c in ("abuse_hate", "offensive", "target_type", "target_group")
+    ]
     return pl.concat_str([pl.col("dataset"), *labels], separator="/")
 
 
-def assign_splits(
-    frame: pl.LazyFrame, seed: int, val_ratio: float, ratios: tuple[float, float, float]
-) -> pl.LazyFrame:
+def assign_splits(frame: pl.LazyFrame, seed: int, val_ratio: float, ratios: tuple[float, float, float]) -> pl.LazyFrame:
     """Fill `split` where packer decides it: carve val from a train, or 80/10/10 where there is none.
 
     Within each (dataset, pool, stratum) the groups are ordered by hash; a group goes to val/test when
@@ -97,8 +102,10 @@ def assign_splits(
         .then(pl.when(pl.col("g_frac") < val_ratio).then(pl.lit("val")).otherwise(pl.lit("train")))
         .when(pl.col("assign_mode") == "assign")
         .then(
-            pl.when(pl.col("g_frac") < test_r).then(pl.lit("test"))
-            .when(pl.col("g_frac") < test_r + val_r).then(pl.lit("val"))
+            pl.when(pl.col("g_frac") < test_r)
+            .then(pl.lit("test"))
+            .when(pl.col("g_frac") < test_r + val_r)
+            .then(pl.lit("val"))
             .otherwise(pl.lit("train"))
         )
         .otherwise(pl.col("split"))
@@ -106,8 +113,10 @@ def assign_splits(
     pinned_group = pl.col("pinned_split").drop_nulls().first().over(group)
     movable = pl.col("assign_mode").is_in(["carve", "assign"])
     final = (
-        pl.when(pl.col("pinned_split").is_not_null()).then(pl.col("pinned_split"))
-        .when(movable & pinned_group.is_not_null()).then(pinned_group)
+        pl.when(pl.col("pinned_split").is_not_null())
+        .then(pl.col("pinned_split"))
+        .when(movable & pinned_group.is_not_null())
+        .then(pinned_group)
         .otherwise(assigned)
     )
     return frame.sort("row").with_columns(split=final).drop("pool", "g_stratum", "g_u", "g_pos", "n_stratum", "g_frac")

@@ -18,8 +18,13 @@ def normalized_text(expr: pl.Expr) -> pl.Expr:
 def combined_text(ocr_text: pl.Expr, caption: pl.Expr, lang: pl.Expr) -> pl.Expr:
     """`[OCR] <ocr> [/OCR] [CAP] <caption> [/CAP] <lang=xx>`, both blocks always present."""
     parts = pl.concat_str(
-        pl.lit("[OCR] "), ocr_text.fill_null(""), pl.lit(" [/OCR] [CAP] "), caption.fill_null(""),
-        pl.lit(" [/CAP] <lang="), lang, pl.lit(">"),
+        pl.lit("[OCR] "),
+        ocr_text.fill_null(""),
+        pl.lit(" [/OCR] [CAP] "),
+        caption.fill_null(""),
+        pl.lit(" [/CAP] <lang="),
+        lang,
+        pl.lit(">"),
     )
     return clean_text(parts)
 
@@ -33,8 +38,11 @@ def ocr_text(ocr: pl.LazyFrame, min_conf: float) -> pl.LazyFrame:
     """
     first = ocr.unique(subset="id", keep="first", maintain_order=True)
     lines = first.select("id", "lines").explode("lines").unnest("lines")
-    coords = pl.col("bbox").str.replace_all(r"[\[\]\s]", "").str.split(",").list.eval(
-        pl.element().cast(pl.Float64, strict=False)
+    coords = (
+        pl.col("bbox")
+        .str.replace_all(r"[\[\]\s]", "")
+        .str.split(",")
+        .list.eval(pl.element().cast(pl.Float64, strict=False))
     )
     xs = coords.list.gather_every(2)
     ys = coords.list.gather_every(2, offset=1)
@@ -54,18 +62,14 @@ def ocr_text(ocr: pl.LazyFrame, min_conf: float) -> pl.LazyFrame:
         lines.filter("kept")
         .sort("id", "top", "left", nulls_last=True)
         .with_columns(
-            new_row=(
-                pl.col("top") > ((pl.col("top") + pl.col("bottom")) / 2).shift(1).over("id")
-            ).fill_null(True)
+            new_row=(pl.col("top") > ((pl.col("top") + pl.col("bottom")) / 2).shift(1).over("id")).fill_null(True)
         )
         .with_columns(row_no=pl.col("new_row").cum_sum().over("id"))
         .sort("id", "row_no", "left", nulls_last=True)
         .group_by("id", maintain_order=True)
         .agg(ocr_text=pl.col("text").str.join(" "))
     )
-    counts = lines.group_by("id").agg(
-        ocr_lines_kept=pl.col("kept").sum(), ocr_lines_low_conf=pl.col("low_conf").sum()
-    )
+    counts = lines.group_by("id").agg(ocr_lines_kept=pl.col("kept").sum(), ocr_lines_low_conf=pl.col("low_conf").sum())
     return (
         first.select("id")
         .join(counts, on="id", how="left")

@@ -15,10 +15,28 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, features
 
-WORDS = ("when you finally understand the meme so true nobody cares about this one weird trick "
-         "everyone else me trying to explain my code at work on monday morning").split()
-HATEXPLAIN_TARGETS = ["African", "Arab", "Asian", "Women", "Men", "Homosexual", "Islam", "Jewish", "Refugee",
-                      "Other", "None", "Economic", "Disability", "Hispanic", "Caucasian", "Indian"]
+WORDS = (
+    "when you finally understand the meme so true nobody cares about this one weird trick "
+    "everyone else me trying to explain my code at work on monday morning"
+).split()
+HATEXPLAIN_TARGETS = [
+    "African",
+    "Arab",
+    "Asian",
+    "Women",
+    "Men",
+    "Homosexual",
+    "Islam",
+    "Jewish",
+    "Refugee",
+    "Other",
+    "None",
+    "Economic",
+    "Disability",
+    "Hispanic",
+    "Caucasian",
+    "Indian",
+]
 
 
 def sentence(rng: random.Random, n: int = 8) -> str:
@@ -28,18 +46,27 @@ def sentence(rng: random.Random, n: int = 8) -> str:
 def meme_image(rng: random.Random, width: int, height: int, mode: str) -> tuple[Image.Image, list[dict]]:
     """A gradient 'photo' with shapes and two caption bands; returns the OCR lines drawn on it."""
     base = Image.linear_gradient("L").resize((width, height))
-    colour = Image.merge("RGB", (base, base.transpose(Image.Transpose.ROTATE_90).resize((width, height)), base.point(lambda v: 255 - v)))
+    colour = Image.merge(
+        "RGB", (base, base.transpose(Image.Transpose.ROTATE_90).resize((width, height)), base.point(lambda v: 255 - v))
+    )
     draw = ImageDraw.Draw(colour)
     for _ in range(6):
         x0, y0 = rng.randrange(width), rng.randrange(height)
-        draw.ellipse([x0, y0, x0 + rng.randint(20, width // 3), y0 + rng.randint(20, height // 3)],
-                     fill=tuple(rng.randrange(256) for _ in range(3)))
+        draw.ellipse(
+            [x0, y0, x0 + rng.randint(20, width // 3), y0 + rng.randint(20, height // 3)],
+            fill=tuple(rng.randrange(256) for _ in range(3)),
+        )
     lines = []
     for top in (int(height * 0.05), int(height * 0.85)):
         text = sentence(rng, 6).upper()
         draw.text((width // 10, top), text, fill=(255, 255, 255))
-        lines.append({"text": text, "conf": round(rng.uniform(0.3, 1.0), 3),
-                      "bbox": [[width // 10, top], [width // 2, top], [width // 2, top + 12], [width // 10, top + 12]]})
+        lines.append(
+            {
+                "text": text,
+                "conf": round(rng.uniform(0.3, 1.0), 3),
+                "bbox": [[width // 10, top], [width // 2, top], [width // 2, top + 12], [width // 10, top + 12]],
+            }
+        )
     if mode == "RGBA":
         image = colour.convert("RGBA")
         image.putalpha(Image.linear_gradient("L").resize((width, height)))
@@ -104,29 +131,46 @@ def labels_for(dataset: str, rng: random.Random, split: str) -> dict:
         if labels and rng.random() < 0.6:
             hateful = labels["label"] == 1
             labels["gold_hate"] = ["hateful" if hateful else "not_hateful"]
-            labels["gold_pc"] = rng.sample(["race", "religion", "sex", "nationality", "disability"], rng.randint(1, 2)) if hateful else ["pc_empty"]
+            labels["gold_pc"] = (
+                rng.sample(["race", "religion", "sex", "nationality", "disability"], rng.randint(1, 2))
+                if hateful
+                else ["pc_empty"]
+            )
             labels["gold_attack"] = ["mocking"] if hateful else ["attack_empty"]
         return labels
     if dataset == "mami":
         m = rng.choice([0, 1])
-        return {"misogynous": m, **{k: (rng.choice([0, 1]) if m else 0) for k in ("shaming", "stereotype", "objectification", "violence")}}
+        return {
+            "misogynous": m,
+            **{k: (rng.choice([0, 1]) if m else 0) for k in ("shaming", "stereotype", "objectification", "violence")},
+        }
     if dataset == "mmhs150k":
         codes = [rng.choice([0, 0, 0, 1, 2, 3, 4, 5]) for _ in range(3)]
         names = ["NotHate", "Racist", "Sexist", "Homophobe", "Religion", "OtherHate"]
         return {"labels": codes, "labels_str": [names[c] for c in codes]}
     if dataset == "memotion1":
         offensive = rng.choice(["not_offensive", "slight", "very_offensive", "hateful_offensive", "Not_Offensive "])
-        keys = ("Humour", "Sarcasm", "Offensive", "Motivational", "Overall_Sentiment") if rng.random() < 0.5 else (
-            "humour", "sarcasm", "offensive", "motivational", "overall_sentiment")
-        values = (rng.choice(["funny", "not_funny", "very_funny", "hilarious"]), rng.choice(["general", "not_sarcastic"]),
-                  offensive, rng.choice(["motivational", "not_motivational"]),
-                  rng.choice(["very_negative", "negative", "neutral", "positive", "very_positive"]))
+        keys = (
+            ("Humour", "Sarcasm", "Offensive", "Motivational", "Overall_Sentiment")
+            if rng.random() < 0.5
+            else ("humour", "sarcasm", "offensive", "motivational", "overall_sentiment")
+        )
+        values = (
+            rng.choice(["funny", "not_funny", "very_funny", "hilarious"]),
+            rng.choice(["general", "not_sarcastic"]),
+            offensive,
+            rng.choice(["motivational", "not_motivational"]),
+            rng.choice(["very_negative", "negative", "neutral", "positive", "very_positive"]),
+        )
         return dict(zip(keys, values))
     if dataset == "memotion2":
-        return {"humour": rng.choice(["funny", "not_funny"]), "sarcastic": rng.choice(["not_sarcastic", "very_sarcastic"]),
-                "offensive": rng.choice(["not_offensive", "slight", "hateful_offensive"]),
-                "motivational": rng.choice(["motivational", "not_motivational"]),
-                "overall_sentiment": rng.choice(["negative", "neutral", "positive"])}
+        return {
+            "humour": rng.choice(["funny", "not_funny"]),
+            "sarcastic": rng.choice(["not_sarcastic", "very_sarcastic"]),
+            "offensive": rng.choice(["not_offensive", "slight", "hateful_offensive"]),
+            "motivational": rng.choice(["motivational", "not_motivational"]),
+            "overall_sentiment": rng.choice(["negative", "neutral", "positive"]),
+        }
     if dataset == "hatexplain":
         tokens = sentence(rng).split()
         majority = rng.choice(["hatespeech", "offensive", "normal"])
@@ -134,10 +178,14 @@ def labels_for(dataset: str, rng: random.Random, split: str) -> dict:
         if rng.random() < 0.1:
             labels_ = ["hatespeech", "offensive", "normal"]  # undecided
         target = rng.choice(HATEXPLAIN_TARGETS)
-        return {"annotators": [{"label": lab, "annotator_id": i + 1, "target": ["None"] if lab == "normal" else [target]}
-                               for i, lab in enumerate(labels_)],
-                "rationales": [[rng.choice([0, 1]) for _ in tokens]] if majority != "normal" else [],
-                "post_tokens": tokens}
+        return {
+            "annotators": [
+                {"label": lab, "annotator_id": i + 1, "target": ["None"] if lab == "normal" else [target]}
+                for i, lab in enumerate(labels_)
+            ],
+            "rationales": [[rng.choice([0, 1]) for _ in tokens]] if majority != "normal" else [],
+            "post_tokens": tokens,
+        }
     if dataset == "olid":
         a = rng.choice(["NOT", "OFF"])
         if split == "test":
@@ -145,15 +193,26 @@ def labels_for(dataset: str, rng: random.Random, split: str) -> dict:
         b = "NULL" if a == "NOT" else rng.choice(["TIN", "UNT"])
         c = rng.choice(["IND", "GRP", "OTH"]) if b == "TIN" else "NULL"
         return {"subtask_a": a, "subtask_b": b, "subtask_c": c}
-    target = rng.choice(["women", "trans people", "gay people", "black people", "disabled people", "Muslims", "immigrants", None])
-    return {"functionality": "derog_neg_emote_h", "case_id": rng.randint(1, 4000),
-            "label_gold": rng.choice(["hateful", "non-hateful"]), "target_ident": target, "direction": "general"}
+    target = rng.choice(
+        ["women", "trans people", "gay people", "black people", "disabled people", "Muslims", "immigrants", None]
+    )
+    return {
+        "functionality": "derog_neg_emote_h",
+        "case_id": rng.randint(1, 4000),
+        "label_gold": rng.choice(["hateful", "non-hateful"]),
+        "target_ident": target,
+        "direction": "general",
+    }
 
 
 SPLITS = {
     "hateful_memes": ["train", "dev_seen", "dev_unseen", "test_seen", "test_unseen"],
-    "mami": ["train", "test"], "mmhs150k": ["train", "val", "test"], "memotion1": ["train", "test"],
-    "memotion2": ["train", "val", "test"], "hatexplain": ["train", "val", "test"], "olid": ["train", "test"],
+    "mami": ["train", "test"],
+    "mmhs150k": ["train", "val", "test"],
+    "memotion1": ["train", "test"],
+    "memotion2": ["train", "val", "test"],
+    "hatexplain": ["train", "val", "test"],
+    "olid": ["train", "test"],
     "hatecheck": ["test"],
 }
 IMAGE_DATASETS = {"hateful_memes", "mami", "mmhs150k", "memotion1", "memotion2"}
@@ -170,25 +229,48 @@ def make(out: Path, per_dataset: int, seed: int) -> None:
         for n in range(per_dataset):
             split = splits[0] if n < per_dataset * 0.6 else rng.choice(splits)
             example_id = f"{n:05d}" if dataset != "memotion1" else f"image_{n}.jpg"
-            row = {"id": f"{dataset}_{split}_{example_id}", "dataset": dataset, "split": split, "image_path": None,
-                   "text_raw": sentence(rng, 14), "labels_raw": labels_for(dataset, rng, split)}
+            row = {
+                "id": f"{dataset}_{split}_{example_id}",
+                "dataset": dataset,
+                "split": split,
+                "image_path": None,
+                "text_raw": sentence(rng, 14),
+                "labels_raw": labels_for(dataset, rng, split),
+            }
             if dataset in IMAGE_DATASETS:
                 path, lines = save_image(rng, images, f"{dataset}_{n:05d}", image_index)
                 image_index += 1
                 row["image_path"] = path
                 if rng.random() < 0.9:
-                    ocr.append({"id": row["id"], "dataset": dataset, "split": split, "image_path": path, "ocr": {"lines": lines}})
+                    ocr.append(
+                        {
+                            "id": row["id"],
+                            "dataset": dataset,
+                            "split": split,
+                            "image_path": path,
+                            "ocr": {"lines": lines},
+                        }
+                    )
             manifest.append(row)
     # Hateful Memes ships some memes in both dev_seen and dev_unseen: the same image and text.
     for n in range(3):
-        twin = next(r for r in manifest if r["dataset"] == "hateful_memes" and r["split"] == "train" and r["labels_raw"])
+        twin = next(
+            r for r in manifest if r["dataset"] == "hateful_memes" and r["split"] == "train" and r["labels_raw"]
+        )
         manifest.remove(twin)
         for split in ("dev_seen", "dev_unseen"):
             manifest.append({**twin, "id": f"hateful_memes_{split}_dup{n}", "split": split})
     for i, path in enumerate(broken):
-        manifest.append({"id": f"mami_train_broken{i}", "dataset": "mami", "split": "train", "image_path": path,
-                         "text_raw": "broken", "labels_raw": {"misogynous": 0, "shaming": 0, "stereotype": 0,
-                                                               "objectification": 0, "violence": 0}})
+        manifest.append(
+            {
+                "id": f"mami_train_broken{i}",
+                "dataset": "mami",
+                "split": "train",
+                "image_path": path,
+                "text_raw": "broken",
+                "labels_raw": {"misogynous": 0, "shaming": 0, "stereotype": 0, "objectification": 0, "violence": 0},
+            }
+        )
     ocr.append({"id": "not_in_manifest", "dataset": "mami", "split": "train", "image_path": None, "ocr": {"lines": []}})
     (out / "data_manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in manifest), encoding="utf-8")
     (out / "ocr.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ocr), encoding="utf-8")

@@ -40,10 +40,25 @@ class Workspace:
     def image(self, name: str, **kw) -> str:
         return make_jpeg(self.images / name, **kw)
 
-    def add(self, id: str, dataset: str, split: str | None, labels: dict, image: str | None = None,
-            text: str | None = "some caption", **extra) -> dict:
-        row = {"id": id, "dataset": dataset, "split": split, "image_path": image, "text_raw": text,
-               "labels_raw": labels, **extra}
+    def add(
+        self,
+        id: str,
+        dataset: str,
+        split: str | None,
+        labels: dict,
+        image: str | None = None,
+        text: str | None = "some caption",
+        **extra,
+    ) -> dict:
+        row = {
+            "id": id,
+            "dataset": dataset,
+            "split": split,
+            "image_path": image,
+            "text_raw": text,
+            "labels_raw": labels,
+            **extra,
+        }
         self.rows.append(row)
         return row
 
@@ -52,9 +67,19 @@ class Workspace:
         write_jsonl(self.ocr, self.ocr_rows)
 
     def args(self, *extra: str, shards: str = "shards") -> list[str]:
-        return ["--manifest", str(self.manifest), "--ocr", str(self.ocr), "--output-dir", str(self.out / shards),
-                "--label-taxonomy", str(self.out / "label_taxonomy.json"), "--splits", str(self.out / "splits.json"),
-                *extra]
+        return [
+            "--manifest",
+            str(self.manifest),
+            "--ocr",
+            str(self.ocr),
+            "--output-dir",
+            str(self.out / shards),
+            "--label-taxonomy",
+            str(self.out / "label_taxonomy.json"),
+            "--splits",
+            str(self.out / "splits.json"),
+            *extra,
+        ]
 
     def run(self, *extra: str, shards: str = "shards") -> int:
         self.write()

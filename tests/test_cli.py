@@ -9,9 +9,9 @@ import json
 
 import pytest
 import webdataset as wds
+from conftest import MAMI, MAMI_NOT
 from PIL import Image
 
-from conftest import MAMI, MAMI_NOT
 from packer.cli import main
 
 
@@ -27,16 +27,42 @@ def read_shards(pattern: str, image: bool = True) -> list[tuple]:
 
 def build_mixed(ws, n_mami: int = 40) -> None:
     for i in range(n_mami):
-        ws.add(f"mami_train_{i}.jpg", "mami", "train", MAMI if i % 2 else MAMI_NOT,
-               image=ws.image(f"m{i}.jpg", colour=(i * 5, 10, 10)), text=f"meme number {i}")
+        ws.add(
+            f"mami_train_{i}.jpg",
+            "mami",
+            "train",
+            MAMI if i % 2 else MAMI_NOT,
+            image=ws.image(f"m{i}.jpg", colour=(i * 5, 10, 10)),
+            text=f"meme number {i}",
+        )
     ws.add("mami_test_0.jpg", "mami", "test", MAMI, image=ws.image("t0.png"), text="a test meme")
-    ws.add("olid_train_1", "olid", "train", {"subtask_a": "OFF", "subtask_b": "TIN", "subtask_c": "GRP"}, text="@USER go away")
+    ws.add(
+        "olid_train_1",
+        "olid",
+        "train",
+        {"subtask_a": "OFF", "subtask_b": "TIN", "subtask_c": "GRP"},
+        text="@USER go away",
+    )
     ws.add("olid_test_2", "olid", "test", {"subtask_a": "NOT"}, text="@USER nice")
-    ws.add("hatecheck_test_1", "hatecheck", "test", {"functionality": "f", "case_id": 1, "label_gold": "hateful",
-                                                      "target_ident": "women", "direction": "general"}, text="I hate women.")
-    ws.ocr_rows.append({"id": "mami_train_1.jpg", "ocr": {"lines": [
-        {"text": "BOTTOM", "conf": 0.9, "bbox": [0, 300, 100, 320]}, {"text": "TOP", "conf": 0.95, "bbox": [0, 5, 100, 25]},
-        {"text": "noise", "conf": 0.1, "bbox": [0, 100, 100, 120]}]}})
+    ws.add(
+        "hatecheck_test_1",
+        "hatecheck",
+        "test",
+        {"functionality": "f", "case_id": 1, "label_gold": "hateful", "target_ident": "women", "direction": "general"},
+        text="I hate women.",
+    )
+    ws.ocr_rows.append(
+        {
+            "id": "mami_train_1.jpg",
+            "ocr": {
+                "lines": [
+                    {"text": "BOTTOM", "conf": 0.9, "bbox": [0, 300, 100, 320]},
+                    {"text": "TOP", "conf": 0.95, "bbox": [0, 5, 100, 25]},
+                    {"text": "noise", "conf": 0.1, "bbox": [0, 100, 100, 120]},
+                ]
+            },
+        }
+    )
     ws.ocr_rows.append({"id": "nobody", "ocr": {"lines": []}})
 
 
@@ -66,8 +92,11 @@ def test_end_to_end_labels_text_and_images(ws):
     assert stats["ocr"]["with_ocr"] == 1 and stats["ocr"]["without_ocr"] == 40
     assert (stats["ocr"]["lines_kept"], stats["ocr"]["lines_low_confidence"]) == (2, 1)
     assert stats["labels"]["test"]["mami"]["target_group"] == {"women": 1}
-    assert stats["checks"] == {"failure_rate_below_0.5%": True, "no_id_in_two_splits": True,
-                               "assigned_splits_balanced_within_5_points": True}
+    assert stats["checks"] == {
+        "failure_rate_below_0.5%": True,
+        "no_id_in_two_splits": True,
+        "assigned_splits_balanced_within_5_points": True,
+    }
     assert json.loads((ws.out / "label_taxonomy.json").read_text())["datasets"]["mami"]
     splits = json.loads((ws.out / "splits.json").read_text())
     assert "mami_test_0.jpg" in splits["test"] and "olid_train_1" in splits["train"] + splits["val"]
@@ -85,21 +114,33 @@ def test_every_row_is_packed_dropped_or_failed(ws):
     assert ws.run("--workers", "2") == 1  # failure rate far above 0.5%
     stats = ws.stats
     assert stats["total"] == stats["packed"] + stats["dropped"] + stats["failed"] == 16
-    assert stats["reasons"]["failed"] == {"image_missing": 1, "image_unreadable": 1, "unmapped label mami.misogynous": 1,
-                                          "unknown dataset 'reddit'": 1, "unknown split 'dev' for dataset mami (known": 1}
+    assert stats["reasons"]["failed"] == {
+        "image_missing": 1,
+        "image_unreadable": 1,
+        "unmapped label mami.misogynous": 1,
+        "unknown dataset 'reddit'": 1,
+        "unknown split 'dev' for dataset mami (known": 1,
+    }
     assert stats["reasons"]["dropped"] == {"unlabelled": 1, "diagnostics (not requested)": 1}
     assert stats["checks"]["failure_rate_below_0.5%"] is False
     logged = {r["id"]: r for r in ws.failures()}
     assert logged["mami_train_missing"]["stage"] == "image" and logged["mami_train_missing"]["status"] == "failed"
-    assert logged["olid_test_unlabelled"] == {"id": "olid_test_unlabelled", "status": "dropped", "stage": "plan",
-                                              "reason": "unlabelled", "detail": None}
+    assert logged["olid_test_unlabelled"] == {
+        "id": "olid_test_unlabelled",
+        "status": "dropped",
+        "stage": "plan",
+        "reason": "unlabelled",
+        "detail": None,
+    }
     assert len(logged) == stats["dropped"] + stats["failed"]
     assert not glob.glob(str(ws.out / "shards/diagnostics/*"))
 
 
 def shard_digests(root) -> dict[str, str]:
-    return {p[len(str(root)):]: hashlib.sha256(open(p, "rb").read()).hexdigest()
-            for p in sorted(glob.glob(str(root / "*/*.tar")))}
+    return {
+        p[len(str(root)) :]: hashlib.sha256(open(p, "rb").read()).hexdigest()
+        for p in sorted(glob.glob(str(root / "*/*.tar")))
+    }
 
 
 def test_shards_byte_identical_for_1_and_2_workers(ws):
@@ -121,7 +162,10 @@ def test_shards_cut_at_maxcount_and_maxsize(ws):
     assert ws.run("--shard-maxsize", "20000", shards="small") == 0
     small = sorted(glob.glob(str(ws.out / "small/train/*.tar")))
     assert len(small) > 3
-    assert all(len(open(u, "rb").read()) <= 20000 + 1024 or len(list(wds.WebDataset(u, shardshuffle=False))) == 1 for u in small)
+    assert all(
+        len(open(u, "rb").read()) <= 20000 + 1024 or len(list(wds.WebDataset(u, shardshuffle=False))) == 1
+        for u in small
+    )
 
 
 def test_tar_members_have_fixed_metadata(ws):
@@ -190,8 +234,11 @@ def test_examples_limit_spreads_over_every_dataset(ws):
     for i in range(10):
         ws.add(f"mami_train_{i}", "mami", "train", MAMI, text=f"m{i}")
     assert ws.run("--examples-limit", "20") == 0
-    by_dataset = {ds: sum(sum(v.values()) for v in [f["abuse_hate"]])
-                  for split in ws.stats["labels"].values() for ds, f in split.items()}
+    by_dataset = {
+        ds: sum(sum(v.values()) for v in [f["abuse_hate"]])
+        for split in ws.stats["labels"].values()
+        for ds, f in split.items()
+    }
     stats = ws.stats
     assert stats["total"] == 20 and stats["manifest_rows"] == 100
     assert by_dataset.keys() == {"olid", "mami"}
@@ -206,11 +253,15 @@ def test_examples_limit_spreads_over_every_dataset(ws):
     "content, message",
     [
         ('{"id": "a", "dataset": "mami", "labels_raw": {}}\n{"id": "b", oops}\n', "line 2: not valid JSON"),
-        ('{"id": "a", "dataset": "mami", "labels_raw": {}}\n\n{"dataset": "mami", "labels_raw": {}}\n',
-         "line 3: field 'id': missing"),
+        (
+            '{"id": "a", "dataset": "mami", "labels_raw": {}}\n\n{"dataset": "mami", "labels_raw": {}}\n',
+            "line 3: field 'id': missing",
+        ),
         ('{"id": "a", "dataset": "mami", "labels_raw": "x"}\n', "line 1: field 'labels_raw': expected dict"),
-        ('{"id": "a", "dataset": "mami", "labels_raw": {}}\n{"id": "a", "dataset": "mami", "labels_raw": {}}\n',
-         "field 'id': 1 id(s) appear more than once: 'a' (line 1), 'a' (line 2)"),
+        (
+            '{"id": "a", "dataset": "mami", "labels_raw": {}}\n{"id": "a", "dataset": "mami", "labels_raw": {}}\n',
+            "field 'id': 1 id(s) appear more than once: 'a' (line 1), 'a' (line 2)",
+        ),
     ],
 )
 def test_bad_manifest_is_exit_2_naming_file_line_field(ws, capsys, content, message):
@@ -254,17 +305,18 @@ def test_usage_error_is_exit_2(capsys):
 def test_user_taxonomy_changes_mapping_without_code(ws):
     ws.add("a", "mami", "train", MAMI, text="x")
     ws.out.mkdir(parents=True)
-    tax = json.loads((__import__("packer.config", fromlist=["x"]).default_taxonomy_text()))
+    tax = json.loads(__import__("packer.config", fromlist=["x"]).default_taxonomy_text())
     tax["datasets"]["mami"]["labels"]["offensive"] = {"field": "misogynous", "map": {"0": 0, "1": 1}}
     (ws.out / "label_taxonomy.json").write_text(json.dumps(tax))
     assert ws.run() == 0
-    (txt, js), = read_shards(str(ws.out / "shards/*/*.tar"), image=False)
+    ((txt, js),) = read_shards(str(ws.out / "shards/*/*.tar"), image=False)
     assert js["labels"]["offensive"] == 1
 
 
 def test_console_script_entry_point_is_declared():
-    import tomllib
     from pathlib import Path
+
+    import tomllib
 
     doc = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
     assert doc["project"]["scripts"]["pack-examples"] == "packer.cli:main"

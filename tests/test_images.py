@@ -41,8 +41,9 @@ CASES = {
     "palette_transparent.png": lambda p: save(p, Image.new("P", (400, 400), 0), "PNG", transparency=0),
     "grey.png": lambda p: save(p, Image.new("L", (400, 400), 128), "PNG"),
     "grey16.png": lambda p: save(p, Image.new("I;16", (400, 400), 65535), "PNG"),
-    "anim.gif": lambda p: save(p, Image.new("P", (400, 400), 1), "GIF",
-                              save_all=True, append_images=[Image.new("P", (400, 400), 2)]),
+    "anim.gif": lambda p: save(
+        p, Image.new("P", (400, 400), 1), "GIF", save_all=True, append_images=[Image.new("P", (400, 400), 2)]
+    ),
     "image.bmp": lambda p: save(p, half_red_half_blue(), "BMP"),
 }
 
@@ -118,8 +119,13 @@ def broken(tmp_path: Path, kind: str) -> str:
 
 @pytest.mark.parametrize(
     "kind, reason",
-    [("missing", "image_missing"), ("empty", "image_unreadable"), ("not_image", "image_unreadable"),
-     ("truncated", "image_corrupt"), ("truncated_png", "image_corrupt")],
+    [
+        ("missing", "image_missing"),
+        ("empty", "image_unreadable"),
+        ("not_image", "image_unreadable"),
+        ("truncated", "image_corrupt"),
+        ("truncated_png", "image_corrupt"),
+    ],
 )
 def test_broken_files_fail_with_reason(tmp_path, kind, reason):
     with pytest.raises(ImageFailure) as info:

@@ -44,7 +44,9 @@ def test_hateful_memes(labels, expected):
 
 
 def test_hateful_memes_aux_attack():
-    assert unify("hateful_memes", {"label": 1, "gold_attack": ["mocking", "slurs"]})["aux"] == {"attack": ["mocking", "slurs"]}
+    assert unify("hateful_memes", {"label": 1, "gold_attack": ["mocking", "slurs"]})["aux"] == {
+        "attack": ["mocking", "slurs"]
+    }
 
 
 def test_mami_keeps_sub_labels_and_maps_women():
@@ -74,8 +76,14 @@ def test_mmhs150k_votes(codes, expected):
 
 @pytest.mark.parametrize(
     "value, expected",
-    [("not_offensive", (0, 0)), ("slight", (None, 1)), ("very_offensive", (None, 1)),
-     ("hateful_offensive", (1, 1)), (" Hateful_Offensive ", (1, 1)), ("Not Offensive", (0, 0))],
+    [
+        ("not_offensive", (0, 0)),
+        ("slight", (None, 1)),
+        ("very_offensive", (None, 1)),
+        ("hateful_offensive", (1, 1)),
+        (" Hateful_Offensive ", (1, 1)),
+        ("Not Offensive", (0, 0)),
+    ],
 )
 def test_memotion1_offensive(value, expected):
     out = unify("memotion1", {"offensive": value, "overall_sentiment": "very_positive"})
@@ -84,11 +92,24 @@ def test_memotion1_offensive(value, expected):
 
 
 def test_memotion1_semeval_column_names_and_aux():
-    out = unify("memotion1", {"Humour": "Very_Funny", "Sarcasm": "general", "Offensive": "slight",
-                              "Motivational": "not_motivational", "Overall_Sentiment": "very_negative"})
+    out = unify(
+        "memotion1",
+        {
+            "Humour": "Very_Funny",
+            "Sarcasm": "general",
+            "Offensive": "slight",
+            "Motivational": "not_motivational",
+            "Overall_Sentiment": "very_negative",
+        },
+    )
     assert out["offensive"] == 1
-    assert out["aux"] == {"sentiment": "very_negative", "sentiment3": "negative", "humour": "very_funny",
-                          "sarcasm": "general", "motivational": "not_motivational"}
+    assert out["aux"] == {
+        "sentiment": "very_negative",
+        "sentiment3": "negative",
+        "humour": "very_funny",
+        "sarcasm": "general",
+        "motivational": "not_motivational",
+    }
     assert out["label_error"] is None
 
 
@@ -98,8 +119,16 @@ def test_memotion_corrupted_sentiment_fails_with_reason():
 
 
 def test_memotion2():
-    out = unify("memotion2", {"offensive": "hateful_offensive", "overall_sentiment": "positive", "sarcastic": "very_sarcastic",
-                              "humour": "funny", "motivational": "motivational"})
+    out = unify(
+        "memotion2",
+        {
+            "offensive": "hateful_offensive",
+            "overall_sentiment": "positive",
+            "sarcastic": "very_sarcastic",
+            "humour": "funny",
+            "motivational": "motivational",
+        },
+    )
     assert (out["abuse_hate"], out["offensive"]) == (1, 1)
     assert out["aux"]["sentiment3"] == "positive" and out["aux"]["sarcasm"] == "very_sarcastic"
 
@@ -109,24 +138,39 @@ def annotators(*pairs):
 
 
 def test_hatexplain_majority_and_targets():
-    out = unify("hatexplain", {"annotators": annotators(("hatespeech", ["African", "Women"]), ("hatespeech", ["African"]),
-                                                         ("offensive", ["Women", "Islam"])),
-                               "post_tokens": ["a", "b"], "rationales": [[0, 1], [1, 1]]})
+    out = unify(
+        "hatexplain",
+        {
+            "annotators": annotators(
+                ("hatespeech", ["African", "Women"]), ("hatespeech", ["African"]), ("offensive", ["Women", "Islam"])
+            ),
+            "post_tokens": ["a", "b"],
+            "rationales": [[0, 1], [1, 1]],
+        },
+    )
     assert labels_of(out) == (1, 1, "group", "black|women")
     assert out["aux"] == {"rationales": [[0, 1], [1, 1]], "post_tokens": ["a", "b"]}
-    out = unify("hatexplain", {"annotators": annotators(("offensive", ["Homosexual"]), ("offensive", ["Gay"]),
-                                                         ("normal", ["None"]))})
+    out = unify(
+        "hatexplain",
+        {"annotators": annotators(("offensive", ["Homosexual"]), ("offensive", ["Gay"]), ("normal", ["None"]))},
+    )
     assert labels_of(out) == (0, 1, None, "")  # Homosexual and Gay are two different names: neither named twice
-    out = unify("hatexplain", {"annotators": annotators(("normal", ["None"]), ("normal", ["None"]), ("offensive", ["Men"]))})
+    out = unify(
+        "hatexplain", {"annotators": annotators(("normal", ["None"]), ("normal", ["None"]), ("offensive", ["Men"]))}
+    )
     assert labels_of(out) == (0, 0, "none", "")
 
 
 def test_hatexplain_undecided_is_dropped_and_unknown_target_is_other():
-    out = unify("hatexplain", {"annotators": annotators(("hatespeech", ["Martians"]), ("offensive", ["Martians"]),
-                                                         ("normal", ["None"]))})
+    out = unify(
+        "hatexplain",
+        {"annotators": annotators(("hatespeech", ["Martians"]), ("offensive", ["Martians"]), ("normal", ["None"]))},
+    )
     assert out["label_drop"] == "undecided"
-    out = unify("hatexplain", {"annotators": annotators(("hatespeech", ["Martians"]), ("hatespeech", ["Martians"]),
-                                                         ("normal", ["None"]))})
+    out = unify(
+        "hatexplain",
+        {"annotators": annotators(("hatespeech", ["Martians"]), ("hatespeech", ["Martians"]), ("normal", ["None"]))},
+    )
     assert out["target_group"] == "other" and out["other_targets"] == ["Martians"]
 
 
@@ -150,11 +194,18 @@ def test_olid(a, b, c, expected):
 
 @pytest.mark.parametrize(
     "gold, ident, expected",
-    [("hateful", "trans people", (1, None, "group", "lgbtq")), ("hateful", "Muslims", (1, None, "group", "muslim")),
-     ("non-hateful", None, (0, None, "none", "")), ("hateful", "aliens", (1, None, "group", "other"))],
+    [
+        ("hateful", "trans people", (1, None, "group", "lgbtq")),
+        ("hateful", "Muslims", (1, None, "group", "muslim")),
+        ("non-hateful", None, (0, None, "none", "")),
+        ("hateful", "aliens", (1, None, "group", "other")),
+    ],
 )
 def test_hatecheck(gold, ident, expected):
-    out = unify("hatecheck", {"label_gold": gold, "target_ident": ident, "functionality": "f", "case_id": 7, "direction": "general"})
+    out = unify(
+        "hatecheck",
+        {"label_gold": gold, "target_ident": ident, "functionality": "f", "case_id": 7, "direction": "general"},
+    )
     assert labels_of(out) == expected
     assert out["aux"] == {"functionality": "f", "direction": "general", "case_id": 7}
 
@@ -166,10 +217,25 @@ def test_value_outside_mapping_fails_and_unknown_dataset_fails():
 
 
 def test_new_dataset_by_taxonomy_block_only():
-    doc = json.loads(json.dumps({"target_vocabulary": ["women", "other"], "datasets": {"toy": {
-        "raw_fields": {"hate": "scalar"}, "splits": {},
-        "labels": {"abuse_hate": {"field": "hate", "map": {"yes": 1, "no": 0}}, "offensive": None,
-                   "target_type": None, "target_group": {"field": "hate", "map": {"yes": ["women"], "no": []}}}}}}))
+    doc = json.loads(
+        json.dumps(
+            {
+                "target_vocabulary": ["women", "other"],
+                "datasets": {
+                    "toy": {
+                        "raw_fields": {"hate": "scalar"},
+                        "splits": {},
+                        "labels": {
+                            "abuse_hate": {"field": "hate", "map": {"yes": 1, "no": 0}},
+                            "offensive": None,
+                            "target_type": None,
+                            "target_group": {"field": "hate", "map": {"yes": ["women"], "no": []}},
+                        },
+                    }
+                },
+            }
+        )
+    )
     tax = validate_taxonomy(doc, "toy.json")
     frame = pl.DataFrame({"dataset": ["toy", "toy"], "raw.hate": ["yes", "no"]})
     out = frame.select(*unified_label_columns(tax))
@@ -187,8 +253,11 @@ def test_new_dataset_by_taxonomy_block_only():
     ],
 )
 def test_inconsistent_taxonomy_is_an_input_error(patch, message):
-    block = {"raw_fields": {"x": "scalar"}, "splits": {},
-             "labels": {"abuse_hate": None, "offensive": None, "target_type": None, "target_group": None}}
+    block = {
+        "raw_fields": {"x": "scalar"},
+        "splits": {},
+        "labels": {"abuse_hate": None, "offensive": None, "target_type": None, "target_group": None},
+    }
     for key, value in patch.items():
         block[key] = {**block[key], **value} if key == "labels" else value
     with pytest.raises(InputError, match=message):

@@ -45,7 +45,9 @@ def test_empty_ocr_gives_empty_text():
 
 
 def test_combined_text_format_nfc_and_whitespace():
-    frame = pl.DataFrame({"ocr": ["HELLO\n  WORLD", None], "cap": ["cafe\u0301   au\tlait", None], "lang": ["fr", "en"]})
+    frame = pl.DataFrame(
+        {"ocr": ["HELLO\n  WORLD", None], "cap": ["cafe\u0301   au\tlait", None], "lang": ["fr", "en"]}
+    )
     out = frame.select(combined_text(pl.col("ocr"), pl.col("cap"), pl.col("lang"))).to_series().to_list()
     assert out[0] == "[OCR] HELLO WORLD [/OCR] [CAP] caf\u00e9 au lait [/CAP] <lang=fr>"
     assert out[1] == "[OCR] [/OCR] [CAP] [/CAP] <lang=en>"
@@ -53,4 +55,8 @@ def test_combined_text_format_nfc_and_whitespace():
 
 def test_normalized_text_folds_case_and_space():
     frame = pl.DataFrame({"t": ["  Hello   WORLD ", "hello world", "Cafe\u0301"]})
-    assert frame.select(normalized_text(pl.col("t"))).to_series().to_list() == ["hello world", "hello world", "caf\u00e9"]
+    assert frame.select(normalized_text(pl.col("t"))).to_series().to_list() == [
+        "hello world",
+        "hello world",
+        "caf\u00e9",
+    ]
