@@ -127,6 +127,8 @@ def build_plan(
     except READ_ERRORS:
         raise explain_read_error(config.manifest, config.ocr, taxonomy) from None
     check_manifest(rows, config.manifest)
+    if rows.height == 0:
+        raise InputError(f"{config.manifest}: no examples (the file has no manifest rows)")
 
     # Exact duplicates need the same normalised text, so only such image rows are hashed.
     images = pl.col("image_path").is_not_null() & (pl.col("status") == "ok")

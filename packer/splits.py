@@ -95,7 +95,8 @@ def assign_splits(frame: pl.LazyFrame, seed: int, val_ratio: float, ratios: tupl
         g_pos=pl.int_range(pl.len()).over(keys),
         n_stratum=pl.len().over(keys),
     )
-    frame = frame.with_columns(g_frac=pl.col("g_pos").min().over(group) / pl.col("n_stratum"))
+    # The midpoint of the group's first slot: a stratum of one example stays in train.
+    frame = frame.with_columns(g_frac=(pl.col("g_pos").min().over(group) + 0.5) / pl.col("n_stratum"))
     test_r, val_r = ratios[2], ratios[1]
     assigned = (
         pl.when(pl.col("assign_mode") == "carve")

@@ -328,3 +328,20 @@ def test_json_image_is_decodable_jpeg(ws):
     tar = glob.glob(str(ws.out / "shards/*/*.tar"))[0]
     sample = next(iter(wds.WebDataset(tar, shardshuffle=False)))
     assert Image.open(io.BytesIO(sample["jpg"])).size == (384, 384)
+
+
+def test_empty_manifest_is_exit_2(ws, capsys):
+    assert ws.run() == 2
+    assert "no examples" in capsys.readouterr().err
+
+
+def test_dataset_without_splits_gets_80_10_10_stratified(ws):
+    for i in range(1000):
+        ws.add(f"olid_{i}", "olid", None, {"subtask_a": "OFF" if i % 4 == 0 else "NOT"}, text=f"post {i}")
+    assert ws.run() == 0
+    splits = json.loads((ws.out / "splits.json").read_text())
+    sizes = {s: len(ids) for s, ids in splits.items()}
+    assert sizes == {"train": 800, "val": 100, "test": 100}
+    for ids in splits.values():
+        offensive = sum(1 for i in ids if int(i.split("_")[1]) % 4 == 0)
+        assert abs(offensive / len(ids) - 0.25) <= 0.01
