@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 from .config import InputError, PackConfig
@@ -63,28 +64,10 @@ def parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> PackConfig:
-    output_dir = args.output_dir
-    return PackConfig(
-        manifest=args.manifest,
-        ocr=args.ocr,
-        output_dir=output_dir,
-        label_taxonomy=args.label_taxonomy,
-        splits=args.splits,
-        stats=args.stats or output_dir.resolve().parent / "stats.json",
-        examples_limit=args.examples_limit,
-        workers=args.workers,
-        include_diagnostics=args.include_diagnostics,
-        keep_unlabelled=args.keep_unlabelled,
-        shard_maxcount=args.shard_maxcount,
-        shard_maxsize=args.shard_maxsize,
-        image_size=args.image_size,
-        jpeg_quality=args.jpeg_quality,
-        ocr_min_conf=args.ocr_min_conf,
-        max_image_pixels=args.max_image_pixels,
-        val_ratio=args.val_ratio,
-        split_ratios=args.split_ratios,
-        seed=args.seed,
-    )
+    """Every flag has the name of its PackConfig field; --stats defaults to beside the output dir."""
+    values = {f.name: getattr(args, f.name) for f in fields(PackConfig) if hasattr(args, f.name)}
+    values["stats"] = args.stats or args.output_dir.resolve().parent / "stats.json"
+    return PackConfig(**values)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,6 @@
 """Pack the same manifest with 1, 2, ... workers side by side; print examples/s and the ratios.
 
-    python scripts/bench_workers.py --manifest sample/Step_2/data_manifest.jsonl --ocr sample/Step_2/ocr.jsonl
+python scripts/bench_workers.py --manifest sample/Step_2/data_manifest.jsonl --ocr sample/Step_2/ocr.jsonl
 """
 
 from __future__ import annotations
@@ -20,8 +20,19 @@ from packer.cli import main as pack
 def run_once(manifest: Path, ocr: Path | None, workers: int, extra: list[str]) -> tuple[float, int]:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
-        args = ["--manifest", str(manifest), "--output-dir", str(out / "shards"), "--label-taxonomy",
-                str(out / "tax.json"), "--splits", str(out / "splits.json"), "--workers", str(workers), *extra]
+        args = [
+            "--manifest",
+            str(manifest),
+            "--output-dir",
+            str(out / "shards"),
+            "--label-taxonomy",
+            str(out / "tax.json"),
+            "--splits",
+            str(out / "splits.json"),
+            "--workers",
+            str(workers),
+            *extra,
+        ]
         if ocr:
             args += ["--ocr", str(ocr)]
         start = time.perf_counter()
@@ -49,7 +60,9 @@ def main() -> None:
         runs = [run_once(args.manifest, args.ocr, workers, extra) for _ in range(args.repeat)]
         elapsed, packed = min(runs)
         results[workers] = packed / elapsed
-        print(f"workers={workers}: {packed} examples in {elapsed:.2f} s = {results[workers]:.1f} examples/s (whole run)")
+        print(
+            f"workers={workers}: {packed} examples in {elapsed:.2f} s = {results[workers]:.1f} examples/s (whole run)"
+        )
     for workers, rate in results.items():
         print(f"speed-up {workers} vs 1 worker: {rate / results[1]:.2f}x  efficiency {rate / results[1] / workers:.2f}")
 
