@@ -89,7 +89,7 @@ def status_columns(config: PackConfig) -> list[pl.Expr]:
 
 
 def build_columns(config: PackConfig, taxonomy: Taxonomy) -> tuple[pl.LazyFrame, pl.LazyFrame]:
-    manifest = scan_manifest(config.manifest, taxonomy)
+    full = manifest = scan_manifest(config.manifest, taxonomy)
     if config.examples_limit is not None:
         manifest = limit_examples(manifest, config.examples_limit, config.seed)
     ocr = scan_ocr(config.ocr)
@@ -106,10 +106,11 @@ def build_columns(config: PackConfig, taxonomy: Taxonomy) -> tuple[pl.LazyFrame,
             key=safe_key(),
         )
         .with_columns(text=combined_text(pl.col("ocr_text"), clean_text(pl.col("text_raw")), pl.col("lang")))
-        .with_columns(*unified_label_columns(taxonomy), *source_split(taxonomy, config.include_diagnostics))
+        .with_columns(*unified_label_columns(taxonomy), *source_split(taxonomy))
         .with_columns(*status_columns(config))
     )
-    orphans = ocr.select("id").unique().join(manifest.select("id"), on="id", how="anti").select(pl.len())
+    # Counted against the whole manifest: rows left out by --examples-limit are not orphans.
+    orphans = ocr.select("id").unique().join(full.select("id"), on="id", how="anti").select(pl.len())
     return frame, orphans
 
 

@@ -24,7 +24,7 @@ def unit_interval(expr: pl.Expr, seed: int) -> pl.Expr:
     return stable_hash(expr, seed).cast(pl.Float64) / 2.0**64
 
 
-def source_split(taxonomy: Taxonomy, include_diagnostics: bool) -> list[pl.Expr]:
+def source_split(taxonomy: Taxonomy) -> list[pl.Expr]:
     """`split` (train/val/test/diagnostics, or null where packer assigns it), `assign_mode` and `split_error`."""
     split = pl.lit(None, pl.String)
     mode = pl.lit(None, pl.String)

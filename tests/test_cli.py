@@ -233,7 +233,9 @@ def test_examples_limit_spreads_over_every_dataset(ws):
         ws.add(f"olid_train_{i}", "olid", "train", {"subtask_a": "NOT"}, text=f"t{i}")
     for i in range(10):
         ws.add(f"mami_train_{i}", "mami", "train", MAMI, text=f"m{i}")
+    ws.ocr_rows.append({"id": "olid_train_89", "ocr": {"lines": []}})
     assert ws.run("--examples-limit", "20") == 0
+    assert ws.stats["ocr"]["ocr_rows_without_manifest_row"] == 0
     by_dataset = {
         ds: sum(sum(v.values()) for v in [f["abuse_hate"]])
         for split in ws.stats["labels"].values()
