@@ -55,6 +55,17 @@ def first_not_null(exprs: list[pl.Expr | None]) -> pl.Expr:
     return pl.coalesce(present) if present else pl.lit(None, pl.String)
 
 
+def named_at_least(ballots: pl.Expr, min_votes: int) -> pl.Expr:
+    """The distinct values of a list that occur at least `min_votes` times (nulls never count)."""
+    return ballots.list.eval(pl.element().drop_nulls().filter(pl.len().over(pl.element()) >= min_votes)).list.unique()
+
+
+def majority(ballots: pl.Expr, min_votes: int) -> pl.Expr:
+    """The one value named at least `min_votes` times, or null when none (or a tie) is."""
+    winners = named_at_least(ballots, min_votes)
+    return pl.when(winners.list.len() == 1).then(winners.list.first())
+
+
 def normalized_group_string(pieces: pl.Expr) -> pl.Expr:
     """List of encoded group strings -> one sorted, deduplicated "|"-joined string."""
     flat = pieces.list.join(GROUP_SEP).str.split(GROUP_SEP)
@@ -137,12 +148,9 @@ class DatasetCompiler:
             bad = ballots.list.eval(pl.element().filter(~pl.element().is_in(list(each))))
             error = pl.when(bad.list.len() > 0).then(self.unmapped(label, field, bad.list.join(",")))
             ballots = ballots.list.eval(pl.element().replace_strict(list(each), list(each.values()), default=None))
-        winners = ballots.list.eval(
-            pl.element().drop_nulls().filter(pl.len().over(pl.element()) >= rule.get("min_votes", 2))
-        ).list.unique()
-        majority = pl.when(winners.list.len() == 1).then(winners.list.first())
-        mapped = self.map_scalar(label, rule, majority, field)
-        no_majority = ballots.is_not_null() & majority.is_null()
+        winner = majority(ballots, rule.get("min_votes", 2))
+        mapped = self.map_scalar(label, rule, winner, field)
+        no_majority = ballots.is_not_null() & winner.is_null()
         outcome = rule.get("no_majority")
         drop = None
         value = mapped.value
@@ -158,10 +166,7 @@ class DatasetCompiler:
             pl.element().struct.field(rule.get("key", "target")).list.unique()
         )
         named = per_voter.list.eval(pl.element().explode().drop_nulls())
-        chosen = named.list.eval(
-            pl.element().filter(pl.len().over(pl.element()) >= rule.get("min_votes", 2))
-        ).list.unique()
-        return self.map_groups(rule, chosen, field)
+        return self.map_groups(rule, named_at_least(named, rule.get("min_votes", 2)), field)
 
     def condition(self, cond: dict, done: dict[str, Compiled]) -> pl.Expr:
         if "label" in cond:
@@ -170,18 +175,8 @@ class DatasetCompiler:
                 return value.is_not_null() & (value != "")
             return value.is_in([encode_value(cond["label"], v) for v in cond["in"]])
         if "vote" in cond:
-            rule = {
-                "vote": cond["vote"],
-                "key": cond.get("key"),
-                "min_votes": cond.get("min_votes", 2),
-                "map": {v: v for v in cond["in"]},
-                "unknown": "other",
-            }
-            ballots = self.votes(rule["vote"], rule["key"])
-            winners = ballots.list.eval(
-                pl.element().filter(pl.len().over(pl.element()) >= rule["min_votes"])
-            ).list.unique()
-            return (winners.list.len() == 1) & winners.list.first().is_in(cond["in"])
+            ballots = self.votes(cond["vote"], cond.get("key"))
+            return majority(ballots, cond.get("min_votes", 2)).is_in(cond["in"])
         src = self.scalar(cond["field"], cond.get("normalize"))
         if cond.get("present"):
             return src.is_not_null()

@@ -88,7 +88,8 @@ def status_columns(config: PackConfig) -> list[pl.Expr]:
     return [status.alias("status"), pl.coalesce(failure, drop).alias("reason"), pl.lit("plan").alias("stage")]
 
 
-def build_columns(config: PackConfig, taxonomy: Taxonomy) -> tuple[pl.LazyFrame, pl.LazyFrame]:
+def build_columns(config: PackConfig, taxonomy: Taxonomy) -> tuple[pl.LazyFrame, pl.LazyFrame, pl.LazyFrame]:
+    """The per-row columns, the count of OCR rows with no manifest row, and the manifest's row count."""
     full = manifest = scan_manifest(config.manifest, taxonomy)
     if config.examples_limit is not None:
         manifest = limit_examples(manifest, config.examples_limit, config.seed)
@@ -111,7 +112,7 @@ def build_columns(config: PackConfig, taxonomy: Taxonomy) -> tuple[pl.LazyFrame,
     )
     # Counted against the whole manifest: rows left out by --examples-limit are not orphans.
     orphans = ocr.select("id").unique().join(full.select("id"), on="id", how="anti").select(pl.len())
-    return frame, orphans
+    return frame, orphans, full.select(pl.len())
 
 
 def build_plan(
@@ -120,11 +121,9 @@ def build_plan(
     pinned: dict[str, str],
     fingerprint: Callable[[list[str]], dict[str, str | None]],
 ) -> Plan:
-    frame, orphans = build_columns(config, taxonomy)
+    frame, orphans, manifest_rows = build_columns(config, taxonomy)
     try:
-        rows, orphan_count, total = pl.collect_all(
-            [frame, orphans, scan_manifest(config.manifest, taxonomy).select(pl.len())]
-        )
+        rows, orphan_count, total = pl.collect_all([frame, orphans, manifest_rows])
     except READ_ERRORS:
         raise explain_read_error(config.manifest, config.ocr, taxonomy) from None
     check_manifest(rows, config.manifest)

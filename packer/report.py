@@ -72,7 +72,7 @@ def balance(packed: pl.DataFrame) -> dict[str, Any]:
     for (dataset,), part in assigned.group_by("dataset", maintain_order=True):
         sizes = dict(part.group_by("split").len().iter_rows())
         entry: dict[str, Any] = {"split_ratio": {s: round(n / part.height, 4) for s, n in sorted(sizes.items())}}
-        for field in ("abuse_hate", "offensive", "target_type", "target_group"):
+        for field in UNIFIED_FIELDS:
             values = part.select("split", pl.col(field).cast(pl.String).fill_null("null").alias("v"))
             overall = dict(values.group_by("v").len().iter_rows())
             per = values.group_by("split", "v").len()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import polars as pl
 import polars_hash as plh
 
-from .config import DIAGNOSTICS, Taxonomy
+from .config import DIAGNOSTICS, UNIFIED_FIELDS, Taxonomy
 
 HASH_NAME = "polars-hash xxhash64 of '<seed>:<value>'"
 SPLIT_PRIORITY = {"test": 0, "val": 1, "train": 2, DIAGNOSTICS: 3}
@@ -69,9 +69,7 @@ def group_key() -> pl.Expr:
 
 def stratum() -> pl.Expr:
     """Dataset plus every unified label: what the assigned splits are stratified over."""
-    labels = [
-        pl.col(c).cast(pl.String).fill_null("~") for c in ("abuse_hate", "offensive", "target_type", "target_group")
-    ]
+    labels = [pl.col(c).cast(pl.String).fill_null("~") for c in UNIFIED_FIELDS]
     return pl.concat_str([pl.col("dataset"), *labels], separator="/")
 
 
