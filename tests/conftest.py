@@ -93,6 +93,14 @@ class Workspace:
         return [json.loads(line) for line in (self.out / "failures.jsonl").read_text().splitlines()]
 
 
+def summed(stats: dict, dataset: str, field: str) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for split in stats["labels"].values():
+        for value, n in split.get(dataset, {}).get(field, {}).items():
+            total[value] = total.get(value, 0) + n
+    return total
+
+
 @pytest.fixture
 def ws(tmp_path: Path) -> Workspace:
     return Workspace(tmp_path)

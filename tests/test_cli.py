@@ -9,7 +9,7 @@ import json
 
 import pytest
 import webdataset as wds
-from conftest import MAMI, MAMI_NOT
+from conftest import MAMI, MAMI_NOT, summed
 from PIL import Image
 
 from packer.cli import main
@@ -236,18 +236,10 @@ def test_examples_limit_spreads_over_every_dataset(ws):
     ws.ocr_rows.append({"id": "olid_train_89", "ocr": {"lines": []}})
     assert ws.run("--examples-limit", "20") == 0
     assert ws.stats["ocr"]["ocr_rows_without_manifest_row"] == 0
-    by_dataset = {
-        ds: sum(sum(v.values()) for v in [f["abuse_hate"]])
-        for split in ws.stats["labels"].values()
-        for ds, f in split.items()
-    }
     stats = ws.stats
     assert stats["total"] == 20 and stats["manifest_rows"] == 100
-    assert by_dataset.keys() == {"olid", "mami"}
-    per_ds = {}
-    for split in stats["labels"].values():
-        for ds, fields in split.items():
-            per_ds[ds] = per_ds.get(ds, 0) + sum(fields["abuse_hate"].values())
+    per_ds = {ds: sum(summed(stats, ds, "abuse_hate").values()) for ds in ("olid", "mami")}
+    assert {ds for split in stats["labels"].values() for ds in split} == {"olid", "mami"}
     assert per_ds == {"olid": 18, "mami": 2}
 
 

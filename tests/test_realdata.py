@@ -5,25 +5,22 @@ from __future__ import annotations
 import csv
 
 import pytest
-from conftest import REALDATA
+from conftest import REALDATA, summed
 
 OLID = REALDATA / "olid" / "olid-training-v1.0.tsv"
-
-
-def summed(stats: dict, dataset: str, field: str) -> dict[str, int]:
-    total: dict[str, int] = {}
-    for split in stats["labels"].values():
-        for value, n in split.get(dataset, {}).get(field, {}).items():
-            total[value] = total.get(value, 0) + n
-    return total
 
 
 @pytest.mark.skipif(not OLID.is_file(), reason="../shared/realdata is not here")
 def test_olid_training_file_reproduces_published_counts(ws):
     with open(OLID, encoding="utf-8", newline="") as handle:
         for row in csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE):
-            ws.add(f"olid_train_{row['id']}", "olid", "train",
-                   {k: row[k] for k in ("subtask_a", "subtask_b", "subtask_c")}, text=row["tweet"])
+            ws.add(
+                f"olid_train_{row['id']}",
+                "olid",
+                "train",
+                {k: row[k] for k in ("subtask_a", "subtask_b", "subtask_c")},
+                text=row["tweet"],
+            )
     assert ws.run() == 0
     stats = ws.stats
     assert stats["packed"] == 13240 and stats["failed"] == 0
