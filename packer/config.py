@@ -126,6 +126,11 @@ def validate_taxonomy(doc: Any, source: str) -> Taxonomy:
         if not isinstance(aux, dict):
             raise fail(f"{where}.aux", "must be an object")
         _check_aux(aux, raw, f"{where}.aux", fail)
+        counts = block.get("counts", {})
+        if not isinstance(counts, dict):
+            raise fail(f"{where}.counts", "must be an object of name -> conditions")
+        for cname, conds in counts.items():
+            _check_conditions(conds, raw, f"{where}.counts.{cname}", None, fail)
     return Taxonomy(tuple(vocab), doc["datasets"], source)
 
 
@@ -155,11 +160,7 @@ def _check_rule(rule: Any, raw: dict, where: str, lname: str, vocab: set[str], f
         raise fail(where, "a rule is null or an object")
     if "cases" in rule:
         for i, case in enumerate(rule["cases"]):
-            for cond in case.get("when", []):
-                names = [cond[k] for k in ("field", "vote") if k in cond]
-                _need_raw(names, raw, f"{where}.cases[{i}]", fail)
-                if "label" in cond and LABEL_ORDER.index(cond["label"]) >= LABEL_ORDER.index(lname):
-                    raise fail(f"{where}.cases[{i}]", f"{cond['label']} is not computed before {lname}")
+            _check_conditions(case.get("when", []), raw, f"{where}.cases[{i}]", lname, fail)
             then = case.get("then")
             if isinstance(then, dict):
                 _check_rule(then, raw, f"{where}.cases[{i}].then", lname, vocab, fail)
@@ -176,6 +177,22 @@ def _check_rule(rule: Any, raw: dict, where: str, lname: str, vocab: set[str], f
     if rule.get("unknown", "fail") not in ("fail", "other"):
         raise fail(f"{where}.unknown", "is 'fail' or 'other'")
     _check_values(rule["map"].values(), lname, vocab, f"{where}.map", fail)
+
+
+def _check_conditions(conds: Any, raw: dict, where: str, lname: str | None, fail) -> None:
+    """A list of conditions: {field, in|present|has}, {label, in|nonempty}, {vote, in}, {any|all: [...]}."""
+    if not isinstance(conds, list) or not all(isinstance(c, dict) for c in conds):
+        raise fail(where, "conditions are a list of objects")
+    for cond in conds:
+        for nested in ("any", "all"):
+            if nested in cond:
+                _check_conditions(cond[nested], raw, f"{where}.{nested}", lname, fail)
+        _need_raw([n for k in ("field", "vote") if k in cond for n in _fields_of(cond[k])], raw, where, fail)
+        if "label" in cond:
+            if cond["label"] not in LABEL_ORDER:
+                raise fail(where, f"label {cond['label']!r} is not one of {LABEL_ORDER}")
+            if lname is not None and LABEL_ORDER.index(cond["label"]) >= LABEL_ORDER.index(lname):
+                raise fail(where, f"{cond['label']} is not computed before {lname}")
 
 
 def _need_raw(names: list[str], raw: dict, where: str, fail) -> None:

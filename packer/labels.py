@@ -169,6 +169,10 @@ class DatasetCompiler:
         return self.map_groups(rule, named_at_least(named, rule.get("min_votes", 2)), field)
 
     def condition(self, cond: dict, done: dict[str, Compiled]) -> pl.Expr:
+        if "any" in cond:
+            return reduce(lambda a, b: a | b, [self.condition(c, done).fill_null(False) for c in cond["any"]])
+        if "all" in cond:
+            return self.all_of(cond["all"], done)
         if "label" in cond:
             value = done[cond["label"]].value
             if cond.get("nonempty"):
@@ -177,10 +181,23 @@ class DatasetCompiler:
         if "vote" in cond:
             ballots = self.votes(cond["vote"], cond.get("key"))
             return majority(ballots, cond.get("min_votes", 2)).is_in(cond["in"])
+        if "has" in cond:
+            return self.json_list(cond["field"], pl.List(pl.String)).list.eval(pl.element().is_in(cond["has"])).list.any()
         src = self.scalar(cond["field"], cond.get("normalize"))
         if cond.get("present"):
             return src.is_not_null()
         return src.is_in(cond["in"])
+
+    def all_of(self, conds: list[dict], done: dict[str, Compiled]) -> pl.Expr:
+        return reduce(lambda a, b: a & b, [self.condition(c, done).fill_null(False) for c in conds])
+
+    def quirks(self, done: dict[str, Compiled]) -> pl.Expr | None:
+        """The names of the `counts` entries this row matches (source oddities worth counting)."""
+        counts = self.block.get("counts", {})
+        if not counts:
+            return None
+        hits = [pl.when(self.all_of(conds, done)).then(pl.lit(name)) for name, conds in counts.items()]
+        return pl.concat_list(hits).list.drop_nulls()
 
     def cases(self, label: str, rule: dict, done: dict[str, Compiled]) -> Compiled:
         dtype = LABEL_DTYPES[label]
@@ -189,8 +206,7 @@ class DatasetCompiler:
         taken = pl.lit(False)
         branches = []
         for case in rule["cases"]:
-            cond = reduce(lambda a, b: a & b, [self.condition(c, done) for c in case["when"]])
-            cond = cond.fill_null(False)
+            cond = self.all_of(case["when"], done)
             then = case["then"]
             if isinstance(then, dict):
                 sub = self.compile_rule(label, then, done)
@@ -262,6 +278,7 @@ def unified_label_columns(taxonomy: Taxonomy) -> list[pl.Expr]:
     )
     drop: pl.Expr = pl.lit(None, pl.String)
     other: pl.Expr = pl.lit(None, pl.List(pl.String))
+    quirks: pl.Expr = pl.lit(None, pl.List(pl.String))
     for name, block in taxonomy.datasets.items():
         comp = DatasetCompiler(name, block, raw_kinds)
         labels = comp.labels()
@@ -274,6 +291,9 @@ def unified_label_columns(taxonomy: Taxonomy) -> list[pl.Expr]:
         error = pl.when(me).then(ds_error).otherwise(error)
         ds_drop = first_not_null([labels[k].drop for k in LABEL_ORDER])
         drop = pl.when(me).then(ds_drop).otherwise(drop)
+        ds_quirks = comp.quirks(labels)
+        if ds_quirks is not None:
+            quirks = pl.when(me).then(ds_quirks).otherwise(quirks)
         ds_other = [labels[k].other for k in LABEL_ORDER if labels[k].other is not None]
         if ds_other:
             other = pl.when(me).then(pl.concat_list(ds_other) if len(ds_other) > 1 else ds_other[0]).otherwise(other)
@@ -283,4 +303,5 @@ def unified_label_columns(taxonomy: Taxonomy) -> list[pl.Expr]:
         error.alias("label_error"),
         drop.alias("label_drop"),
         other.alias("other_targets"),
+        quirks.alias("quirks"),
     ]

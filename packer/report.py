@@ -92,6 +92,46 @@ def balance(packed: pl.DataFrame) -> dict[str, Any]:
     return report
 
 
+def list_value_counts(rows: pl.DataFrame, column: str, by: str | None = None) -> dict[str, dict[str, Any]]:
+    """dataset -> value [-> `by` value] -> how many rows list that value in a List(String) column."""
+    keys = ["dataset", "value"] + ([by] if by else [])
+    table = (
+        rows.filter(pl.col(column).list.len() > 0)
+        .select("dataset", pl.col(column).alias("value"), *([pl.col(by).fill_null("null")] if by else []))
+        .explode("value")
+        .group_by(keys)
+        .len()
+        .sort(keys)
+    )
+    out: dict[str, dict[str, Any]] = defaultdict(dict)
+    for *key, n in table.iter_rows():
+        if by:
+            out[key[0]].setdefault(key[1], {})[key[2]] = n
+        else:
+            out[key[0]][key[1]] = n
+    return out
+
+
+def dataset_report(rows: pl.DataFrame) -> dict[str, Any]:
+    """Per dataset, what it contributed: row outcomes, nulls per unified field among the packed
+    examples, source targets that fell back to `other`, and the source oddities of the taxonomy's
+    `counts` per source split (over every input row of the dataset, packed or not)."""
+    other = list_value_counts(rows, "other_targets")
+    quirks = list_value_counts(rows, "quirks", by="source_split")
+    report: dict[str, Any] = {}
+    for (dataset,), part in rows.sort("dataset").group_by("dataset", maintain_order=True):
+        packed = part.filter(pl.col("status") == "packed")
+        outcomes = dict(part.group_by("status").len().iter_rows())
+        report[dataset] = {
+            "rows": part.height,
+            **{k: outcomes.get(k, 0) for k in ("packed", "dropped", "failed")},
+            "null_counts": {f: int(packed[f].null_count()) for f in UNIFIED_FIELDS},
+            "other_targets": other.get(dataset, {}),
+            "counts": quirks.get(dataset, {}),
+        }
+    return report
+
+
 def library_versions() -> dict[str, str | None]:
     versions: dict[str, str | None] = {}
     for dist in ("polars", "polars-hash", "pyarrow", "webdataset", "joblib", "tqdm", "pillow-simd", "Pillow"):
@@ -137,21 +177,6 @@ def build_stats(
     splits_of_id = packed.group_by("id").agg(pl.col("split").n_unique()).filter(pl.col("split") > 1).height
     failure_rate = failed_n / total if total else 0.0
     bal = balance(packed)
-    other = (
-        rows.filter(pl.col("other_targets").is_not_null())
-        .select("dataset", pl.col("other_targets").alias("source"))
-        .explode("source")
-        .group_by("dataset", "source")
-        .len()
-        .sort("dataset", "source")
-    )
-    other_targets: dict[str, dict[str, int]] = defaultdict(dict)
-    for dataset, source, n in other.iter_rows():
-        other_targets[dataset][source] = n
-    null_counts = {
-        ds: {f: int(part[f].null_count()) for f in UNIFIED_FIELDS}
-        for (ds,), part in packed.group_by("dataset", maintain_order=True)
-    }
     checks = {
         "failure_rate_below_0.5%": failure_rate < MAX_FAILURE_RATE,
         "no_id_in_two_splits": splits_of_id == 0,
@@ -170,8 +195,7 @@ def build_stats(
             for s in (*SPLITS, *sorted(set(per_split) - set(SPLITS)))
         },
         "labels": label_counts(packed),
-        "null_counts": null_counts,
-        "other_targets": dict(other_targets),
+        "datasets": dataset_report(rows),
         "ocr": {
             "image_examples": image_rows.height,
             "with_ocr": int(image_rows["has_ocr"].sum()),
