@@ -182,7 +182,9 @@ class DatasetCompiler:
             ballots = self.votes(cond["vote"], cond.get("key"))
             return majority(ballots, cond.get("min_votes", 2)).is_in(cond["in"])
         if "has" in cond:
-            return self.json_list(cond["field"], pl.List(pl.String)).list.eval(pl.element().is_in(cond["has"])).list.any()
+            return (
+                self.json_list(cond["field"], pl.List(pl.String)).list.eval(pl.element().is_in(cond["has"])).list.any()
+            )
         src = self.scalar(cond["field"], cond.get("normalize"))
         if cond.get("present"):
             return src.is_not_null()

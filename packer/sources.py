@@ -308,9 +308,13 @@ def mmhs150k(raw: Path, images: Images, options: Options) -> Converted:
         if f"{tweet_id}.json" in txt_names:
             text = read_json(txt_dir / f"{tweet_id}.json").get("img_text", "")
             lines = [{"text": text}] if text and text.strip() else []
-            ocr.append({"id": row["id"], "dataset": "mmhs150k", "split": split, "image_path": image, "ocr": {"lines": lines}})
+            ocr.append(
+                {"id": row["id"], "dataset": "mmhs150k", "split": split, "image_path": image, "ocr": {"lines": lines}}
+            )
     unsplit = sum(1 for r in rows if r["split"] is None)
-    notes = [f"{len(ocr)} img_txt files as OCR"] + ([f"{unsplit} tweets in no *_ids.txt (split null)"] if unsplit else [])
+    notes = [f"{len(ocr)} img_txt files as OCR"] + (
+        [f"{unsplit} tweets in no *_ids.txt (split null)"] if unsplit else []
+    )
     return Converted(rows, ocr, notes)
 
 
@@ -509,7 +513,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("raw_dir", type=Path, help="the folder holding the release's annotation files")
     parser.add_argument("--images", type=Path, action="append", help="a folder with the image files (repeatable)")
     parser.add_argument("-o", "--output", type=Path, required=True, help="the manifest to write (JSON lines)")
-    parser.add_argument("--ocr-out", type=Path, help="OCR JSONL for datasets that ship OCR (default: ocr.jsonl beside -o)")
+    parser.add_argument(
+        "--ocr-out", type=Path, help="OCR JSONL for datasets that ship OCR (default: ocr.jsonl beside -o)"
+    )
     parser.add_argument("--fine-grained", type=Path, help="hateful_memes: the fine-grained annotations folder")
     parser.add_argument("--test-labels", type=Path, help="mami: the file with the test labels")
     return parser.parse_args(argv)

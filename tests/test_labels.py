@@ -262,3 +262,44 @@ def test_inconsistent_taxonomy_is_an_input_error(patch, message):
         block[key] = {**block[key], **value} if key == "labels" else value
     with pytest.raises(InputError, match=message):
         validate_taxonomy({"target_vocabulary": ["women", "other"], "datasets": {"toy": block}}, "t.json")
+
+
+def test_fine_grained_none_strings_are_not_labels():
+    # The fine-grained release writes per-annotator pc/attack as the string "None"; a copy that
+    # does the same for gold_pc must not invent a target either.
+    out = unify("hateful_memes", {"label": 1, "gold_pc": "None", "gold_attack": "None", "pc": "None"})
+    assert labels_of(out) == (1, None, None, None) and out["label_error"] is None
+    assert out["aux"] == {"attack": None}
+
+
+@pytest.mark.parametrize(
+    "dataset, labels, quirks",
+    [
+        ("hateful_memes", {"label": 1, "gold_hate": ["not_hateful"]}, ["gold_hate_disagrees_with_label"]),
+        ("hateful_memes", {"label": 0, "gold_hate": ["hateful"]}, ["gold_hate_disagrees_with_label"]),
+        ("hateful_memes", {"label": 1, "gold_hate": ["hateful"]}, []),
+        ("hateful_memes", {"label": 1}, []),
+        (
+            "mami",
+            {**dict.fromkeys(["misogynous", "shaming", "stereotype", "objectification"], 0), "violence": 1},
+            ["sub_type_but_not_misogynous"],
+        ),
+        ("mami", {"misogynous": 1, "shaming": 1}, []),
+        ("mami", {"misogynous": 0, "shaming": 0}, []),
+        ("olid", {"subtask_a": "NOT"}, None),
+    ],
+)
+def test_counted_source_oddities(dataset, labels, quirks):
+    out = unify(dataset, labels)
+    assert out["quirks"] == quirks
+    if dataset == "hateful_memes":
+        assert out["abuse_hate"] == labels["label"]  # the base label wins over gold_hate
+
+
+def test_counts_conditions_are_validated():
+    doc = json.loads(
+        json.dumps({"version": 1, "target_vocabulary": list(TAX.target_vocabulary), "datasets": TAX.datasets})
+    )
+    doc["datasets"]["mami"]["counts"] = {"odd": [{"any": [{"field": "nonexistent", "in": ["1"]}]}]}
+    with pytest.raises(InputError, match=r"datasets\.mami\.counts\.odd\.any: reads \['nonexistent'\]"):
+        validate_taxonomy(doc, "tax.json")
