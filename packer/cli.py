@@ -60,6 +60,20 @@ def parser() -> argparse.ArgumentParser:
         "--split-ratios", type=ratios, default=(0.8, 0.1, 0.1), help="train,val,test where a dataset has no split"
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--cross-split",
+        choices=("report", "drop"),
+        default="report",
+        help="an image or text in two splits: report it (default) or drop the copies outside the most protected split",
+    )
+    p.add_argument(
+        "--near-dup-bits",
+        type=int,
+        choices=range(0, 4),
+        metavar="0..3",
+        default=3,
+        help="dHash Hamming distance at or under which two packed images count as near-duplicates",
+    )
     return p
 
 

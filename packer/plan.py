@@ -1,9 +1,9 @@
 """The plan: manifest + OCR -> labels, text, splits, duplicates, order -> ChunkSpecs.
 
 Two collects, split by the only I/O the plan needs: the first builds every column from the
-inputs; then the image files that could be exact duplicates (same normalised text as another
-image example) are hashed in the pool; the second assigns splits, drops duplicates and orders
-each split by a seeded hash of the id.
+inputs; then every image file to pack is hashed in the pool; the second groups rows that share
+an image or a text, assigns splits, drops duplicates (and, with --cross-split drop, copies in a
+less protected split) and orders each split by a seeded hash of the id.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from .config import DIAGNOSTICS, SPLITS, UNIFIED_FIELDS, InputError, PackConfig,
 from .labels import unified_label_columns
 from .load import READ_ERRORS, check_manifest, explain_read_error, scan_manifest, scan_ocr
 from .specs import ChunkSpec, SampleSpec
-from .splits import assign_splits, duplicate_of_kept, source_split, stable_hash
+from .splits import assign_splits, connected_groups, cross_split_copy, duplicate_of_kept, source_split, stable_hash
 from .text import clean_text, combined_text, normalized_text, ocr_text
 
 KEY_MAX = 80
@@ -130,10 +130,9 @@ def build_plan(
     if rows.height == 0:
         raise InputError(f"{config.manifest}: no examples (the file has no manifest rows)")
 
-    # Exact duplicates need the same normalised text, so only such image rows are hashed.
-    images = pl.col("image_path").is_not_null() & (pl.col("status") == "ok")
-    candidates = rows.filter(images & (pl.len().over(images, "norm_text") > 1))["image_path"].to_list()
-    digests = fingerprint(candidates) if candidates else {}
+    # Every image to pack is hashed: duplicates, groups and the leakage audit all need its bytes.
+    to_hash = rows.filter(pl.col("image_path").is_not_null() & (pl.col("status") == "ok"))["image_path"]
+    digests = fingerprint(to_hash.to_list()) if to_hash.len() else {}
     digest_frame = pl.DataFrame(
         {"image_path": list(digests), "image_digest": list(digests.values())},
         schema={"image_path": pl.String, "image_digest": pl.String},
@@ -148,10 +147,15 @@ def build_plan(
         .join(digest_frame.lazy(), on="image_path", how="left")
         .with_columns(image_digest=pl.when(ok).then(pl.col("image_digest")))
     )
-    kept = assign_splits(planned.filter(ok), config.seed, config.val_ratio, config.split_ratios)
+    todo = planned.filter(ok).collect()
+    todo = todo.with_columns(group=connected_groups(todo))
+    kept = assign_splits(todo.lazy(), config.seed, config.val_ratio, config.split_ratios)
+    copy = cross_split_copy() if config.cross_split == "drop" else pl.lit(None, pl.String)
     kept = kept.with_columns(is_dup=duplicate_of_kept()).with_columns(
-        status=pl.when("is_dup").then(pl.lit("dropped")).otherwise("status"),
-        reason=pl.when("is_dup").then(pl.lit("duplicate")).otherwise("reason"),
+        reason=pl.when("is_dup").then(pl.lit("duplicate")).otherwise("reason")
+    )
+    kept = kept.with_columns(reason=pl.when(pl.col("reason").is_null()).then(copy).otherwise("reason")).with_columns(
+        status=pl.when(pl.col("reason").is_not_null()).then(pl.lit("dropped")).otherwise("status")
     )
     rest = planned.filter(~ok).with_columns(is_dup=pl.lit(False))
     final = (

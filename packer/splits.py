@@ -9,10 +9,11 @@ from __future__ import annotations
 import polars as pl
 import polars_hash as plh
 
-from .config import DIAGNOSTICS, UNIFIED_FIELDS, Taxonomy
+from .config import DIAGNOSTICS, SPLITS, UNIFIED_FIELDS, Taxonomy
 
 HASH_NAME = "polars-hash xxhash64 of '<seed>:<value>'"
 SPLIT_PRIORITY = {"test": 0, "val": 1, "train": 2, DIAGNOSTICS: 3}
+PRIORITY_SPLIT = {v: k for k, v in SPLIT_PRIORITY.items()}
 
 
 def stable_hash(expr: pl.Expr, seed: int) -> pl.Expr:
@@ -58,13 +59,26 @@ def source_split(taxonomy: Taxonomy) -> list[pl.Expr]:
     return [split.alias("split"), mode.alias("assign_mode"), error.alias("split_error")]
 
 
-def group_key() -> pl.Expr:
-    """Examples that share a normalised text form one group; an example with no text is its own group."""
-    return (
-        pl.when(pl.col("norm_text") != "")
-        .then(pl.format("t:{}", pl.col("norm_text")))
-        .otherwise(pl.format("i:{}", pl.col("id")))
+def connected_groups(frame: pl.DataFrame, max_rounds: int = 50) -> pl.Series:
+    """A group id per row: rows sharing an image (same bytes) or a normalised text, transitively.
+
+    Label propagation: every row starts as its own group and takes the smallest group id among
+    the rows that share its text, then among those that share its image, until nothing changes
+    (a chain of k re-captioned copies needs about k rounds; real data settles in 2-4).
+    """
+    text = pl.when(pl.col("norm_text") != "").then(pl.col("norm_text"))
+    work = frame.select(
+        g=pl.int_range(pl.len(), dtype=pl.Int64),
+        t=text,
+        i=pl.col("image_digest"),
     )
+    for _ in range(max_rounds):
+        step = work.with_columns(g=pl.when(pl.col("t").is_not_null()).then(pl.col("g").min().over("t")).otherwise("g"))
+        step = step.with_columns(g=pl.when(pl.col("i").is_not_null()).then(pl.col("g").min().over("i")).otherwise("g"))
+        if step["g"].equals(work["g"]):
+            break
+        work = step
+    return work["g"]
 
 
 def stratum() -> pl.Expr:
@@ -76,25 +90,30 @@ def stratum() -> pl.Expr:
 def assign_splits(frame: pl.LazyFrame, seed: int, val_ratio: float, ratios: tuple[float, float, float]) -> pl.LazyFrame:
     """Fill `split` where packer decides it: carve val from a train, or 80/10/10 where there is none.
 
-    Within each (dataset, pool, stratum) the groups are ordered by hash; a group goes to val/test when
-    its first member sits in the first val_ratio (resp. test, then val ratios) of that order, so each
-    stratum gets its share to within one group, and a group never straddles two splits.
+    `group` (from `connected_groups`) holds together the rows that share an image or a text. Within
+    each (dataset, pool, stratum) the groups are ordered by hash; a group goes to val/test when its
+    first member's slot falls in the first val_ratio (resp. test, then val ratios) of that order, so
+    a group never straddles two splits.
     Pinned ids (from --splits) keep their split, and their group follows them.
     """
     pool = pl.coalesce(pl.col("source_split"), pl.lit("~"))
-    group = ["dataset", "pool", "group_key"]
-    frame = frame.with_columns(pool=pool, group_key=group_key(), stratum=stratum())
+    group = ["dataset", "pool", "group"]
+    frame = frame.with_columns(pool=pool, stratum=stratum())
+    # A group is named by its first member's id, so its hash does not depend on row numbers.
     frame = frame.with_columns(
         g_stratum=pl.col("stratum").sort_by("row").first().over(group),
-        g_u=unit_interval(pl.col("group_key"), seed),
+        g_u=unit_interval(pl.col("id").sort_by("row").first().over(group), seed),
     )
     keys = ["dataset", "pool", "g_stratum"]
     frame = frame.sort("g_u", "row").with_columns(
         g_pos=pl.int_range(pl.len()).over(keys),
         n_stratum=pl.len().over(keys),
+        s_u=unit_interval(pl.concat_str("dataset", "pool", "g_stratum", separator="/"), seed),
     )
-    # The midpoint of the group's first slot: a stratum of one example stays in train.
-    frame = frame.with_columns(g_frac=(pl.col("g_pos").min().over(group) + 0.5) / pl.col("n_stratum"))
+    # Systematic sampling with a hashed start per stratum: a big stratum gets each share to within
+    # one group; a stratum of one lands in val/test with the ratios' probability, so many tiny
+    # strata still add up to the requested ratios.
+    frame = frame.with_columns(g_frac=((pl.col("g_pos").min().over(group) + pl.col("s_u")) / pl.col("n_stratum")))
     test_r, val_r = ratios[2], ratios[1]
     assigned = (
         pl.when(pl.col("assign_mode") == "carve")
@@ -118,14 +137,35 @@ def assign_splits(frame: pl.LazyFrame, seed: int, val_ratio: float, ratios: tupl
         .then(pinned_group)
         .otherwise(assigned)
     )
-    return frame.sort("row").with_columns(split=final).drop("pool", "g_stratum", "g_u", "g_pos", "n_stratum", "g_frac")
+    dropped = ("pool", "g_stratum", "g_u", "g_pos", "n_stratum", "s_u", "g_frac")
+    return frame.sort("row").with_columns(split=final).drop(dropped)
 
 
 def duplicate_of_kept() -> pl.Expr:
     """True for every exact duplicate but the one kept: same image bytes and normalised text,
     the copy in the most protected split (test, val, train), first in manifest order."""
     key = ["image_digest", "norm_text"]
-    priority = pl.col("split").replace_strict(SPLIT_PRIORITY, default=9, return_dtype=pl.Int32)
-    order = priority * (2**40) + pl.col("row").cast(pl.Int64)
+    order = split_priority() * (2**40) + pl.col("row").cast(pl.Int64)
     first = order.min().over(key)
     return pl.col("image_digest").is_not_null() & (order != first)
+
+
+def split_priority() -> pl.Expr:
+    return pl.col("split").replace_strict(SPLIT_PRIORITY, default=9, return_dtype=pl.Int32)
+
+
+def cross_split_copy() -> pl.Expr:
+    """With --cross-split drop: the reason to drop a row whose image bytes or normalised text also
+    sit in a more protected split (test, then val, then train); diagnostics are never compared."""
+    in_splits = pl.col("split").is_in(list(SPLITS))
+    priority = pl.when(in_splits).then(split_priority())
+    reasons = []
+    for key, what in (("image_digest", "image"), ("norm_text", "text")):
+        present = in_splits & pl.col(key).is_not_null() & (pl.col(key) != "")
+        best = pl.when(present).then(priority).min().over(key)
+        reasons.append(
+            pl.when(present & (priority > best)).then(
+                pl.format(f"cross_split_copy: its {what} is also in {{}}", best.replace_strict(PRIORITY_SPLIT))
+            )
+        )
+    return pl.coalesce(reasons)
