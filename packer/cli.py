@@ -62,9 +62,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--cross-split",
-        choices=("report", "drop"),
+        choices=("report", "drop-images", "drop"),
         default="report",
-        help="an image or text in two splits: report it (default) or drop the copies outside the most protected split",
+        help="an image (or text) in two splits: report it (default), or drop the copies outside the most protected "
+        "split: drop-images for shared images only, drop for shared images and texts",
     )
     p.add_argument(
         "--near-dup-bits",

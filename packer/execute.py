@@ -87,7 +87,8 @@ def pack_chunk(chunk: ChunkSpec, chunk_path: str, settings: ImageSettings) -> Ch
             members["json"] = sample_json(spec, image)
             data = sample_bytes(spec.key, members)
             out.write(data)
-            outcomes.append(SampleOutcome(spec.id, "packed", nbytes=len(data), image=image))
+            digest = encoded.dhash if spec.image_path is not None else None
+            outcomes.append(SampleOutcome(spec.id, "packed", nbytes=len(data), image=image, dhash=digest))
     return ChunkResult(chunk.split, chunk.index, chunk_path, tuple(outcomes))
 
 

@@ -30,6 +30,20 @@ class EncodedImage:
     orig_width: int
     orig_height: int
     orig_format: str
+    dhash: int  # 64-bit difference hash of the resized image (near-duplicate detection)
+
+
+def dhash(image: Image.Image) -> int:
+    """64-bit difference hash: 9x8 grey thumbnail, one bit per horizontally adjacent pair
+    (left brighter than right). Robust to re-encoding, resizing and small edits; cheap."""
+    small = image.convert("L").resize((9, 8), Image.Resampling.BOX)
+    pixels = small.tobytes()
+    bits = 0
+    for row in range(8):
+        base = row * 9
+        for col in range(8):
+            bits = (bits << 1) | (pixels[base + col] > pixels[base + col + 1])
+    return bits
 
 
 def file_digest(path: str) -> str | None:
@@ -91,7 +105,7 @@ def encode_image(path: str, size: int, quality: int, max_pixels: int) -> Encoded
         raise ImageFailure("image_corrupt", f"{type(exc).__name__}: {exc}") from None
     out = io.BytesIO()
     resized.save(out, format="JPEG", quality=quality)
-    return EncodedImage(out.getvalue(), width, height, orig_format)
+    return EncodedImage(out.getvalue(), width, height, orig_format, dhash(resized))
 
 
 def _oriented_size(image: Image.Image) -> tuple[int, int]:

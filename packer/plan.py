@@ -150,7 +150,11 @@ def build_plan(
     todo = planned.filter(ok).collect()
     todo = todo.with_columns(group=connected_groups(todo))
     kept = assign_splits(todo.lazy(), config.seed, config.val_ratio, config.split_ratios)
-    copy = cross_split_copy() if config.cross_split == "drop" else pl.lit(None, pl.String)
+    copy = (
+        cross_split_copy(texts=config.cross_split == "drop")
+        if config.cross_split != "report"
+        else pl.lit(None, pl.String)
+    )
     kept = kept.with_columns(is_dup=duplicate_of_kept()).with_columns(
         reason=pl.when("is_dup").then(pl.lit("duplicate")).otherwise("reason")
     )

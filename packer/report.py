@@ -10,13 +10,12 @@ from typing import Any
 
 import polars as pl
 
+from .audit import assigned_leaks, balance, leakage
 from .config import SPLITS, UNIFIED_FIELDS, PackConfig
 from .execute import ExecutionResult
 from .splits import HASH_NAME
 
 MAX_FAILURE_RATE = 0.005
-BALANCE_POINTS = 5.0
-BALANCE_MIN_EXAMPLES = 30  # a split smaller than this is too small to judge a share on
 
 
 def final_rows(rows: pl.DataFrame, result: ExecutionResult) -> pl.DataFrame:
@@ -27,8 +26,15 @@ def final_rows(rows: pl.DataFrame, result: ExecutionResult) -> pl.DataFrame:
             "w_status": [o.status for o in result.outcomes],
             "w_reason": [o.reason for o in result.outcomes],
             "w_detail": [o.detail for o in result.outcomes],
+            "dhash": [o.dhash for o in result.outcomes],
         },
-        schema={"id": pl.String, "w_status": pl.String, "w_reason": pl.String, "w_detail": pl.String},
+        schema={
+            "id": pl.String,
+            "w_status": pl.String,
+            "w_reason": pl.String,
+            "w_detail": pl.String,
+            "dhash": pl.UInt64,
+        },
     )
     joined = rows.join(outcomes, on="id", how="left")
     ok = pl.col("status") == "ok"
@@ -63,33 +69,6 @@ def label_counts(packed: pl.DataFrame) -> dict[str, Any]:
         for split, dataset, v, n in counts.iter_rows():
             out[split][dataset].setdefault(field, {})[v] = n
     return json.loads(json.dumps(out))
-
-
-def balance(packed: pl.DataFrame) -> dict[str, Any]:
-    """Per dataset and field: each class's share in each split packer assigned vs its share overall."""
-    assigned = packed.filter(pl.col("assign_mode").is_in(["carve", "assign"]))
-    report: dict[str, Any] = {"max_deviation_points": 0.0, "judged": 0, "ok": True, "datasets": {}}
-    for (dataset,), part in assigned.group_by("dataset", maintain_order=True):
-        sizes = dict(part.group_by("split").len().iter_rows())
-        entry: dict[str, Any] = {"split_ratio": {s: round(n / part.height, 4) for s, n in sorted(sizes.items())}}
-        for field in UNIFIED_FIELDS:
-            values = part.select("split", pl.col(field).cast(pl.String).fill_null("null").alias("v"))
-            overall = dict(values.group_by("v").len().iter_rows())
-            per = values.group_by("split", "v").len()
-            field_report = {}
-            for split, n_split in sizes.items():
-                judged = n_split >= BALANCE_MIN_EXAMPLES
-                for v, n_all in overall.items():
-                    n = per.filter((pl.col("split") == split) & (pl.col("v") == v))["len"].sum()
-                    deviation = abs(100.0 * n / n_split - 100.0 * n_all / part.height)
-                    field_report.setdefault(v, {})[split] = round(deviation, 2)
-                    if judged:
-                        report["judged"] += 1
-                        report["max_deviation_points"] = max(report["max_deviation_points"], round(deviation, 2))
-                        report["ok"] = report["ok"] and deviation <= BALANCE_POINTS
-            entry[field] = field_report
-        report["datasets"][dataset] = entry
-    return report
 
 
 def list_value_counts(rows: pl.DataFrame, column: str, by: str | None = None) -> dict[str, dict[str, Any]]:
@@ -181,6 +160,7 @@ def build_stats(
         "failure_rate_below_0.5%": failure_rate < MAX_FAILURE_RATE,
         "no_id_in_two_splits": splits_of_id == 0,
         "assigned_splits_balanced_within_5_points": bal["ok"],
+        "no_image_or_text_in_two_assigned_splits": assigned_leaks(rows) == 0,
     }
     return {
         "total": total,
@@ -205,6 +185,7 @@ def build_stats(
             "ocr_rows_without_manifest_row": ocr_orphans,
         },
         "duplicates_dropped": int(rows.filter(pl.col("reason") == "duplicate").height),
+        "leakage": leakage(rows, config.near_dup_bits),
         "balance": bal,
         "checks": checks,
         "split_hash": HASH_NAME,
@@ -240,6 +221,13 @@ def summary(stats: dict[str, Any]) -> str:
         f"  OCR: {ocr['with_ocr']}/{ocr['image_examples']} image examples, {ocr['lines_kept']} lines kept, "
         f"{ocr['lines_low_confidence']} low-confidence, "
         f"{ocr['ocr_rows_without_manifest_row']} OCR rows without manifest row"
+    )
+    leak = stats["leakage"]
+    by_pair = ", ".join(f"{pair} {entry['shared']}" for pair, entry in leak["images"].items())
+    lines.append(
+        f"  leakage: {leak['images_in_two_splits']} images ({by_pair or 'none'}), "
+        f"{leak['texts_in_two_splits']} texts and {leak['near_duplicate_images_across_splits']} near-duplicate "
+        f"images in two splits; {leak['cross_split_copies_dropped']} cross-split copies dropped"
     )
     for name, ok in stats["checks"].items():
         lines.append(f"  check {name}: {'PASS' if ok else 'FAIL'}")

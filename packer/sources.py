@@ -137,17 +137,20 @@ class Images:
             self._listing[folder] = {p.name for p in folder.iterdir()} if folder.is_dir() else set()
         return self._listing[folder]
 
-    def path(self, relative: str) -> str | None:
+    def path(self, relative: str, prefer: tuple[str, ...] = ()) -> str | None:
+        """The file `relative` names; `prefer` are sub-folders tried first in each folder (a
+        release whose splits re-use file names in separate folders, like MAMI's TRAINING/ and test/)."""
         if not relative or not self.dirs:
             return None
         rel = Path(relative.replace("\\", "/"))
         for folder in self.dirs:
-            for candidate in (folder / rel, folder / rel.name):
-                if candidate.name in self._names(candidate.parent):
-                    self.found += 1
-                    return str(candidate.resolve())
+            for sub in (*prefer, ""):
+                for candidate in (folder / sub / rel, folder / sub / rel.name):
+                    if candidate.name in self._names(candidate.parent):
+                        self.found += 1
+                        return str(candidate.resolve())
         self.missing += 1
-        return str((self.dirs[0] / rel).resolve())
+        return str((self.dirs[0] / (prefer[0] if prefer else "") / rel).resolve())
 
 
 def manifest_row(
@@ -233,6 +236,9 @@ MAMI_LABELS = ("misogynous", "shaming", "stereotype", "objectification", "violen
 MAMI_TEXT = "Text Transcription"
 MAMI_RENAMES = {"label": "misogynous", "text": MAMI_TEXT, "Text": MAMI_TEXT, "file name": "file_name"}
 MAMI_TEST_LABELS = ("test_labels.txt", "test_labels.tsv", "test_labels.csv", "test.tsv")
+# Training and test images re-use file names (15001.jpg is in both, different memes): each split
+# looks in its own folder first.
+MAMI_IMAGE_DIRS = {"train": ("TRAINING", "training", "Training"), "test": ("test", "TEST", "Test")}
 
 
 def mami_table(path: Path) -> Table:
@@ -248,7 +254,14 @@ def mami(raw: Path, images: Images, options: Options) -> Converted:
     train = mami_table(find_file(raw, ["training.csv", "Training.csv"], "MAMI training file"))
     train.need("file_name", *MAMI_LABELS, MAMI_TEXT)
     rows = [
-        manifest_row("mami", "train", r["file_name"], images.path(r["file_name"]), r[MAMI_TEXT], mami_labels(r))
+        manifest_row(
+            "mami",
+            "train",
+            r["file_name"],
+            images.path(r["file_name"], MAMI_IMAGE_DIRS["train"]),
+            r[MAMI_TEXT],
+            mami_labels(r),
+        )
         for _, r in train.rows
     ]
     notes = []
@@ -269,9 +282,8 @@ def mami(raw: Path, images: Images, options: Options) -> Converted:
     for name in order:
         label_row = by_name.get(name)
         text = text_of.get(name, (label_row or {}).get(MAMI_TEXT))
-        rows.append(
-            manifest_row("mami", "test", name, images.path(name), text, mami_labels(label_row) if label_row else {})
-        )
+        labels = mami_labels(label_row) if label_row else {}
+        rows.append(manifest_row("mami", "test", name, images.path(name, MAMI_IMAGE_DIRS["test"]), text, labels))
     if order:
         notes.append(f"test: {len(order)} rows, labels from {label_path or 'nowhere (unlabelled)'}")
     return Converted(rows, notes=notes)
@@ -464,7 +476,7 @@ ADAPTERS: dict[str, Adapter] = {
 # Where each release keeps its images, relative to RAW_DIR, when --images is not given.
 DEFAULT_IMAGE_DIRS = {
     "hateful_memes": ["."],
-    "mami": ["TRAINING", "training", "test", "TEST", "."],
+    "mami": ["."],
     "mmhs150k": ["img_resized", "."],
     "memotion1": ["images", "memotion_dataset_7k/images", "."],
     "memotion2": ["images", "train_images", "val_images", "test_images", "."],

@@ -41,6 +41,7 @@ class SampleOutcome:
     reason: str | None = None
     detail: str | None = None
     image: dict[str, Any] | None = None
+    dhash: int | None = None
 
 
 @dataclass(frozen=True)

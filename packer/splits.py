@@ -154,13 +154,15 @@ def split_priority() -> pl.Expr:
     return pl.col("split").replace_strict(SPLIT_PRIORITY, default=9, return_dtype=pl.Int32)
 
 
-def cross_split_copy() -> pl.Expr:
-    """With --cross-split drop: the reason to drop a row whose image bytes or normalised text also
-    sit in a more protected split (test, then val, then train); diagnostics are never compared."""
+def cross_split_copy(texts: bool) -> pl.Expr:
+    """With --cross-split drop-images / drop: the reason to drop a row whose image bytes (or, with
+    `texts`, normalised text) also sit in a more protected split (test, then val, then train).
+    Diagnostics are never compared."""
     in_splits = pl.col("split").is_in(list(SPLITS))
     priority = pl.when(in_splits).then(split_priority())
     reasons = []
-    for key, what in (("image_digest", "image"), ("norm_text", "text")):
+    keys = [("image_digest", "image")] + ([("norm_text", "text")] if texts else [])
+    for key, what in keys:
         present = in_splits & pl.col(key).is_not_null() & (pl.col(key) != "")
         best = pl.when(present).then(priority).min().over(key)
         reasons.append(

@@ -96,6 +96,7 @@ def test_end_to_end_labels_text_and_images(ws):
         "failure_rate_below_0.5%": True,
         "no_id_in_two_splits": True,
         "assigned_splits_balanced_within_5_points": True,
+        "no_image_or_text_in_two_assigned_splits": True,
     }
     assert json.loads((ws.out / "label_taxonomy.json").read_text())["datasets"]["mami"]
     splits = json.loads((ws.out / "splits.json").read_text())

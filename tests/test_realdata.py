@@ -3,7 +3,7 @@ published counts must come out exactly. Skipped where ../shared is absent (a use
 
 The releases' images are not there, so each image a row names is made as a tiny PNG whose
 pixels derive from its file name: the same file for the same name (Hateful Memes' dev_seen and
-dev_unseen name the same 400 files), different bytes for different names.
+dev_unseen name the same 400 files), different bytes for different files.
 """
 
 from __future__ import annotations
@@ -24,8 +24,10 @@ DATASETS = ("hateful_memes", "mami", "olid", "hatecheck", "memotion1")
 
 
 def tiny_png(path: Path) -> None:
+    """8x8 pixels of noise seeded by the file's path: distinct bytes and dHash per file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.frombytes("RGB", (2, 2), hashlib.sha1(path.name.encode()).digest()[:12]).save(path, "PNG")
+    noise = b"".join(hashlib.sha256(f"{path}:{i}".encode()).digest() for i in range(6))
+    Image.frombytes("RGB", (8, 8), noise[:192]).save(path, "PNG")
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +92,10 @@ def test_hateful_memes(packed):
     assert labels["test"]["hateful_memes"]["abuse_hate"] == {"0": 510 + 1250, "1": 490 + 750}
     duplicates = [f for f in ws.failures() if f["reason"] == "duplicate"]
     assert len([f for f in duplicates if f["id"].startswith("hateful_memes_dev_unseen_")]) == 400
+    assert stats["leakage"]["exact_duplicates_dropped"] == {
+        "hateful_memes": {"dev_unseen": 400},
+        "memotion1": {"train": 1},
+    }
     hm = stats["datasets"]["hateful_memes"]
     assert hm["counts"] == {"gold_hate_disagrees_with_label": {"train": 12, "dev_seen": 1, "dev_unseen": 1}}
     assert hm["failed"] == 0 and hm["dropped"] == 400
@@ -127,3 +133,17 @@ def test_original_format_ids_equal_the_reserialised_ones(tmp_path):
         (r["id"], r["labels_raw"], r["text_raw"]) for r in copy
     ]
     assert len(rows) == 500 and json.dumps(rows[0]["labels_raw"]) in ('{"label": 1}', '{"label": 0}')
+
+
+def test_leakage_audit_of_the_real_splits(packed):
+    leak = packed[0]["leakage"]
+    # Images are stand-ins (one per file), so no image is shared once the 400 twins are dropped;
+    # MAMI's train and test both have a 15001.jpg, but in different folders.
+    assert (leak["images_in_two_splits"], leak["near_duplicate_images_across_splits"]) == (0, 0)
+    # Texts are real: Hateful Memes re-uses captions on other images (its "confounders").
+    texts = leak["texts"]
+    assert texts["train/test"]["by_dataset"]["hateful_memes"]["shared"] == 175
+    assert texts["train/val"]["by_dataset"]["hateful_memes"]["shared"] == 103
+    assert texts["val/test"]["by_dataset"]["hateful_memes"]["shared"] == 70
+    assert texts["train/test"]["by_dataset"]["olid"]["shared"] == 6
+    assert all(len(d["examples"]) <= 20 for e in texts.values() for d in e["by_dataset"].values())

@@ -356,3 +356,14 @@ def test_written_manifest_is_what_packer_reads(tmp_path):
             "direction": "general",
         },
     }
+
+
+def test_mami_train_and_test_images_with_the_same_name_stay_apart(tmp_path):
+    raw = tmp_path / "mami"
+    write(raw / "TRAINING" / "training.csv", MAMI_HEADER + "15001.jpg\t0\t0\t0\t0\t0\tTHE CAMEL IS SLEEPING\n")
+    write(raw / "test" / "Test.csv", "file_name\tText Transcription\n15001.jpg\tUNDYING FIDELITY\n")
+    train_image = make_jpeg(raw / "TRAINING" / "15001.jpg", colour=(1, 2, 3))
+    test_image = make_jpeg(raw / "test" / "15001.jpg", colour=(200, 2, 3))
+    for images in (None, [raw]):
+        rows = convert("mami", raw, images).rows
+        assert [r["image_path"] for r in rows] == [str(Path(train_image).resolve()), str(Path(test_image).resolve())]
