@@ -80,7 +80,13 @@ class DatasetCompiler:
         self.block = block
         self.raw_kinds = raw_kinds
         self.null_strings = block.get("null_strings", [])
-        self.is_me = pl.col("dataset") == name
+        # Work shared by several rules (decoded JSON, ballots, majorities) is computed once, as
+        # temporary columns in three stages, each stage reading only the ones before it.
+        self.stages: list[dict[str, pl.Expr]] = [{}, {}, {}]
+
+    def prepared(self, stage: int, name: str, expr: pl.Expr) -> pl.Expr:
+        self.stages[stage].setdefault(name, expr.alias(name))
+        return pl.col(name)
 
     # -- raw access -------------------------------------------------------
     def scalar(self, fields: str | list[str], normalize: str | None = None) -> pl.Expr:
@@ -94,14 +100,19 @@ class DatasetCompiler:
 
     def json_list(self, field: str, dtype: pl.DataType) -> pl.Expr:
         text = pl.col(raw_col(field))
-        # Decode only this dataset's well-formed lists: json_decode fails the whole frame otherwise.
-        guarded = pl.when(self.is_me & text.str.starts_with("[")).then(text)
-        return guarded.str.json_decode(dtype)
+        # Decode only well-formed lists: json_decode fails the whole frame otherwise.
+        guarded = pl.when(text.str.starts_with("[")).then(text)
+        return self.prepared(0, f"_json.{field}.{dtype}", guarded.str.json_decode(dtype))
 
     def votes(self, field: str, key: str | None) -> pl.Expr:
         if self.raw_kinds[field] == "annotators":
-            return self.json_list(field, ANNOTATOR_DTYPE).list.eval(pl.element().struct.field(key or "label"))
+            key = key or "label"
+            ballots = self.json_list(field, ANNOTATOR_DTYPE).list.eval(pl.element().struct.field(key))
+            return self.prepared(1, f"_votes.{field}.{key}", ballots)
         return self.json_list(field, pl.List(pl.String))
+
+    def majority_of(self, field: str, key: str | None, min_votes: int) -> pl.Expr:
+        return self.prepared(2, f"_major.{field}.{key}.{min_votes}", majority(self.votes(field, key), min_votes))
 
     # -- rules ------------------------------------------------------------
     def unmapped(self, label: str, field: Any, src: pl.Expr) -> pl.Expr:
@@ -148,7 +159,9 @@ class DatasetCompiler:
             bad = ballots.list.eval(pl.element().filter(~pl.element().is_in(list(each))))
             error = pl.when(bad.list.len() > 0).then(self.unmapped(label, field, bad.list.join(",")))
             ballots = ballots.list.eval(pl.element().replace_strict(list(each), list(each.values()), default=None))
-        winner = majority(ballots, rule.get("min_votes", 2))
+            winner = majority(ballots, rule.get("min_votes", 2))
+        else:
+            winner = self.majority_of(field, rule.get("key"), rule.get("min_votes", 2))
         mapped = self.map_scalar(label, rule, winner, field)
         no_majority = ballots.is_not_null() & winner.is_null()
         outcome = rule.get("no_majority")
@@ -179,8 +192,7 @@ class DatasetCompiler:
                 return value.is_not_null() & (value != "")
             return value.is_in([encode_value(cond["label"], v) for v in cond["in"]])
         if "vote" in cond:
-            ballots = self.votes(cond["vote"], cond.get("key"))
-            return majority(ballots, cond.get("min_votes", 2)).is_in(cond["in"])
+            return self.majority_of(cond["vote"], cond.get("key"), cond.get("min_votes", 2)).is_in(cond["in"])
         if "has" in cond:
             return (
                 self.json_list(cond["field"], pl.List(pl.String)).list.eval(pl.element().is_in(cond["has"])).list.any()
@@ -269,41 +281,57 @@ class DatasetCompiler:
         return pl.struct([p[0] for p in parts]).struct.json_encode(), first_not_null([p[1] for p in parts])
 
 
-def unified_label_columns(taxonomy: Taxonomy) -> list[pl.Expr]:
-    """Expressions for the unified labels, aux JSON, and the fail/drop reasons of every row."""
-    raw_kinds = taxonomy.raw_fields()
-    known = list(taxonomy.datasets)
-    per_field: dict[str, pl.Expr] = {k: pl.lit(None, LABEL_DTYPES[k]) for k in LABEL_ORDER}
-    aux_json: pl.Expr = pl.lit(None, pl.String)
-    error: pl.Expr = pl.when(~pl.col("dataset").is_in(known)).then(
-        pl.format("unknown dataset '{}': not in the label taxonomy", pl.col("dataset"))
+    # -- the whole block ---------------------------------------------------
+    def outputs(self) -> list[pl.Expr]:
+        labels = self.labels()
+        aux, aux_error = self.aux()
+        other = [labels[k].other for k in LABEL_ORDER if labels[k].other is not None]
+        quirks = self.quirks(labels)
+        return [
+            *(labels[k].value.cast(LABEL_DTYPES[k]).alias(k) for k in LABEL_ORDER),
+            aux.alias("aux_json"),
+            first_not_null([labels[k].error for k in LABEL_ORDER] + [aux_error]).alias("label_error"),
+            first_not_null([labels[k].drop for k in LABEL_ORDER]).alias("label_drop"),
+            (pl.concat_list(other) if other else pl.lit(None, STRINGS)).cast(STRINGS).alias("other_targets"),
+            (quirks if quirks is not None else pl.lit(None, STRINGS)).cast(STRINGS).alias("quirks"),
+        ]
+
+    def apply(self, frame: pl.LazyFrame) -> pl.LazyFrame:
+        outputs = self.outputs()  # compiling registers the prepared columns
+        for stage in self.stages:
+            if stage:
+                frame = frame.with_columns(*stage.values())
+        temporary = [name for stage in self.stages for name in stage]
+        return frame.with_columns(*outputs).drop(temporary)
+
+
+STRINGS = pl.List(pl.String)
+
+
+def unknown_dataset(frame: pl.LazyFrame) -> pl.LazyFrame:
+    return frame.with_columns(
+        *(pl.lit(None, LABEL_DTYPES[k]).alias(k) for k in LABEL_ORDER),
+        aux_json=pl.lit(None, pl.String),
+        label_error=pl.format("unknown dataset '{}': not in the label taxonomy", pl.col("dataset")),
+        label_drop=pl.lit(None, pl.String),
+        other_targets=pl.lit(None, STRINGS),
+        quirks=pl.lit(None, STRINGS),
     )
-    drop: pl.Expr = pl.lit(None, pl.String)
-    other: pl.Expr = pl.lit(None, pl.List(pl.String))
-    quirks: pl.Expr = pl.lit(None, pl.List(pl.String))
-    for name, block in taxonomy.datasets.items():
-        comp = DatasetCompiler(name, block, raw_kinds)
-        labels = comp.labels()
-        aux, aux_error = comp.aux()
-        me = comp.is_me
-        for label in LABEL_ORDER:
-            per_field[label] = pl.when(me).then(labels[label].value).otherwise(per_field[label])
-        aux_json = pl.when(me).then(aux).otherwise(aux_json)
-        ds_error = first_not_null([labels[k].error for k in LABEL_ORDER] + [aux_error])
-        error = pl.when(me).then(ds_error).otherwise(error)
-        ds_drop = first_not_null([labels[k].drop for k in LABEL_ORDER])
-        drop = pl.when(me).then(ds_drop).otherwise(drop)
-        ds_quirks = comp.quirks(labels)
-        if ds_quirks is not None:
-            quirks = pl.when(me).then(ds_quirks).otherwise(quirks)
-        ds_other = [labels[k].other for k in LABEL_ORDER if labels[k].other is not None]
-        if ds_other:
-            other = pl.when(me).then(pl.concat_list(ds_other) if len(ds_other) > 1 else ds_other[0]).otherwise(other)
-    return [
-        *(per_field[k].cast(LABEL_DTYPES[k]).alias(k) for k in LABEL_ORDER),
-        aux_json.alias("aux_json"),
-        error.alias("label_error"),
-        drop.alias("label_drop"),
-        other.alias("other_targets"),
-        quirks.alias("quirks"),
-    ]
+
+
+def apply_labels(frame: pl.DataFrame, taxonomy: Taxonomy) -> pl.LazyFrame:
+    """The unified labels, aux JSON and fail/drop reasons of every row; the raw columns dropped.
+
+    Each dataset's rules run on that dataset's rows only (the parts run in parallel), so a
+    manifest pays for the rules of the datasets it holds, once per row.
+    """
+    raw_kinds = taxonomy.raw_fields()
+    parts = []
+    for (name,), part in frame.partition_by("dataset", as_dict=True, maintain_order=True).items():
+        block = taxonomy.datasets.get(name)
+        lazy = part.lazy()
+        parts.append(DatasetCompiler(name, block, raw_kinds).apply(lazy) if block else unknown_dataset(lazy))
+    if not parts:
+        parts.append(unknown_dataset(frame.lazy()))
+    raw = [raw_col(f) for f in raw_kinds]
+    return pl.concat(parts, how="vertical").drop(raw)

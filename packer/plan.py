@@ -17,7 +17,7 @@ import polars as pl
 import polars_hash as plh
 
 from .config import DIAGNOSTICS, SPLITS, UNIFIED_FIELDS, InputError, PackConfig, Taxonomy
-from .labels import unified_label_columns
+from .labels import apply_labels
 from .load import READ_ERRORS, check_manifest, explain_read_error, scan_manifest, scan_ocr
 from .specs import ChunkSpec, SampleSpec
 from .splits import assign_splits, connected_groups, cross_split_copy, duplicate_of_kept, source_split, stable_hash
@@ -88,31 +88,52 @@ def status_columns(config: PackConfig) -> list[pl.Expr]:
     return [status.alias("status"), pl.coalesce(failure, drop).alias("reason"), pl.lit("plan").alias("stage")]
 
 
-def build_columns(config: PackConfig, taxonomy: Taxonomy) -> tuple[pl.LazyFrame, pl.LazyFrame, pl.LazyFrame]:
-    """The per-row columns, the count of OCR rows with no manifest row, and the manifest's row count."""
-    full = manifest = scan_manifest(config.manifest, taxonomy)
-    if config.examples_limit is not None:
-        manifest = limit_examples(manifest, config.examples_limit, config.seed)
+def load_inputs(config: PackConfig, taxonomy: Taxonomy) -> tuple[pl.DataFrame, pl.DataFrame, int, int]:
+    """The selected manifest rows (checked), the OCR text per id, the manifest's row count, and the
+    OCR rows whose id is in no manifest row (counted against the whole manifest, not the subset)."""
+    full = scan_manifest(config.manifest, taxonomy)
+    manifest = limit_examples(full, config.examples_limit, config.seed) if config.examples_limit else full
     ocr = scan_ocr(config.ocr)
-    texts = ocr_text(ocr, config.ocr_min_conf)
-    frame = (
-        manifest.rename({"split": "source_split"})
-        .join(texts, on="id", how="left")
+    queries = [manifest, ocr_text(ocr, config.ocr_min_conf), ocr.select("id").unique()]
+    if config.examples_limit:
+        queries.append(full.select("id"))
+    try:
+        rows, texts, ocr_ids, *rest = pl.collect_all(queries)
+    except READ_ERRORS:
+        raise explain_read_error(config.manifest, config.ocr, taxonomy) from None
+    all_ids = rest[0] if rest else rows.select("id")
+    check_manifest(rows, config.manifest)
+    if rows.height == 0:
+        raise InputError(f"{config.manifest}: no examples (the file has no manifest rows)")
+    orphans = ocr_ids.join(all_ids, on="id", how="anti").height
+    return rows, texts, all_ids.height, orphans
+
+
+def build_columns(config: PackConfig, taxonomy: Taxonomy, rows: pl.DataFrame, texts: pl.DataFrame) -> pl.DataFrame:
+    """Labels, text, key, source split and status of every selected row."""
+    caption = clean_text(pl.col("text_raw"))
+    return (
+        apply_labels(rows, taxonomy)
+        .rename({"split": "source_split"})
+        .join(texts.lazy(), on="id", how="left")
         .with_columns(
             lang=pl.col("lang").fill_null("en"),
             has_ocr=pl.col("has_ocr").fill_null(False),
             ocr_lines_kept=pl.col("ocr_lines_kept").fill_null(0),
             ocr_lines_low_conf=pl.col("ocr_lines_low_conf").fill_null(0),
-            norm_text=normalized_text(pl.col("text_raw")).fill_null(""),
+            caption=caption.fill_null(""),
             key=safe_key(),
         )
-        .with_columns(text=combined_text(pl.col("ocr_text"), clean_text(pl.col("text_raw")), pl.col("lang")))
-        .with_columns(*unified_label_columns(taxonomy), *source_split(taxonomy))
+        .with_columns(
+            text=combined_text(pl.col("ocr_text"), pl.col("caption"), pl.col("lang")),
+            norm_text=normalized_text(pl.col("caption")),
+            *source_split(taxonomy),
+        )
+        .drop("caption", "text_raw", "has_labels_raw")
         .with_columns(*status_columns(config))
+        .sort("row")
+        .collect()
     )
-    # Counted against the whole manifest: rows left out by --examples-limit are not orphans.
-    orphans = ocr.select("id").unique().join(full.select("id"), on="id", how="anti").select(pl.len())
-    return frame, orphans, full.select(pl.len())
 
 
 def build_plan(
@@ -121,14 +142,9 @@ def build_plan(
     pinned: dict[str, str],
     fingerprint: Callable[[list[str]], dict[str, str | None]],
 ) -> Plan:
-    frame, orphans, manifest_rows = build_columns(config, taxonomy)
-    try:
-        rows, orphan_count, total = pl.collect_all([frame, orphans, manifest_rows])
-    except READ_ERRORS:
-        raise explain_read_error(config.manifest, config.ocr, taxonomy) from None
-    check_manifest(rows, config.manifest)
-    if rows.height == 0:
-        raise InputError(f"{config.manifest}: no examples (the file has no manifest rows)")
+    manifest, texts, total, orphans = load_inputs(config, taxonomy)
+    rows = build_columns(config, taxonomy, manifest, texts)
+    del manifest, texts
 
     # Every image to pack is hashed: duplicates, groups and the leakage audit all need its bytes.
     to_hash = rows.filter(pl.col("image_path").is_not_null() & (pl.col("status") == "ok"))["image_path"]
@@ -150,11 +166,7 @@ def build_plan(
     todo = planned.filter(ok).collect()
     todo = todo.with_columns(group=connected_groups(todo))
     kept = assign_splits(todo.lazy(), config.seed, config.val_ratio, config.split_ratios)
-    copy = (
-        cross_split_copy(texts=config.cross_split == "drop")
-        if config.cross_split != "report"
-        else pl.lit(None, pl.String)
-    )
+    copy = cross_split_copy(texts=config.cross_split == "drop") if config.cross_split != "report" else pl.lit(None, pl.String)
     kept = kept.with_columns(is_dup=duplicate_of_kept()).with_columns(
         reason=pl.when("is_dup").then(pl.lit("duplicate")).otherwise("reason")
     )
@@ -168,7 +180,7 @@ def build_plan(
         .sort("row")
         .collect()
     )
-    return Plan(final, make_chunks(final, config.chunk_size), int(total.item()), int(orphan_count.item()))
+    return Plan(final, make_chunks(final, config.chunk_size), total, orphans)
 
 
 def make_chunks(rows: pl.DataFrame, chunk_size: int) -> list[ChunkSpec]:

@@ -10,23 +10,30 @@ def clean_text(expr: pl.Expr) -> pl.Expr:
     return expr.str.normalize("NFC").str.replace_all(r"\s+", " ").str.strip_chars()
 
 
-def normalized_text(expr: pl.Expr) -> pl.Expr:
-    """The duplicate-detection form of a text: case-folded, whitespace collapsed, NFC."""
-    return clean_text(expr).str.to_lowercase().str.normalize("NFC")
+def normalized_text(cleaned: pl.Expr) -> pl.Expr:
+    """The duplicate-detection form of a `clean_text` result: case-folded (lower-casing keeps NFC)."""
+    return cleaned.str.to_lowercase()
 
 
 def combined_text(ocr_text: pl.Expr, caption: pl.Expr, lang: pl.Expr) -> pl.Expr:
-    """`[OCR] <ocr> [/OCR] [CAP] <caption> [/CAP] <lang=xx>`, both blocks always present."""
-    parts = pl.concat_str(
+    """`[OCR] <ocr> [/OCR] [CAP] <caption> [/CAP] <lang=xx>`, both blocks always present.
+
+    Both parts are already clean (NFC, single spaces, trimmed), so an empty block is `[OCR] [/OCR]`.
+    """
+
+    def block(part: pl.Expr) -> pl.Expr:
+        return pl.when(part.is_not_null() & (part != "")).then(part + " ")
+
+    return pl.concat_str(
         pl.lit("[OCR] "),
-        ocr_text.fill_null(""),
-        pl.lit(" [/OCR] [CAP] "),
-        caption.fill_null(""),
-        pl.lit(" [/CAP] <lang="),
-        lang,
+        block(ocr_text),
+        pl.lit("[/OCR] [CAP] "),
+        block(caption),
+        pl.lit("[/CAP] <lang="),
+        clean_text(lang),
         pl.lit(">"),
+        ignore_nulls=True,
     )
-    return clean_text(parts)
 
 
 def ocr_text(ocr: pl.LazyFrame, min_conf: float) -> pl.LazyFrame:

@@ -8,7 +8,7 @@ import polars as pl
 import pytest
 
 from packer.config import InputError, load_taxonomy, validate_taxonomy
-from packer.labels import raw_col, unified_label_columns
+from packer.labels import apply_labels, raw_col
 
 TAX = load_taxonomy(None)
 
@@ -20,7 +20,7 @@ def unify(dataset: str, labels: dict) -> dict:
         v = labels.get(f)
         row[raw_col(f)] = None if v is None else (json.dumps(v) if isinstance(v, (list, dict)) else str(v))
     frame = pl.DataFrame([row], schema={"dataset": pl.String, **{raw_col(f): pl.String for f in fields}})
-    out = frame.select(*unified_label_columns(TAX)).row(0, named=True)
+    out = apply_labels(frame, TAX).collect().row(0, named=True)
     out["aux"] = json.loads(out.pop("aux_json")) if out["aux_json"] is not None else None
     return out
 
@@ -238,7 +238,7 @@ def test_new_dataset_by_taxonomy_block_only():
     )
     tax = validate_taxonomy(doc, "toy.json")
     frame = pl.DataFrame({"dataset": ["toy", "toy"], "raw.hate": ["yes", "no"]})
-    out = frame.select(*unified_label_columns(tax))
+    out = apply_labels(frame, tax).collect()
     assert out["abuse_hate"].to_list() == [1, 0]
     assert out["target_group"].to_list() == ["women", ""]
 

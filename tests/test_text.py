@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from packer.text import combined_text, normalized_text, ocr_text
+from packer.text import clean_text, combined_text, normalized_text, ocr_text
 
 
 def ocr_frame(rows: list[tuple[str, list[dict]]]) -> pl.LazyFrame:
@@ -48,14 +48,15 @@ def test_combined_text_format_nfc_and_whitespace():
     frame = pl.DataFrame(
         {"ocr": ["HELLO\n  WORLD", None], "cap": ["cafe\u0301   au\tlait", None], "lang": ["fr", "en"]}
     )
-    out = frame.select(combined_text(pl.col("ocr"), pl.col("cap"), pl.col("lang"))).to_series().to_list()
+    parts = (clean_text(pl.col("ocr")), clean_text(pl.col("cap")), pl.col("lang"))
+    out = frame.select(combined_text(*parts)).to_series().to_list()
     assert out[0] == "[OCR] HELLO WORLD [/OCR] [CAP] caf\u00e9 au lait [/CAP] <lang=fr>"
     assert out[1] == "[OCR] [/OCR] [CAP] [/CAP] <lang=en>"
 
 
 def test_normalized_text_folds_case_and_space():
     frame = pl.DataFrame({"t": ["  Hello   WORLD ", "hello world", "Cafe\u0301"]})
-    assert frame.select(normalized_text(pl.col("t"))).to_series().to_list() == [
+    assert frame.select(normalized_text(clean_text(pl.col("t")))).to_series().to_list() == [
         "hello world",
         "hello world",
         "caf\u00e9",
