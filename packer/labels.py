@@ -9,6 +9,7 @@ and becomes a list only in the worker's JSON.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from functools import reduce
 from typing import Any
@@ -111,8 +112,13 @@ class DatasetCompiler:
             return self.prepared(1, f"_votes.{field}.{key}", ballots)
         return self.json_list(field, pl.List(pl.String))
 
-    def majority_of(self, field: str, key: str | None, min_votes: int) -> pl.Expr:
-        return self.prepared(2, f"_major.{field}.{key}.{min_votes}", majority(self.votes(field, key), min_votes))
+    def majority_of(self, field: str, key: str | None, min_votes: int, each: dict | None = None) -> pl.Expr:
+        """The majority ballot, each ballot first mapped through `each` when given (computed once)."""
+        ballots = self.votes(field, key)
+        if each is not None:
+            ballots = ballots.list.eval(pl.element().replace_strict(list(each), list(each.values()), default=None))
+        name = f"_major.{field}.{key}.{min_votes}.{json.dumps(each, sort_keys=True)}"
+        return self.prepared(2, name, majority(ballots, min_votes))
 
     # -- rules ------------------------------------------------------------
     def unmapped(self, label: str, field: Any, src: pl.Expr) -> pl.Expr:
@@ -152,16 +158,13 @@ class DatasetCompiler:
 
     def vote(self, label: str, rule: dict) -> Compiled:
         field = rule["vote"]
+        each = rule.get("each")
         ballots = self.votes(field, rule.get("key"))
         error = None
-        if "each" in rule:
-            each = rule["each"]
+        if each is not None:
             bad = ballots.list.eval(pl.element().filter(~pl.element().is_in(list(each))))
             error = pl.when(bad.list.len() > 0).then(self.unmapped(label, field, bad.list.join(",")))
-            ballots = ballots.list.eval(pl.element().replace_strict(list(each), list(each.values()), default=None))
-            winner = majority(ballots, rule.get("min_votes", 2))
-        else:
-            winner = self.majority_of(field, rule.get("key"), rule.get("min_votes", 2))
+        winner = self.majority_of(field, rule.get("key"), rule.get("min_votes", 2), each)
         mapped = self.map_scalar(label, rule, winner, field)
         no_majority = ballots.is_not_null() & winner.is_null()
         outcome = rule.get("no_majority")
@@ -248,12 +251,6 @@ class DatasetCompiler:
         src = self.scalar(rule["field"], rule.get("normalize"))
         return self.map_scalar(label, rule, src, rule["field"])
 
-    def labels(self) -> dict[str, Compiled]:
-        done: dict[str, Compiled] = {}
-        for label in LABEL_ORDER:
-            done[label] = self.compile_rule(label, self.block["labels"][label], done)
-        return done
-
     # -- aux --------------------------------------------------------------
     def aux_value(self, name: str, spec: dict) -> tuple[pl.Expr, pl.Expr | None]:
         if "object" in spec:
@@ -280,28 +277,38 @@ class DatasetCompiler:
         parts = [self.aux_value(k, v) for k, v in specs.items()]
         return pl.struct([p[0] for p in parts]).struct.json_encode(), first_not_null([p[1] for p in parts])
 
-
     # -- the whole block ---------------------------------------------------
-    def outputs(self) -> list[pl.Expr]:
-        labels = self.labels()
-        aux, aux_error = self.aux()
-        other = [labels[k].other for k in LABEL_ORDER if labels[k].other is not None]
-        quirks = self.quirks(labels)
-        return [
-            *(labels[k].value.cast(LABEL_DTYPES[k]).alias(k) for k in LABEL_ORDER),
-            aux.alias("aux_json"),
-            first_not_null([labels[k].error for k in LABEL_ORDER] + [aux_error]).alias("label_error"),
-            first_not_null([labels[k].drop for k in LABEL_ORDER]).alias("label_drop"),
-            (pl.concat_list(other) if other else pl.lit(None, STRINGS)).cast(STRINGS).alias("other_targets"),
-            (quirks if quirks is not None else pl.lit(None, STRINGS)).cast(STRINGS).alias("quirks"),
-        ]
-
     def apply(self, frame: pl.LazyFrame) -> pl.LazyFrame:
-        outputs = self.outputs()  # compiling registers the prepared columns
+        """The block's output columns. Each unified field is materialised before the next is
+        computed, so a rule that reads an earlier field (cases with `label`) reads a column."""
+        done: dict[str, Compiled] = {}
+        steps: list[list[pl.Expr]] = []
+        errors, drops, others = [], [], []
+        for label in LABEL_ORDER:
+            c = self.compile_rule(label, self.block["labels"][label], done)
+            step = [c.value.cast(LABEL_DTYPES[label]).alias(label)]
+            for kind, expr, sink in (("error", c.error, errors), ("drop", c.drop, drops), ("other", c.other, others)):
+                if expr is not None:
+                    step.append(expr.alias(f"_{kind}.{label}"))
+                    sink.append(pl.col(f"_{kind}.{label}"))
+            steps.append(step)
+            done[label] = Compiled(pl.col(label))
+        aux, aux_error = self.aux()
+        quirks = self.quirks(done)
         for stage in self.stages:
             if stage:
                 frame = frame.with_columns(*stage.values())
+        for step in steps:
+            frame = frame.with_columns(*step)
+        outputs = [
+            aux.alias("aux_json"),
+            first_not_null([*errors, aux_error]).alias("label_error"),
+            first_not_null(drops).alias("label_drop"),
+            (pl.concat_list(others) if others else pl.lit(None, STRINGS)).cast(STRINGS).alias("other_targets"),
+            (quirks if quirks is not None else pl.lit(None, STRINGS)).cast(STRINGS).alias("quirks"),
+        ]
         temporary = [name for stage in self.stages for name in stage]
+        temporary += [e.meta.output_name() for step in steps for e in step[1:]]
         return frame.with_columns(*outputs).drop(temporary)
 
 

@@ -115,7 +115,7 @@ def build_columns(config: PackConfig, taxonomy: Taxonomy, rows: pl.DataFrame, te
     return (
         apply_labels(rows, taxonomy)
         .rename({"split": "source_split"})
-        .join(texts.lazy(), on="id", how="left")
+        .join(texts.lazy(), on="id", how="left", maintain_order="left")
         .with_columns(
             lang=pl.col("lang").fill_null("en"),
             has_ocr=pl.col("has_ocr").fill_null(False),
@@ -159,14 +159,18 @@ def build_plan(
     ok = pl.col("status") == "ok"
     planned = (
         rows.lazy()
-        .join(pinned_frame.lazy(), on="id", how="left")
-        .join(digest_frame.lazy(), on="image_path", how="left")
+        .join(pinned_frame.lazy(), on="id", how="left", maintain_order="left")
+        .join(digest_frame.lazy(), on="image_path", how="left", maintain_order="left")
         .with_columns(image_digest=pl.when(ok).then(pl.col("image_digest")))
     )
     todo = planned.filter(ok).collect()
     todo = todo.with_columns(group=connected_groups(todo))
-    kept = assign_splits(todo.lazy(), config.seed, config.val_ratio, config.split_ratios)
-    copy = cross_split_copy(texts=config.cross_split == "drop") if config.cross_split != "report" else pl.lit(None, pl.String)
+    kept = assign_splits(todo, config.seed, config.val_ratio, config.split_ratios).lazy()
+    copy = (
+        cross_split_copy(texts=config.cross_split == "drop")
+        if config.cross_split != "report"
+        else pl.lit(None, pl.String)
+    )
     kept = kept.with_columns(is_dup=duplicate_of_kept()).with_columns(
         reason=pl.when("is_dup").then(pl.lit("duplicate")).otherwise("reason")
     )

@@ -36,7 +36,7 @@ def final_rows(rows: pl.DataFrame, result: ExecutionResult) -> pl.DataFrame:
             "dhash": pl.UInt64,
         },
     )
-    joined = rows.join(outcomes, on="id", how="left")
+    joined = rows.join(outcomes, on="id", how="left", maintain_order="left")
     ok = pl.col("status") == "ok"
     return joined.with_columns(
         status=pl.when(ok).then(pl.col("w_status").fill_null("failed")).otherwise("status"),

@@ -87,7 +87,7 @@ def stratum() -> pl.Expr:
     return pl.concat_str([pl.col("dataset"), *labels], separator="/")
 
 
-def assign_splits(frame: pl.LazyFrame, seed: int, val_ratio: float, ratios: tuple[float, float, float]) -> pl.LazyFrame:
+def assign_splits(frame: pl.DataFrame, seed: int, val_ratio: float, ratios: tuple[float, float, float]) -> pl.DataFrame:
     """Fill `split` where packer decides it: carve val from a train, or 80/10/10 where there is none.
 
     `group` (from `connected_groups`) holds together the rows that share an image or a text. Within
@@ -95,25 +95,42 @@ def assign_splits(frame: pl.LazyFrame, seed: int, val_ratio: float, ratios: tupl
     first member's slot falls in the first val_ratio (resp. test, then val ratios) of that order, so
     a group never straddles two splits.
     Pinned ids (from --splits) keep their split, and their group follows them.
+    The ordering works on a narrow frame of keys; the wide rows are never sorted.
     """
-    pool = pl.coalesce(pl.col("source_split"), pl.lit("~"))
     group = ["dataset", "pool", "group"]
-    frame = frame.with_columns(pool=pool, stratum=stratum())
+    keys = frame.select(
+        "dataset",
+        "group",
+        "row",
+        pool=pl.coalesce(pl.col("source_split"), pl.lit("~")),
+        stratum=stratum(),
+        id=pl.col("id"),
+    ).with_columns(pos=pl.int_range(pl.len(), dtype=pl.UInt32))
     # A group is named by its first member's id, so its hash does not depend on row numbers.
-    frame = frame.with_columns(
-        g_stratum=pl.col("stratum").sort_by("row").first().over(group),
-        g_u=unit_interval(pl.col("id").sort_by("row").first().over(group), seed),
+    first = pl.col("pos").min().over(group)
+    keys = keys.with_columns(
+        g_stratum=pl.col("stratum").gather(first), g_u=unit_interval(pl.col("id").gather(first), seed)
     )
-    keys = ["dataset", "pool", "g_stratum"]
-    frame = frame.sort("g_u", "row").with_columns(
-        g_pos=pl.int_range(pl.len()).over(keys),
-        n_stratum=pl.len().over(keys),
-        s_u=unit_interval(pl.concat_str("dataset", "pool", "g_stratum", separator="/"), seed),
+    by_stratum = ["dataset", "pool", "g_stratum"]
+    keys = (
+        keys.select("pos", "dataset", "pool", "group", "g_stratum", "g_u", "row")
+        .sort("g_u", "row")
+        .with_columns(g_pos=pl.int_range(pl.len()).over(by_stratum), n_stratum=pl.len().over(by_stratum))
     )
-    # Systematic sampling with a hashed start per stratum: a big stratum gets each share to within
-    # one group; a stratum of one lands in val/test with the ratios' probability, so many tiny
-    # strata still add up to the requested ratios.
-    frame = frame.with_columns(g_frac=((pl.col("g_pos").min().over(group) + pl.col("s_u")) / pl.col("n_stratum")))
+    # Systematic sampling with a hashed start per stratum, at each group's centre of mass: a big
+    # stratum gets each share to within half a group; a stratum of one lands in val/test with the
+    # ratios' probability, so many tiny strata still add up to the requested ratios.
+    strata = (
+        keys.select(by_stratum)
+        .unique()
+        .with_columns(s_u=unit_interval(pl.concat_str(*by_stratum, separator="/"), seed))
+    )
+    keys = keys.join(strata, on=by_stratum, how="left", maintain_order="left").with_columns(
+        g_frac=(pl.col("g_pos").min().over(group) + pl.len().over(group) / 2 - 0.5 + pl.col("s_u"))
+        / pl.col("n_stratum")
+    )
+    g_frac = keys.sort("pos")["g_frac"]
+    frame = frame.with_columns(g_frac=g_frac)
     test_r, val_r = ratios[2], ratios[1]
     assigned = (
         pl.when(pl.col("assign_mode") == "carve")
@@ -128,17 +145,18 @@ def assign_splits(frame: pl.LazyFrame, seed: int, val_ratio: float, ratios: tupl
         )
         .otherwise(pl.col("split"))
     )
-    pinned_group = pl.col("pinned_split").drop_nulls().first().over(group)
-    movable = pl.col("assign_mode").is_in(["carve", "assign"])
-    final = (
-        pl.when(pl.col("pinned_split").is_not_null())
-        .then(pl.col("pinned_split"))
-        .when(movable & pinned_group.is_not_null())
-        .then(pinned_group)
-        .otherwise(assigned)
-    )
-    dropped = ("pool", "g_stratum", "g_u", "g_pos", "n_stratum", "s_u", "g_frac")
-    return frame.sort("row").with_columns(split=final).drop(dropped)
+    if frame["pinned_split"].null_count() < frame.height:
+        pool = pl.coalesce(pl.col("source_split"), pl.lit("~"))
+        pinned_group = pl.col("pinned_split").drop_nulls().first().over(pl.col("dataset"), pool, pl.col("group"))
+        movable = pl.col("assign_mode").is_in(["carve", "assign"])
+        assigned = (
+            pl.when(pl.col("pinned_split").is_not_null())
+            .then(pl.col("pinned_split"))
+            .when(movable & pinned_group.is_not_null())
+            .then(pinned_group)
+            .otherwise(assigned)
+        )
+    return frame.with_columns(split=assigned).drop("g_frac")
 
 
 def duplicate_of_kept() -> pl.Expr:

@@ -209,7 +209,8 @@ def test_carved_val_is_stratified_and_groups_stay_together(ws):
     for g in range(30):  # rows 3g, 3g+1, 3g+2 share a text
         assert len({f"mami_train_{3 * g + k}" in val for k in range(3)}) == 1
     positives = sum(1 for i in val if int(i.rsplit("_", 1)[1]) % 10 < 3)
-    assert abs(positives / len(val) - 0.3) <= 0.03
+    # 60 val rows, groups of 3 with mixed labels: whole groups cost up to ~2 rows of precision.
+    assert abs(positives / len(val) - 0.3) <= 0.05
 
 
 def test_pinned_ids_keep_their_split(ws):
