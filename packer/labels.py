@@ -295,6 +295,10 @@ class DatasetCompiler:
             done[label] = Compiled(pl.col(label))
         aux, aux_error = self.aux()
         quirks = self.quirks(done)
+        fields = self.block.get("raw_fields", {})
+        frame = frame.with_columns(
+            pl.col("labels_raw").str.json_path_match(f"$['{name}']").alias(raw_col(name)) for name in fields
+        )
         for stage in self.stages:
             if stage:
                 frame = frame.with_columns(*stage.values())
@@ -307,7 +311,7 @@ class DatasetCompiler:
             (pl.concat_list(others) if others else pl.lit(None, STRINGS)).cast(STRINGS).alias("other_targets"),
             (quirks if quirks is not None else pl.lit(None, STRINGS)).cast(STRINGS).alias("quirks"),
         ]
-        temporary = [name for stage in self.stages for name in stage]
+        temporary = [raw_col(name) for name in fields] + [name for stage in self.stages for name in stage]
         temporary += [e.meta.output_name() for step in steps for e in step[1:]]
         return frame.with_columns(*outputs).drop(temporary)
 
@@ -327,7 +331,7 @@ def unknown_dataset(frame: pl.LazyFrame) -> pl.LazyFrame:
 
 
 def apply_labels(frame: pl.DataFrame, taxonomy: Taxonomy) -> pl.LazyFrame:
-    """The unified labels, aux JSON and fail/drop reasons of every row; the raw columns dropped.
+    """The unified labels, aux JSON and fail/drop reasons of every row (`labels_raw` dropped).
 
     Each dataset's rules run on that dataset's rows only (the parts run in parallel), so a
     manifest pays for the rules of the datasets it holds, once per row.
@@ -340,5 +344,4 @@ def apply_labels(frame: pl.DataFrame, taxonomy: Taxonomy) -> pl.LazyFrame:
         parts.append(DatasetCompiler(name, block, raw_kinds).apply(lazy) if block else unknown_dataset(lazy))
     if not parts:
         parts.append(unknown_dataset(frame.lazy()))
-    raw = [raw_col(f) for f in raw_kinds]
-    return pl.concat(parts, how="vertical").drop(raw)
+    return pl.concat(parts, how="vertical").drop("labels_raw")

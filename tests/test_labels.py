@@ -8,18 +8,13 @@ import polars as pl
 import pytest
 
 from packer.config import InputError, load_taxonomy, validate_taxonomy
-from packer.labels import apply_labels, raw_col
+from packer.labels import apply_labels
 
 TAX = load_taxonomy(None)
 
 
 def unify(dataset: str, labels: dict) -> dict:
-    fields = TAX.raw_fields()
-    row = {"dataset": dataset}
-    for f in fields:
-        v = labels.get(f)
-        row[raw_col(f)] = None if v is None else (json.dumps(v) if isinstance(v, (list, dict)) else str(v))
-    frame = pl.DataFrame([row], schema={"dataset": pl.String, **{raw_col(f): pl.String for f in fields}})
+    frame = pl.DataFrame({"dataset": [dataset], "labels_raw": [json.dumps(labels)]})
     out = apply_labels(frame, TAX).collect().row(0, named=True)
     out["aux"] = json.loads(out.pop("aux_json")) if out["aux_json"] is not None else None
     return out
@@ -237,7 +232,7 @@ def test_new_dataset_by_taxonomy_block_only():
         )
     )
     tax = validate_taxonomy(doc, "toy.json")
-    frame = pl.DataFrame({"dataset": ["toy", "toy"], "raw.hate": ["yes", "no"]})
+    frame = pl.DataFrame({"dataset": ["toy", "toy"], "labels_raw": ['{"hate": "yes"}', '{"hate": "no"}']})
     out = apply_labels(frame, tax).collect()
     assert out["abuse_hate"].to_list() == [1, 0]
     assert out["target_group"].to_list() == ["women", ""]
