@@ -69,7 +69,7 @@ def pack_chunk(chunk: ChunkSpec, chunk_path: str, settings: ImageSettings) -> Ch
     """Worker: encode every sample of a chunk and append its tar members to `chunk_path`."""
     outcomes = []
     with open(chunk_path, "wb") as out:
-        for spec in chunk.samples:
+        for spec in chunk.samples():
             members = {"txt": spec.text.encode("utf-8")}
             image = None
             if spec.image_path is not None:
@@ -140,14 +140,19 @@ def _read_samples(result: ChunkResult) -> Iterator[tuple[SampleOutcome, bytes]]:
 
 
 def execute(
-    chunks: list[ChunkSpec], shard_root: Path, settings: ImageSettings, workers: int, maxcount: int, maxsize: int
+    chunks: Iterable[ChunkSpec],
+    total: int,
+    shard_root: Path,
+    settings: ImageSettings,
+    workers: int,
+    maxcount: int,
+    maxsize: int,
 ) -> ExecutionResult:
-    """Run every chunk through the pool and cut the results into shards per split."""
+    """Run every chunk through the pool (`total` samples) and cut the results into shards per split."""
     work_dir = shard_root / ".chunks"
     work_dir.mkdir(parents=True, exist_ok=True)
     result = ExecutionResult()
     cutters: dict[str, ShardCutter] = {}
-    total = sum(len(c.samples) for c in chunks)
     tasks = (delayed(pack_chunk)(c, str(work_dir / f"{c.split}-{c.index:06d}.part"), settings) for c in chunks)
     # Results come back in submission order, so shards never depend on scheduling.
     stream: Iterable[ChunkResult] = Parallel(

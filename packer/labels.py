@@ -296,9 +296,6 @@ class DatasetCompiler:
         aux, aux_error = self.aux()
         quirks = self.quirks(done)
         fields = self.block.get("raw_fields", {})
-        frame = frame.with_columns(
-            pl.col("labels_raw").str.json_path_match(f"$['{name}']").alias(raw_col(name)) for name in fields
-        )
         for stage in self.stages:
             if stage:
                 frame = frame.with_columns(*stage.values())
@@ -330,6 +327,26 @@ def unknown_dataset(frame: pl.LazyFrame) -> pl.LazyFrame:
     )
 
 
+def extract_raw(part: pl.DataFrame, fields: dict[str, str]) -> pl.DataFrame:
+    """One String column `raw.<field>` per raw field of a dataset, from the labels_raw JSON text:
+    scalars as their text ("1", "OFF"), nested values as their JSON text.
+
+    The scalars come from one struct decode (fast); a value of the wrong shape makes that decode
+    fail for the whole part, and then every field is matched one by one, so only its row fails.
+    """
+    scalars = [f for f, kind in fields.items() if kind == "scalar"]
+    nested = [f for f in fields if f not in scalars]
+    if scalars:
+        struct = pl.col("labels_raw").str.json_decode(pl.Struct({f: pl.String for f in scalars}))
+        try:
+            part = part.with_columns(struct.struct.rename_fields([raw_col(f) for f in scalars]).struct.unnest())
+        except pl.exceptions.ComputeError:
+            nested += scalars
+    return part.with_columns(
+        pl.col("labels_raw").str.json_path_match(f"$['{name}']").alias(raw_col(name)) for name in nested
+    )
+
+
 def apply_labels(frame: pl.DataFrame, taxonomy: Taxonomy) -> pl.LazyFrame:
     """The unified labels, aux JSON and fail/drop reasons of every row (`labels_raw` dropped).
 
@@ -340,8 +357,11 @@ def apply_labels(frame: pl.DataFrame, taxonomy: Taxonomy) -> pl.LazyFrame:
     parts = []
     for (name,), part in frame.partition_by("dataset", as_dict=True, maintain_order=True).items():
         block = taxonomy.datasets.get(name)
-        lazy = part.lazy()
-        parts.append(DatasetCompiler(name, block, raw_kinds).apply(lazy) if block else unknown_dataset(lazy))
+        if block is None:
+            parts.append(unknown_dataset(part.lazy()))
+            continue
+        lazy = extract_raw(part, block.get("raw_fields", {})).lazy()
+        parts.append(DatasetCompiler(name, block, raw_kinds).apply(lazy))
     if not parts:
         parts.append(unknown_dataset(frame.lazy()))
     return pl.concat(parts, how="vertical").drop("labels_raw")

@@ -9,7 +9,7 @@ from typing import Any
 
 from .config import DIAGNOSTICS, SPLITS, PackConfig, default_taxonomy_text, load_taxonomy
 from .execute import ImageSettings, execute, fingerprint
-from .plan import build_plan, read_pinned, splits_document
+from .plan import build_plan, iter_chunks, samples_to_pack, read_pinned, splits_document
 from .report import build_stats, final_rows, summary, write_json, write_outputs
 
 
@@ -35,7 +35,13 @@ def run(config: PackConfig) -> tuple[int, dict[str, Any]]:
     start = time.perf_counter()
     settings = ImageSettings(config.image_size, config.jpeg_quality, config.max_image_pixels)
     result = execute(
-        plan.chunks, config.output_dir, settings, config.workers, config.shard_maxcount, config.shard_maxsize
+        iter_chunks(plan.rows, config.chunk_size),
+        samples_to_pack(plan.rows),
+        config.output_dir,
+        settings,
+        config.workers,
+        config.shard_maxcount,
+        config.shard_maxsize,
     )
     timings["images_and_shards"] = time.perf_counter() - start
 

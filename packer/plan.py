@@ -9,7 +9,7 @@ less protected split) and orders each split by a seeded hash of the id.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +19,7 @@ import polars_hash as plh
 from .config import DIAGNOSTICS, SPLITS, UNIFIED_FIELDS, InputError, PackConfig, Taxonomy
 from .labels import apply_labels
 from .load import READ_ERRORS, check_manifest, explain_read_error, scan_manifest, scan_ocr
-from .specs import ChunkSpec, SampleSpec
+from .specs import ChunkSpec
 from .splits import assign_splits, connected_groups, cross_split_copy, duplicate_of_kept, source_split, stable_hash
 from .text import clean_text, combined_text, normalized_text, ocr_text
 
@@ -29,7 +29,6 @@ KEY_MAX = 80
 @dataclass
 class Plan:
     rows: pl.DataFrame  # one row per selected manifest row: status ("ok"/"dropped"/"failed"), reason, ...
-    chunks: list[ChunkSpec]
     manifest_rows: int
     ocr_orphans: int
 
@@ -129,7 +128,7 @@ def build_columns(config: PackConfig, taxonomy: Taxonomy, rows: pl.DataFrame, te
             norm_text=normalized_text(pl.col("caption")),
             *source_split(taxonomy),
         )
-        .drop("caption", "text_raw", "has_labels_raw")
+        .drop("caption", "text_raw", "has_labels_raw", "ocr_text")
         .with_columns(*status_columns(config))
         .sort("row")
         .collect()
@@ -184,49 +183,32 @@ def build_plan(
         .sort("row")
         .collect()
     )
-    return Plan(final, make_chunks(final, config.chunk_size), total, orphans)
+    return Plan(final, total, orphans)
 
 
-def make_chunks(rows: pl.DataFrame, chunk_size: int) -> list[ChunkSpec]:
-    """Samples to pack, per split in seeded-hash order, cut into fixed-size chunks."""
+SAMPLE_COLUMNS = ["id", "key", "dataset", "split", "source_split", "lang", "image_path", "text", "aux_json"]
+
+
+def samples_to_pack(rows: pl.DataFrame) -> int:
+    return rows.filter(pl.col("status") == "ok").height
+
+
+def iter_chunks(rows: pl.DataFrame, chunk_size: int) -> Iterator[ChunkSpec]:
+    """Samples to pack, per split in seeded-hash order, cut into fixed-size chunks.
+
+    A generator: each chunk's columns are taken from the frame when the pool asks for it, so the
+    plan never holds a Python object per sample, and the work overlaps with the image stage.
+    """
     order = {s: i for i, s in enumerate((*SPLITS, DIAGNOSTICS))}
     todo = (
         rows.filter(pl.col("status") == "ok")
         .with_columns(split_rank=pl.col("split").replace_strict(order, return_dtype=pl.Int32))
         .sort("split_rank", "order", "id")
+        .select(*SAMPLE_COLUMNS, *UNIFIED_FIELDS)
     )
-    chunks: list[ChunkSpec] = []
-    columns = [
-        "id",
-        "key",
-        "dataset",
-        "split",
-        "source_split",
-        "lang",
-        "image_path",
-        "text",
-        "aux_json",
-        *UNIFIED_FIELDS,
-    ]
-    for (split,), part in todo.select(columns).group_by("split", maintain_order=True):
-        samples = [
-            SampleSpec(
-                id=r["id"],
-                key=r["key"],
-                dataset=r["dataset"],
-                split=r["split"],
-                source_split=r["source_split"],
-                lang=r["lang"],
-                image_path=r["image_path"],
-                text=r["text"],
-                labels={f: r[f] for f in UNIFIED_FIELDS},
-                aux_json=r["aux_json"],
-            )
-            for r in part.iter_rows(named=True)
-        ]
-        for index, start in enumerate(range(0, len(samples), chunk_size)):
-            chunks.append(ChunkSpec(split, index, tuple(samples[start : start + chunk_size])))
-    return chunks
+    for (split,), part in todo.group_by("split", maintain_order=True):
+        for index, start in enumerate(range(0, part.height, chunk_size)):
+            yield ChunkSpec(split, index, part.slice(start, chunk_size).to_dict(as_series=False))
 
 
 def splits_document(rows: pl.DataFrame, previous: dict[str, str]) -> dict[str, list[str]]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from .config import UNIFIED_FIELDS
+
 
 @dataclass(frozen=True)
 class SampleSpec:
@@ -24,13 +26,36 @@ class SampleSpec:
 class ChunkSpec:
     """A run of consecutive samples of one split: the unit of work of one pool task.
 
-    Chunk boundaries depend only on the plan, never on the worker count, so the shards cut from
-    the chunks' outputs are byte-identical whatever --workers is.
+    It travels as columns (one list per field, cheap to take from the plan's frame and to pickle);
+    the worker turns them into SampleSpecs. Chunk boundaries depend only on the plan, never on the
+    worker count, so the shards cut from the chunks' outputs are byte-identical whatever --workers is.
     """
 
     split: str
     index: int
-    samples: tuple[SampleSpec, ...]
+    columns: dict[str, list[Any]]
+
+    def __len__(self) -> int:
+        return len(self.columns["id"])
+
+    def samples(self) -> list[SampleSpec]:
+        c = self.columns
+        labels = [dict(zip(UNIFIED_FIELDS, values)) for values in zip(*(c[f] for f in UNIFIED_FIELDS))]
+        return [
+            SampleSpec(*values, labels=label, aux_json=aux)
+            for *values, label, aux in zip(
+                c["id"],
+                c["key"],
+                c["dataset"],
+                c["split"],
+                c["source_split"],
+                c["lang"],
+                c["image_path"],
+                c["text"],
+                labels,
+                c["aux_json"],
+            )
+        ]
 
 
 @dataclass(frozen=True)
