@@ -10,6 +10,7 @@ and becomes a list only in the worker's JSON.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import reduce
 from typing import Any
@@ -115,7 +116,9 @@ class DatasetCompiler:
     def majority_of(self, field: str, key: str | None, min_votes: int, each: dict | None = None) -> pl.Expr:
         """The majority ballot, each ballot first mapped through `each` when given (computed once)."""
         ballots = self.votes(field, key)
-        if each is not None:
+        if each is not None and all(k == v for k, v in each.items()):
+            ballots = ballots.list.eval(pl.element().filter(pl.element().is_in(list(each))))  # fast path
+        elif each is not None:
             ballots = ballots.list.eval(pl.element().replace_strict(list(each), list(each.values()), default=None))
         name = f"_major.{field}.{key}.{min_votes}.{json.dumps(each, sort_keys=True)}"
         return self.prepared(2, name, majority(ballots, min_votes))
@@ -347,21 +350,24 @@ def extract_raw(part: pl.DataFrame, fields: dict[str, str]) -> pl.DataFrame:
     )
 
 
-def apply_labels(frame: pl.DataFrame, taxonomy: Taxonomy) -> pl.LazyFrame:
+PerDataset = Callable[[str, "dict[str, Any] | None"], list[pl.Expr]]
+
+
+def apply_labels(frame: pl.DataFrame, taxonomy: Taxonomy, per_dataset: PerDataset | None = None) -> pl.LazyFrame:
     """The unified labels, aux JSON and fail/drop reasons of every row (`labels_raw` dropped).
 
-    Each dataset's rules run on that dataset's rows only (the parts run in parallel), so a
-    manifest pays for the rules of the datasets it holds, once per row.
+    Each dataset's rules run on that dataset's rows only, so a manifest pays for the rules of the
+    datasets it holds, once per row; `per_dataset(name, block)` adds more columns the same way.
     """
     raw_kinds = taxonomy.raw_fields()
     parts = []
     for (name,), part in frame.partition_by("dataset", as_dict=True, maintain_order=True).items():
         block = taxonomy.datasets.get(name)
         if block is None:
-            parts.append(unknown_dataset(part.lazy()))
-            continue
-        lazy = extract_raw(part, block.get("raw_fields", {})).lazy()
-        parts.append(DatasetCompiler(name, block, raw_kinds).apply(lazy))
+            lazy = unknown_dataset(part.lazy())
+        else:
+            lazy = DatasetCompiler(name, block, raw_kinds).apply(extract_raw(part, block.get("raw_fields", {})).lazy())
+        parts.append(lazy.with_columns(per_dataset(name, block)) if per_dataset else lazy)
     if not parts:
         parts.append(unknown_dataset(frame.lazy()))
     return pl.concat(parts, how="vertical").drop("labels_raw")

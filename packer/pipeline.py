@@ -9,7 +9,7 @@ from typing import Any
 
 from .config import DIAGNOSTICS, SPLITS, PackConfig, default_taxonomy_text, load_taxonomy
 from .execute import ImageSettings, execute, fingerprint
-from .plan import build_plan, iter_chunks, samples_to_pack, read_pinned, splits_document
+from .plan import build_plan, iter_chunks, read_pinned, samples_to_pack, splits_document
 from .report import build_stats, final_rows, summary, write_json, write_outputs
 
 

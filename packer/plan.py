@@ -20,7 +20,7 @@ from .config import DIAGNOSTICS, SPLITS, UNIFIED_FIELDS, InputError, PackConfig,
 from .labels import apply_labels
 from .load import READ_ERRORS, check_manifest, explain_read_error, scan_manifest, scan_ocr
 from .specs import ChunkSpec
-from .splits import assign_splits, connected_groups, cross_split_copy, duplicate_of_kept, source_split, stable_hash
+from .splits import assign_splits, connected_groups, cross_split_copy, dataset_split, duplicate_of_kept, stable_hash
 from .text import clean_text, combined_text, normalized_text, ocr_text
 
 KEY_MAX = 80
@@ -112,8 +112,7 @@ def build_columns(config: PackConfig, taxonomy: Taxonomy, rows: pl.DataFrame, te
     """Labels, text, key, source split and status of every selected row."""
     caption = clean_text(pl.col("text_raw"))
     return (
-        apply_labels(rows, taxonomy)
-        .rename({"split": "source_split"})
+        apply_labels(rows.rename({"split": "source_split"}), taxonomy, dataset_split)
         .join(texts.lazy(), on="id", how="left", maintain_order="left")
         .with_columns(
             lang=pl.col("lang").fill_null("en"),
@@ -126,7 +125,6 @@ def build_columns(config: PackConfig, taxonomy: Taxonomy, rows: pl.DataFrame, te
         .with_columns(
             text=combined_text(pl.col("ocr_text"), pl.col("caption"), pl.col("lang")),
             norm_text=normalized_text(pl.col("caption")),
-            *source_split(taxonomy),
         )
         .drop("caption", "text_raw", "has_labels_raw", "ocr_text")
         .with_columns(*status_columns(config))

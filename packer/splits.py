@@ -6,10 +6,12 @@ versions: the same input and seed give the same splits.json on any machine.
 
 from __future__ import annotations
 
+from typing import Any
+
 import polars as pl
 import polars_hash as plh
 
-from .config import DIAGNOSTICS, SPLITS, UNIFIED_FIELDS, Taxonomy
+from .config import DIAGNOSTICS, SPLITS, UNIFIED_FIELDS
 
 HASH_NAME = "polars-hash xxhash64 of '<seed>:<value>'"
 SPLIT_PRIORITY = {"test": 0, "val": 1, "train": 2, DIAGNOSTICS: 3}
@@ -25,38 +27,37 @@ def unit_interval(expr: pl.Expr, seed: int) -> pl.Expr:
     return stable_hash(expr, seed).cast(pl.Float64) / 2.0**64
 
 
-def source_split(taxonomy: Taxonomy) -> list[pl.Expr]:
-    """`split` (train/val/test/diagnostics, or null where packer assigns it), `assign_mode` and `split_error`."""
-    split = pl.lit(None, pl.String)
-    mode = pl.lit(None, pl.String)
-    error = pl.lit(None, pl.String)
+def dataset_split(name: str, block: dict[str, Any] | None) -> list[pl.Expr]:
+    """For one dataset's rows: `split` (train/val/test/diagnostics, or null where packer assigns
+    it), `assign_mode` (source, carve, assign, diagnostics) and `split_error`."""
     src = pl.col("source_split")
-    for name, block in taxonomy.datasets.items():
-        me = pl.col("dataset") == name
-        if block.get("diagnostics"):
-            split = pl.when(me).then(pl.lit(DIAGNOSTICS)).otherwise(split)
-            mode = pl.when(me).then(pl.lit("diagnostics")).otherwise(mode)
-            continue
-        mapped = pl.lit(None, pl.String)
-        for target, names in block.get("splits", {}).items():
-            mapped = pl.when(src.is_in(names)).then(pl.lit(target)).otherwise(mapped)
-        carve = block.get("carve_val_from")
-        ds_mode = (
-            pl.when(src.is_null())
-            .then(pl.lit("assign"))
-            .when(src == carve if carve else pl.lit(False))
-            .then(pl.lit("carve"))
-            .when(mapped.is_not_null())
-            .then(pl.lit("source"))
-        )
-        known = sorted(s for names in block.get("splits", {}).values() for s in names)
-        ds_error = pl.when(src.is_not_null() & mapped.is_null()).then(
-            pl.format(f"unknown split '{{}}' for dataset {name} (known: {', '.join(known) or 'none'})", src)
-        )
-        split = pl.when(me).then(mapped).otherwise(split)
-        mode = pl.when(me).then(ds_mode).otherwise(mode)
-        error = pl.when(me).then(ds_error).otherwise(error)
-    return [split.alias("split"), mode.alias("assign_mode"), error.alias("split_error")]
+    none = pl.lit(None, pl.String)
+    if block is None:  # not in the taxonomy: the row fails on its labels already
+        return [none.alias("split"), none.alias("assign_mode"), none.alias("split_error")]
+    if block.get("diagnostics"):
+        return [
+            pl.lit(DIAGNOSTICS).alias("split"),
+            pl.lit("diagnostics").alias("assign_mode"),
+            none.alias("split_error"),
+        ]
+    splits = block.get("splits", {})
+    names = [s for group in splits.values() for s in group]
+    targets = [t for t, group in splits.items() for _ in group]
+    mapped = src.replace_strict(names, targets, default=None, return_dtype=pl.String)
+    carve = block.get("carve_val_from")
+    mode = (
+        pl.when(src.is_null())
+        .then(pl.lit("assign"))
+        .when(src == carve if carve else pl.lit(False))
+        .then(pl.lit("carve"))
+        .when(mapped.is_not_null())
+        .then(pl.lit("source"))
+    )
+    known = ", ".join(sorted(names)) or "none"
+    error = pl.when(src.is_not_null() & mapped.is_null()).then(
+        pl.format(f"unknown split '{{}}' for dataset {name} (known: {known})", src)
+    )
+    return [mapped.alias("split"), mode.alias("assign_mode"), error.alias("split_error")]
 
 
 def connected_groups(frame: pl.DataFrame, max_rounds: int = 50) -> pl.Series:
