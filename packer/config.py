@@ -47,7 +47,7 @@ class PackConfig:
         "report"  # "drop-images" / "drop": drop copies of an image (and text) outside its most protected split
     )
     near_dup_bits: int = 3  # dHash Hamming distance at or under which two images are near-duplicates
-    chunk_size: int = 64
+    chunk_size: int = 64  # the largest pool task, in samples
 
     @property
     def failures_log(self) -> Path:

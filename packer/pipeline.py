@@ -13,6 +13,13 @@ from .plan import build_plan, iter_chunks, read_pinned, samples_to_pack, splits_
 from .report import build_stats, final_rows, summary, write_json, write_outputs
 
 
+def chunk_size(samples: int, workers: int, largest: int) -> int:
+    """Samples per pool task: at least 8 tasks per worker so that every core stays busy to the end
+    (a pilot of a few hundred examples included), at most `largest`, and never below 4, where the
+    per-task cost (pickling, a chunk file) would start to show."""
+    return max(4, min(largest, -(-samples // (8 * workers))))
+
+
 def run(config: PackConfig) -> tuple[int, dict[str, Any]]:
     """Pack; returns (exit code, stats). Raises InputError (exit 2) before writing anything."""
     timings: dict[str, float] = {}
@@ -34,9 +41,10 @@ def run(config: PackConfig) -> tuple[int, dict[str, Any]]:
         shutil.rmtree(config.output_dir / split, ignore_errors=True)
     start = time.perf_counter()
     settings = ImageSettings(config.image_size, config.jpeg_quality, config.max_image_pixels)
+    total = samples_to_pack(plan.rows)
     result = execute(
-        iter_chunks(plan.rows, config.chunk_size),
-        samples_to_pack(plan.rows),
+        iter_chunks(plan.rows, chunk_size(total, config.workers, config.chunk_size)),
+        total,
         config.output_dir,
         settings,
         config.workers,

@@ -27,8 +27,8 @@ class ChunkSpec:
     """A run of consecutive samples of one split: the unit of work of one pool task.
 
     It travels as columns (one list per field, cheap to take from the plan's frame and to pickle);
-    the worker turns them into SampleSpecs. Chunk boundaries depend only on the plan, never on the
-    worker count, so the shards cut from the chunks' outputs are byte-identical whatever --workers is.
+    the worker turns them into SampleSpecs. Shards do not depend on chunk boundaries: the parent
+    cuts them from the stream of samples in plan order.
     """
 
     split: str

@@ -40,7 +40,11 @@ def labels_for(dataset: str, rng: random.Random) -> tuple[str | None, dict]:
         }
     if dataset == "hatexplain":
         annotators = [
-            {"label": rng.choice(["hatespeech", "offensive", "normal"]), "annotator_id": i, "target": [rng.choice(TARGETS)]}
+            {
+                "label": rng.choice(["hatespeech", "offensive", "normal"]),
+                "annotator_id": i,
+                "target": [rng.choice(TARGETS)],
+            }
             for i in range(3)
         ]
         return rng.choice(["train", "val", "test"]), {"annotators": annotators, "rationales": [], "post_tokens": ["x"]}

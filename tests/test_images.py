@@ -6,7 +6,7 @@ import io
 from pathlib import Path
 
 import pytest
-from PIL import Image, features
+from PIL import Image, ImageOps, features
 
 from packer.images import ImageFailure, encode_image
 
@@ -138,3 +138,31 @@ def test_decompression_bomb_fails(tmp_path):
     with pytest.raises(ImageFailure) as info:
         encode_image(path, SIZE, QUALITY, max_pixels=1_000_000)
     assert info.value.reason == "image_too_large"
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_exif_orientation_matches_orienting_the_source_first(tmp_path, orientation):
+    # Four quadrants of different colours on a non-square image: any wrong turn or flip shows.
+    source = Image.new("RGB", (900, 500))
+    for (x, y), colour in zip(
+        [(0, 0), (450, 0), (0, 250), (450, 250)], [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0)]
+    ):
+        source.paste(colour, (x, y, x + 450, y + 250))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = save(tmp_path / f"o{orientation}.jpg", source, "JPEG", exif=exif.tobytes())
+    out = encode_image(path, SIZE, QUALITY, MAX_PIXELS)
+    reference = ImageOps.exif_transpose(Image.open(path)).convert("RGB").resize((SIZE, SIZE), Image.Resampling.BICUBIC)
+    image = decode(out.data)
+    for x, y in [
+        (SIZE // 4, SIZE // 4),
+        (3 * SIZE // 4, SIZE // 4),
+        (SIZE // 4, 3 * SIZE // 4),
+        (3 * SIZE // 4, 3 * SIZE // 4),
+    ]:
+        assert all(abs(a - b) < 40 for a, b in zip(image.getpixel((x, y)), reference.getpixel((x, y)))), (x, y)
+    assert (out.orig_width, out.orig_height) == reference_size(orientation)
+
+
+def reference_size(orientation: int) -> tuple[int, int]:
+    return (500, 900) if orientation in (5, 6, 7, 8) else (900, 500)

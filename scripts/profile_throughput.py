@@ -1,0 +1,360 @@
+"""packer's throughput, side by side in one run, on a realistic meme-like corpus.
+
+    make profile                          # or:
+    python scripts/profile_throughput.py [--images 600] [--max-workers N] [--plan-rows 1000000] [--out profile]
+
+Measured on the same images in the same run:
+  kernel   the bare per-image kernel (packer.images.encode_image: draft decode, orient, convert,
+           bicubic resize, JPEG encode, dHash) in a loop, one process, no packer around it;
+  naive    the script a user writes from the webdataset docs: full decode, resize, ShardWriter,
+           one process;
+  packer   the whole `pack-examples` run (load, plan, image hashing, pool, shards, report) at
+           1, 2, ... --max-workers workers;
+  variants resampling choices of the kernel (bilinear, reducing_gap, no draft) with their PSNR
+           against a full-decode bicubic reference;
+  plan     load + plan of a --plan-rows manifest (text-only), in a child process: seconds, peak RSS.
+Prints a table, writes <out>/profile.json and <out>/profile.png. The corpus and the big manifest
+are cached under --cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import math
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from PIL import Image, ImageChops, ImageDraw, ImageFont, ImageStat
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from packer.cli import main as pack  # noqa: E402
+from packer.images import Clock, encode_image  # noqa: E402
+from packer.shards import sample_bytes  # noqa: E402
+
+SIZE, QUALITY, MAX_PIXELS = 384, 95, 89_478_485
+MAMI_SUBTYPES = ("shaming", "stereotype", "objectification", "violence")
+CAPTIONS = ["WHEN YOU SEE IT", "NOBODY:", "ME AT 3 AM", "THEY SAID IT COULDN'T BE DONE", "MONDAY AGAIN", "SUCH WOW"]
+
+
+# -- the corpus ---------------------------------------------------------------
+def meme(rng: random.Random) -> Image.Image:
+    """A photograph-like image (smooth colour fields, grain, shapes) with big meme captions."""
+    width = rng.randint(500, 2048)
+    height = max(500, min(2048, int(width * rng.uniform(0.6, 1.5))))
+    base = Image.frombytes("RGB", (6, 5), rng.randbytes(90)).resize((width, height), Image.Resampling.BICUBIC)
+    grain = Image.effect_noise((width, height), rng.uniform(8, 24)).convert("RGB")
+    image = Image.blend(base, grain, 0.15)
+    draw = ImageDraw.Draw(image)
+    for _ in range(rng.randint(3, 8)):
+        x, y = rng.randrange(width), rng.randrange(height)
+        r = rng.randint(width // 20, width // 4)
+        draw.ellipse((x - r, y - r, x + r, y + r), fill=tuple(rng.randbytes(3)))
+    font = ImageFont.load_default(size=max(24, height // 9))
+    for top, text in ((True, rng.choice(CAPTIONS)), (False, rng.choice(CAPTIONS))):
+        y = height // 40 if top else height - height // 7
+        draw.text((width // 2, y), text, font=font, fill="white", anchor="ma", stroke_width=3, stroke_fill="black")
+    return image
+
+
+def make_corpus(folder: Path, count: int, seed: int = 0) -> list[Path]:
+    """85% JPEG (some progressive, some with EXIF orientation), 15% PNG (half with alpha); cached."""
+    listing = folder / "files.json"
+    if listing.is_file():
+        paths = [folder / name for name in json.loads(listing.read_text())]
+        if len(paths) == count and all(p.is_file() for p in paths):
+            return paths
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    rng = random.Random(seed)
+    names = []
+    for i in range(count):
+        image = meme(rng)
+        if rng.random() < 0.85:
+            name = f"meme_{i:05d}.jpg"
+            exif = Image.Exif()
+            if rng.random() < 0.2:
+                exif[0x0112] = rng.choice([3, 6, 8])
+            image.save(folder / name, "JPEG", quality=rng.randint(75, 95), progressive=rng.random() < 0.3, exif=exif)
+        else:
+            name = f"meme_{i:05d}.png"
+            if rng.random() < 0.5:
+                image = image.convert("RGBA")
+            image.save(folder / name, "PNG", compress_level=6)
+        names.append(name)
+    listing.write_text(json.dumps(names))
+    return [folder / n for n in names]
+
+
+def write_manifest(path: Path, images: list[Path]) -> Path:
+    rows = [
+        {
+            "id": f"mami_train_{p.name}",
+            "dataset": "mami",
+            "split": "train",
+            "image_path": str(p),
+            "text_raw": f"caption of {p.stem}",
+            "labels_raw": {"misogynous": int(i % 3 == 0), **dict.fromkeys(MAMI_SUBTYPES, 0)},
+        }
+        for i, p in enumerate(images)
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+# -- the runs -----------------------------------------------------------------
+def timed(fn, repeat: int) -> float:
+    best = math.inf
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def run_kernel(paths: list[Path], **options) -> None:
+    for p in paths:
+        encode_image(str(p), SIZE, QUALITY, MAX_PIXELS, **options)
+
+
+def stage_breakdown(paths: list[Path]) -> dict[str, float]:
+    """Milliseconds per image for each stage of the kernel, plus writing its tar members."""
+    clock = Clock()
+    sink = io.BytesIO()
+    for i, p in enumerate(paths):
+        encoded = encode_image(str(p), SIZE, QUALITY, MAX_PIXELS, clock=clock)
+        clock.start()
+        sink.write(sample_bytes(f"k{i:06d}", {"jpg": encoded.data, "txt": b"text", "json": b"{}"}))
+        clock.lap("write")
+    return {k: round(1000 * v / len(paths), 3) for k, v in clock.seconds.items()}
+
+
+def run_naive(paths: list[Path], out: Path) -> None:
+    """What the webdataset docs lead to: decode in full, resize, let ShardWriter encode and write."""
+    import webdataset as wds
+
+    out.mkdir(parents=True, exist_ok=True)
+    with wds.ShardWriter(str(out / "naive-%06d.tar"), maxcount=1000, verbose=0) as sink:
+        for i, p in enumerate(paths):
+            image = Image.open(p).convert("RGB").resize((SIZE, SIZE), Image.Resampling.BICUBIC)
+            sink.write({"__key__": f"{i:06d}", "jpg": image, "txt": f"caption {i}", "json": {"id": p.name}})
+
+
+def run_packer(manifest: Path, out: Path, workers: int) -> dict:
+    args = ["--manifest", str(manifest), "--output-dir", str(out / "shards"), "--label-taxonomy", str(out / "t.json")]
+    args += ["--splits", str(out / "splits.json"), "--workers", str(workers)]
+    shutil.rmtree(out, ignore_errors=True)
+    with contextlib.redirect_stdout(io.StringIO()):
+        code = pack(args)
+    stats = json.loads((out / "stats.json").read_text())
+    if code == 2 or stats["failed"]:
+        raise SystemExit(f"packer run failed (exit {code}, {stats['failed']} failed)")
+    return stats
+
+
+def psnr(a: Image.Image, b: Image.Image) -> float:
+    rms = ImageStat.Stat(ImageChops.difference(a.convert("RGB"), b.convert("RGB"))).rms
+    mse = sum(r * r for r in rms) / len(rms)
+    return 99.0 if mse == 0 else 10 * math.log10(255.0**2 / mse)
+
+
+def variant_quality(paths: list[Path], **options) -> float:
+    """Mean PSNR of a kernel variant's output against full decode + bicubic (before JPEG encoding)."""
+    scores = []
+    for p in paths:
+        reference = encode_image(str(p), SIZE, 100, MAX_PIXELS, draft=False)
+        candidate = encode_image(str(p), SIZE, 100, MAX_PIXELS, **options)
+        scores.append(psnr(Image.open(io.BytesIO(reference.data)), Image.open(io.BytesIO(candidate.data))))
+    return round(sum(scores) / len(scores), 1)
+
+
+def measure_plan(manifest: Path) -> dict:
+    """Run in a child process: load + plan only (no images), seconds and peak RSS."""
+    import resource
+
+    from packer.config import PackConfig, load_taxonomy
+    from packer.plan import build_plan
+
+    with tempfile.TemporaryDirectory() as tmp:
+        config = PackConfig(
+            manifest=manifest,
+            ocr=None,
+            output_dir=Path(tmp) / "shards",
+            label_taxonomy=Path(tmp) / "t.json",
+            splits=Path(tmp) / "s.json",
+            stats=Path(tmp) / "stats.json",
+        )
+        start = time.perf_counter()
+        plan = build_plan(config, load_taxonomy(None), {}, lambda paths: {})
+        seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"rows": plan.rows.height, "seconds": round(seconds, 2), "peak_rss_mb": round(peak)}
+
+
+# -- the report ---------------------------------------------------------------
+def plot(results: dict, path: Path) -> None:
+    """A bar chart of images/s, drawn with Pillow (no plotting library needed)."""
+    bars = [
+        ("kernel (1 process)", results["kernel"]["images_per_s"]),
+        ("naive (1 process)", results["naive"]["images_per_s"]),
+    ]
+    bars += [(f"packer, {w} worker{'s' * (w > 1)}", r["images_per_s"]) for w, r in results["packer"].items()]
+    width, row, left = 900, 44, 230
+    image = Image.new("RGB", (width, 90 + row * len(bars)), "white")
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default(size=16)
+    title = f"images/s on {results['corpus']['images']} meme-like images, {results['machine']['cores']} cores"
+    draw.text((20, 20), title, fill="black", font=font)
+    top = max(v for _, v in bars) or 1.0
+    for i, (label, value) in enumerate(bars):
+        y = 60 + i * row
+        length = int((width - left - 110) * value / top)
+        colour = (46, 125, 50) if label.startswith("packer") else (120, 120, 120)
+        draw.text((20, y + 8), label, fill="black", font=font)
+        draw.rectangle((left, y, left + length, y + row - 12), fill=colour)
+        draw.text((left + length + 8, y + 8), f"{value:.1f}", fill="black", font=font)
+    image.save(path)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--images", type=int, default=600)
+    p.add_argument("--max-workers", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--plan-rows", type=int, default=1_000_000, help="0 skips the planning measurement")
+    p.add_argument("--repeat", type=int, default=1, help="best of N for the kernel, naive and packer runs")
+    p.add_argument("--cache", type=Path, default=ROOT / ".cache" / "profile")
+    p.add_argument("--out", type=Path, default=ROOT / "profile")
+    p.add_argument("--measure-plan", type=Path, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.measure_plan:
+        print(json.dumps(measure_plan(args.measure_plan)))
+        return
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    paths = make_corpus(args.cache / "corpus", args.images)
+    corpus_mb = sum(p.stat().st_size for p in paths) / 1e6
+    print(f"corpus: {len(paths)} images, {corpus_mb:.0f} MB ({time.perf_counter() - start:.0f} s incl. generation)")
+    manifest = write_manifest(args.cache / "corpus_manifest.jsonl", paths)
+    n = len(paths)
+    run_kernel(paths[:20])  # warm the page cache and imports before timing anything
+
+    results: dict = {
+        "machine": {"cores": os.cpu_count(), "python": sys.version.split()[0]},
+        "corpus": {
+            "images": n,
+            "megabytes": round(corpus_mb, 1),
+            "jpeg_share": sum(p.suffix == ".jpg" for p in paths) / n,
+        },
+    }
+    kernel_s = timed(lambda: run_kernel(paths), args.repeat)
+    results["kernel"] = {"seconds": round(kernel_s, 2), "images_per_s": round(n / kernel_s, 1)}
+    results["stages_ms_per_image"] = stage_breakdown(paths)
+    with tempfile.TemporaryDirectory() as tmp:
+        naive_s = timed(lambda: run_naive(paths, Path(tmp) / "naive"), args.repeat)
+    results["naive"] = {"seconds": round(naive_s, 2), "images_per_s": round(n / naive_s, 1)}
+
+    results["packer"] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for workers in range(1, args.max_workers + 1):
+            best, stats = math.inf, {}
+            for _ in range(args.repeat):
+                t0 = time.perf_counter()
+                stats = run_packer(manifest, Path(tmp) / f"w{workers}", workers)
+                best = min(best, time.perf_counter() - t0)
+            results["packer"][workers] = {
+                "seconds": round(best, 2),
+                "images_per_s": round(stats["packed"] / best, 1),
+                "stage_seconds": stats["seconds"],
+            }
+
+    sample = paths[: min(60, n)]
+    variants = {
+        "draft + bicubic (packer)": {},
+        "draft + bilinear": {"resample": Image.Resampling.BILINEAR},
+        "draft + bicubic, reducing_gap 2.0": {"reducing_gap": 2.0},
+        "draft + bicubic, reducing_gap 3.0": {"reducing_gap": 3.0},
+        "full decode + bicubic": {"draft": False},
+    }
+    results["kernel_variants"] = {}
+    for name, options in variants.items():
+        seconds = timed(lambda o=options: run_kernel(sample, **o), 1)
+        results["kernel_variants"][name] = {
+            "images_per_s": round(len(sample) / seconds, 1),
+            "psnr_db_vs_full_decode": variant_quality(sample[:20], **options),
+        }
+
+    if args.plan_rows:
+        from plan_manifest import write_manifest as write_plan_manifest
+
+        big = args.cache / f"plan_{args.plan_rows}.jsonl"
+        if not big.is_file():
+            write_plan_manifest(big, args.plan_rows)
+        child = subprocess.run(
+            [sys.executable, __file__, "--measure-plan", str(big)], capture_output=True, text=True, check=True
+        )
+        results["plan"] = json.loads(child.stdout.strip().splitlines()[-1])
+
+    one = results["packer"][1]["images_per_s"]
+    ratios = {
+        "packer_1_worker_vs_kernel": round(one / results["kernel"]["images_per_s"], 3),
+        "packer_vs_naive": {
+            w: round(r["images_per_s"] / results["naive"]["images_per_s"], 2) for w, r in results["packer"].items()
+        },
+        "speedup_vs_1_worker": {w: round(r["images_per_s"] / one, 2) for w, r in results["packer"].items()},
+        "parallel_efficiency": {w: round(r["images_per_s"] / one / w, 2) for w, r in results["packer"].items()},
+    }
+    results["ratios"] = ratios
+    (args.out / "profile.json").write_text(json.dumps(results, indent=2) + "\n")
+    plot(results, args.out / "profile.png")
+    report(results)
+    print(f"\nwrote {args.out / 'profile.json'} and {args.out / 'profile.png'}")
+
+
+def report(results: dict) -> None:
+    print(f"\n{'run':<38}{'images/s':>10}")
+    print(f"{'kernel, 1 process':<38}{results['kernel']['images_per_s']:>10.1f}")
+    print(f"{'naive ShardWriter script, 1 process':<38}{results['naive']['images_per_s']:>10.1f}")
+    for w, r in results["packer"].items():
+        print(f"{f'packer, {w} worker(s), whole run':<38}{r['images_per_s']:>10.1f}")
+    print("\nkernel stages, ms per image:", results["stages_ms_per_image"])
+    print("\nkernel variants (images/s, PSNR vs full decode):")
+    for name, v in results["kernel_variants"].items():
+        print(f"  {name:<36}{v['images_per_s']:>8.1f}  {v['psnr_db_vs_full_decode']:>6.1f} dB")
+    r = results["ratios"]
+    workers = max(results["packer"])
+    checks = [
+        ("packer 1 worker >= 90% of kernel", r["packer_1_worker_vs_kernel"], r["packer_1_worker_vs_kernel"] >= 0.9),
+        (
+            f"packer {workers} workers vs 1",
+            r["speedup_vs_1_worker"][workers],
+            r["speedup_vs_1_worker"][workers] >= 0.9 * workers,
+        ),
+        (
+            f"packer {min(2, workers)} workers >= 3x naive",
+            r["packer_vs_naive"][min(2, workers)],
+            r["packer_vs_naive"][min(2, workers)] >= 3,
+        ),
+    ]
+    if "plan" in results:
+        plan = results["plan"]
+        ok = plan["seconds"] < 5 and plan["peak_rss_mb"] < 2048
+        checks.append((f"plan of {plan['rows']} rows: s / peak MB", f"{plan['seconds']} / {plan['peak_rss_mb']}", ok))
+    print("\ntargets:")
+    for name, value, ok in checks:
+        print(f"  {name:<44}{value!s:>14}  {'PASS' if ok else 'MISS'}")
+
+
+if __name__ == "__main__":
+    main()
