@@ -9,8 +9,9 @@ OUT ?= Step_3
 WORKERS ?= $(shell nproc 2>/dev/null || echo 1)
 LIMIT ?=
 PACK_FLAGS ?=
+PROFILE_FLAGS ?=
 
-.PHONY: help install pilot pack test lint clean
+.PHONY: help install pilot pack test lint profile clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -55,8 +56,11 @@ pack: $(VENV)/.installed ## pack everything: make pack MANIFEST=Step_2/data_mani
 test: $(VENV)/.installed ## run the test suite
 	$(PY) -m pytest -q
 
+profile: $(VENV)/.installed ## throughput: kernel vs naive vs packer at 1..nproc workers, 1M-row plan (profile/)
+	$(PY) scripts/profile_throughput.py --max-workers $(WORKERS) $(PROFILE_FLAGS)
+
 lint: $(VENV)/.installed ## ruff
 	$(VENV)/bin/ruff check packer tests scripts
 
 clean: ## remove the venv, the sample data and caches
-	rm -rf $(VENV) $(SAMPLE) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(SAMPLE) .cache profile .pytest_cache .ruff_cache *.egg-info
