@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Iterable, Iterator
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -97,11 +98,29 @@ def digest_batch(paths: list[str]) -> list[str | None]:
 
 
 def fingerprint(paths: list[str], workers: int) -> dict[str, str | None]:
-    """blake2b of each file's bytes, computed in the pool."""
+    """SHA-256 of each file's bytes, computed in the pool."""
     unique = sorted(set(paths))
     batches = [unique[i : i + DIGEST_BATCH] for i in range(0, len(unique), DIGEST_BATCH)]
     results = Parallel(n_jobs=workers, backend="loky")(delayed(digest_batch)(b) for b in batches)
     return {p: d for batch, digests in zip(batches, results) for p, d in zip(batch, digests)}
+
+
+def _ready() -> int:
+    return os.getpid()
+
+
+def warm_pool(workers: int) -> Callable[[], None]:
+    """Start the pool's processes in a background thread (they spawn and import while the parent
+    loads and plans; joblib re-uses loky's executor afterwards). Call the result before using the pool."""
+    if workers <= 1:
+        return lambda: None
+
+    def start() -> None:
+        Parallel(n_jobs=workers, backend="loky")(delayed(_ready)() for _ in range(workers))
+
+    thread = threading.Thread(target=start, name="warm-pool", daemon=True)
+    thread.start()
+    return thread.join
 
 
 class ShardCutter:

@@ -58,8 +58,9 @@ def dhash(image: Image.Image) -> int:
 
 
 def file_digest(path: str) -> str | None:
-    """blake2b of a file's bytes (exact-duplicate detection); None when it cannot be read."""
-    digest = hashlib.blake2b(digest_size=16)
+    """SHA-256 of a file's bytes (exact duplicates, groups, the audit); None when it cannot be read.
+    SHA-256 runs at about 2 GB/s with the CPU's SHA extensions, faster than blake2b here."""
+    digest = hashlib.sha256()
     try:
         with open(path, "rb") as handle:
             for block in iter(lambda: handle.read(DIGEST_CHUNK), b""):
@@ -69,21 +70,25 @@ def file_digest(path: str) -> str | None:
     return digest.hexdigest()
 
 
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Any Pillow mode -> RGB; transparency is composited on white, 16-bit scaled to 8-bit."""
+def to_rgb_or_rgba(image: Image.Image) -> Image.Image:
+    """Any Pillow mode -> RGB, or RGBA where the image has transparency; 16-bit scaled to 8-bit."""
     if image.mode == "P":
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
     if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         # 16-bit grey: scale to 8 bits instead of clipping everything above 255 to white.
         image = image.convert("I").point(lambda v: v * (1 / 256)).convert("L")
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGB", rgba.size, WHITE)
-        background.paste(rgba, mask=rgba.getchannel("A"))
-        return background
-    if image.mode != "RGB":
-        image = image.convert("RGB")
-    return image
+        return image if image.mode == "RGBA" else image.convert("RGBA")
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def on_white(image: Image.Image) -> Image.Image:
+    """RGBA composited on white; RGB unchanged."""
+    if image.mode != "RGBA":
+        return image
+    background = Image.new("RGB", image.size, WHITE)
+    background.paste(image, mask=image.getchannel("A"))
+    return background
 
 
 class Clock:
@@ -143,9 +148,11 @@ def encode_image(
                     image.draft("RGB", (size, size))
                 image.load()
                 clock.lap("decode")
-                rgb = to_rgb(image)
+                converted = to_rgb_or_rgba(image)
                 clock.lap("convert")
-                resized = rgb.resize((size, size), resample, reducing_gap=reducing_gap)
+                # Transparent images are resized first (Pillow resizes RGBA premultiplied), then put
+                # on white: the same pixels as flattening first, at 384x384 instead of full size.
+                resized = on_white(converted.resize((size, size), resample, reducing_gap=reducing_gap))
                 # The target is square, so orienting the small result equals orienting the source.
                 if orientation in TRANSPOSE:
                     resized = resized.transpose(TRANSPOSE[orientation])

@@ -4,33 +4,37 @@ from __future__ import annotations
 
 import shutil
 import time
-from functools import partial
 from typing import Any
 
 from .config import DIAGNOSTICS, SPLITS, PackConfig, default_taxonomy_text, load_taxonomy
-from .execute import ImageSettings, execute, fingerprint
+from .execute import ImageSettings, execute, fingerprint, warm_pool
 from .plan import build_plan, iter_chunks, read_pinned, samples_to_pack, splits_document
 from .report import build_stats, final_rows, summary, write_json, write_outputs
 
 
 def chunk_size(samples: int, workers: int, largest: int) -> int:
-    """Samples per pool task: at least 8 tasks per worker so that every core stays busy to the end
+    """Samples per pool task: at least 16 tasks per worker so that every core stays busy to the end
     (a pilot of a few hundred examples included), at most `largest`, and never below 4, where the
     per-task cost (pickling, a chunk file) would start to show."""
-    return max(4, min(largest, -(-samples // (8 * workers))))
+    return max(4, min(largest, -(-samples // (16 * workers))))
 
 
 def run(config: PackConfig) -> tuple[int, dict[str, Any]]:
     """Pack; returns (exit code, stats). Raises InputError (exit 2) before writing anything."""
     timings: dict[str, float] = {}
     start = time.perf_counter()
+    pool_ready = warm_pool(config.workers)
     taxonomy_path = config.label_taxonomy
     taxonomy = load_taxonomy(taxonomy_path if taxonomy_path.is_file() else None)
     pinned = read_pinned(config.splits)
     timings["load"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    plan = build_plan(config, taxonomy, pinned, partial(fingerprint, workers=config.workers))
+    def digests(paths: list[str]) -> dict[str, str | None]:
+        pool_ready()
+        return fingerprint(paths, config.workers)
+
+    plan = build_plan(config, taxonomy, pinned, digests)
     timings["plan"] = time.perf_counter() - start
 
     # Inputs are valid: from here on, outputs are written.
@@ -42,6 +46,7 @@ def run(config: PackConfig) -> tuple[int, dict[str, Any]]:
     start = time.perf_counter()
     settings = ImageSettings(config.image_size, config.jpeg_quality, config.max_image_pixels)
     total = samples_to_pack(plan.rows)
+    pool_ready()
     result = execute(
         iter_chunks(plan.rows, chunk_size(total, config.workers, config.chunk_size)),
         total,
