@@ -343,9 +343,14 @@ def report(results: dict) -> None:
     checks = [
         ("packer 1 worker >= 90% of kernel", r["packer_1_worker_vs_kernel"], r["packer_1_worker_vs_kernel"] >= 0.9),
         (
-            f"packer {workers} workers vs 1",
+            f"packer {workers} workers vs 1, whole run",
             r["speedup_vs_1_worker"][workers],
             r["speedup_vs_1_worker"][workers] >= 0.9 * workers,
+        ),
+        (
+            f"packer {workers} workers vs 1, image stage",
+            r["image_stage_speedup_vs_1_worker"][workers],
+            r["image_stage_speedup_vs_1_worker"][workers] >= 0.9 * workers,
         ),
         (
             f"packer {min(2, workers)} workers >= 3x naive",
