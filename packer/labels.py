@@ -353,21 +353,23 @@ def extract_raw(part: pl.DataFrame, fields: dict[str, str]) -> pl.DataFrame:
 PerDataset = Callable[[str, "dict[str, Any] | None"], list[pl.Expr]]
 
 
-def apply_labels(frame: pl.DataFrame, taxonomy: Taxonomy, per_dataset: PerDataset | None = None) -> pl.LazyFrame:
-    """The unified labels, aux JSON and fail/drop reasons of every row (`labels_raw` dropped).
+def label_part(
+    name: str | None, part: pl.DataFrame, taxonomy: Taxonomy, per_dataset: PerDataset | None = None
+) -> pl.LazyFrame:
+    """One dataset's rows with their unified labels, aux JSON and fail/drop reasons (`labels_raw`
+    dropped); `per_dataset(name, block)` adds more columns. Rows of a dataset the taxonomy does not
+    describe fail."""
+    block = taxonomy.datasets.get(name) if name is not None else None
+    if block is None:
+        lazy = unknown_dataset(part.lazy())
+    else:
+        extracted = extract_raw(part, block.get("raw_fields", {})).lazy()
+        lazy = DatasetCompiler(name, block, taxonomy.raw_fields()).apply(extracted)
+    return (lazy.with_columns(per_dataset(name, block)) if per_dataset else lazy).drop("labels_raw")
 
-    Each dataset's rules run on that dataset's rows only, so a manifest pays for the rules of the
-    datasets it holds, once per row; `per_dataset(name, block)` adds more columns the same way.
-    """
-    raw_kinds = taxonomy.raw_fields()
-    parts = []
-    for (name,), part in frame.partition_by("dataset", as_dict=True, maintain_order=True).items():
-        block = taxonomy.datasets.get(name)
-        if block is None:
-            lazy = unknown_dataset(part.lazy())
-        else:
-            lazy = DatasetCompiler(name, block, raw_kinds).apply(extract_raw(part, block.get("raw_fields", {})).lazy())
-        parts.append(lazy.with_columns(per_dataset(name, block)) if per_dataset else lazy)
-    if not parts:
-        parts.append(unknown_dataset(frame.lazy()))
-    return pl.concat(parts, how="vertical").drop("labels_raw")
+
+def apply_labels(frame: pl.DataFrame, taxonomy: Taxonomy, per_dataset: PerDataset | None = None) -> pl.LazyFrame:
+    """Every row's labels: each dataset's rules run on that dataset's rows only, so a manifest pays
+    for the rules of the datasets it holds, once per row."""
+    parts = frame.partition_by("dataset", as_dict=True, maintain_order=True)
+    return pl.concat([label_part(name, part, taxonomy, per_dataset) for (name,), part in parts.items()])

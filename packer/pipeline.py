@@ -30,6 +30,7 @@ def run(config: PackConfig) -> tuple[int, dict[str, Any]]:
     timings["load"] = time.perf_counter() - start
 
     start = time.perf_counter()
+
     def digests(paths: list[str]) -> dict[str, str | None]:
         pool_ready()
         return fingerprint(paths, config.workers)

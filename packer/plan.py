@@ -17,7 +17,7 @@ import polars as pl
 import polars_hash as plh
 
 from .config import DIAGNOSTICS, SPLITS, UNIFIED_FIELDS, InputError, PackConfig, Taxonomy
-from .labels import apply_labels
+from .labels import label_part
 from .load import READ_ERRORS, check_manifest, explain_read_error, scan_manifest, scan_ocr
 from .specs import ChunkSpec
 from .splits import assign_splits, connected_groups, cross_split_copy, dataset_split, duplicate_of_kept, stable_hash
@@ -108,29 +108,37 @@ def load_inputs(config: PackConfig, taxonomy: Taxonomy) -> tuple[pl.DataFrame, p
     return rows, texts, all_ids.height, orphans
 
 
-def build_columns(config: PackConfig, taxonomy: Taxonomy, rows: pl.DataFrame, texts: pl.DataFrame) -> pl.DataFrame:
-    """Labels, text, key, source split and status of every selected row."""
+def build_columns(
+    config: PackConfig, taxonomy: Taxonomy, parts: dict[str | None, pl.DataFrame], texts: pl.DataFrame
+) -> pl.DataFrame:
+    """Labels, text, key, source split and status of every selected row.
+
+    One dataset at a time (each part is released once done), so that the intermediate columns of
+    only one dataset are in memory at once."""
     caption = clean_text(pl.col("text_raw"))
-    return (
-        apply_labels(rows.rename({"split": "source_split"}), taxonomy, dataset_split)
-        .join(texts.lazy(), on="id", how="left", maintain_order="left")
-        .with_columns(
-            lang=pl.col("lang").fill_null("en"),
-            has_ocr=pl.col("has_ocr").fill_null(False),
-            ocr_lines_kept=pl.col("ocr_lines_kept").fill_null(0),
-            ocr_lines_low_conf=pl.col("ocr_lines_low_conf").fill_null(0),
-            caption=caption.fill_null(""),
-            key=safe_key(),
+    done = []
+    for name in list(parts):
+        part = parts.pop(name).rename({"split": "source_split"})
+        lazy = (
+            label_part(name, part, taxonomy, dataset_split)
+            .join(texts.lazy(), on="id", how="left", maintain_order="left")
+            .with_columns(
+                lang=pl.col("lang").fill_null("en"),
+                has_ocr=pl.col("has_ocr").fill_null(False),
+                ocr_lines_kept=pl.col("ocr_lines_kept").fill_null(0),
+                ocr_lines_low_conf=pl.col("ocr_lines_low_conf").fill_null(0),
+                caption=caption.fill_null(""),
+                key=safe_key(),
+            )
+            .with_columns(
+                text=combined_text(pl.col("ocr_text"), pl.col("caption"), pl.col("lang")),
+                norm_text=normalized_text(pl.col("caption")),
+            )
+            .drop("caption", "text_raw", "has_labels_raw", "ocr_text")
         )
-        .with_columns(
-            text=combined_text(pl.col("ocr_text"), pl.col("caption"), pl.col("lang")),
-            norm_text=normalized_text(pl.col("caption")),
-        )
-        .drop("caption", "text_raw", "has_labels_raw", "ocr_text")
-        .with_columns(*status_columns(config))
-        .sort("row")
-        .collect()
-    )
+        del part
+        done.append(lazy.collect())
+    return pl.concat(done).sort("row").with_columns(*status_columns(config))
 
 
 def build_plan(
@@ -140,8 +148,10 @@ def build_plan(
     fingerprint: Callable[[list[str]], dict[str, str | None]],
 ) -> Plan:
     manifest, texts, total, orphans = load_inputs(config, taxonomy)
-    rows = build_columns(config, taxonomy, manifest, texts)
-    del manifest, texts
+    parts = {name: part for (name,), part in manifest.partition_by("dataset", as_dict=True).items()}
+    del manifest
+    rows = build_columns(config, taxonomy, parts, texts)
+    del texts
 
     # Every image to pack is hashed: duplicates, groups and the leakage audit all need its bytes.
     to_hash = rows.filter(pl.col("image_path").is_not_null() & (pl.col("status") == "ok"))["image_path"]
@@ -154,32 +164,45 @@ def build_plan(
         {"id": list(pinned), "pinned_split": list(pinned.values())}, schema={"id": pl.String, "pinned_split": pl.String}
     )
     ok = pl.col("status") == "ok"
-    planned = (
-        rows.lazy()
-        .join(pinned_frame.lazy(), on="id", how="left", maintain_order="left")
-        .join(digest_frame.lazy(), on="image_path", how="left", maintain_order="left")
+    rows = (
+        rows.join(pinned_frame, on="id", how="left", maintain_order="left")
+        .join(digest_frame, on="image_path", how="left", maintain_order="left")
         .with_columns(image_digest=pl.when(ok).then(pl.col("image_digest")))
     )
-    todo = planned.filter(ok).collect()
-    todo = todo.with_columns(group=connected_groups(todo))
-    kept = assign_splits(todo, config.seed, config.val_ratio, config.split_ratios).lazy()
-    copy = (
-        cross_split_copy(texts=config.cross_split == "drop")
-        if config.cross_split != "report"
-        else pl.lit(None, pl.String)
+    # Groups, splits and duplicates are worked out on a narrow frame of keys; the wide rows are
+    # updated once, by row number.
+    keys = rows.filter(ok).select(
+        "row",
+        "id",
+        "dataset",
+        "source_split",
+        "assign_mode",
+        "split",
+        "norm_text",
+        "image_digest",
+        "pinned_split",
+        *UNIFIED_FIELDS,
     )
-    kept = kept.with_columns(is_dup=duplicate_of_kept()).with_columns(
-        reason=pl.when("is_dup").then(pl.lit("duplicate")).otherwise("reason")
+    keys = keys.with_columns(group=connected_groups(keys))
+    keys = assign_splits(keys, config.seed, config.val_ratio, config.split_ratios)
+    copy = cross_split_copy(texts=config.cross_split == "drop") if config.cross_split != "report" else None
+    keys = keys.with_columns(is_dup=duplicate_of_kept())
+    keys = keys.with_columns(
+        drop=pl.when("is_dup")
+        .then(pl.lit("duplicate"))
+        .otherwise(copy if copy is not None else pl.lit(None, pl.String))
     )
-    kept = kept.with_columns(reason=pl.when(pl.col("reason").is_null()).then(copy).otherwise("reason")).with_columns(
-        status=pl.when(pl.col("reason").is_not_null()).then(pl.lit("dropped")).otherwise("status")
-    )
-    rest = planned.filter(~ok).with_columns(is_dup=pl.lit(False))
+    update = keys.select("row", new_split="split", drop="drop", is_dup="is_dup")
     final = (
-        pl.concat([kept, rest], how="diagonal_relaxed")
-        .with_columns(order=stable_hash(pl.col("id"), config.seed))
-        .sort("row")
-        .collect()
+        rows.join(update, on="row", how="left", maintain_order="left")
+        .with_columns(
+            split=pl.when(ok).then(pl.col("new_split")).otherwise(pl.col("split")),
+            reason=pl.coalesce("drop", "reason"),
+            status=pl.when(pl.col("drop").is_not_null()).then(pl.lit("dropped")).otherwise(pl.col("status")),
+            is_dup=pl.col("is_dup").fill_null(False),
+            order=stable_hash(pl.col("id"), config.seed),
+        )
+        .drop("new_split", "drop")
     )
     return Plan(final, total, orphans)
 
