@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,8 +117,8 @@ def build_columns(
     One dataset at a time (each part is released once done), so that the intermediate columns of
     only one dataset are in memory at once."""
     caption = clean_text(pl.col("text_raw"))
-    done = []
-    for name in list(parts):
+
+    def build(name: str | None) -> pl.DataFrame:
         part = parts.pop(name).rename({"split": "source_split"})
         lazy = (
             label_part(name, part, taxonomy, dataset_split)
@@ -137,7 +138,11 @@ def build_columns(
             .drop("caption", "text_raw", "has_labels_raw", "ocr_text")
         )
         del part
-        done.append(lazy.collect())
+        return lazy.collect()
+
+    # Two datasets at a time: Polars releases the GIL, and many of a part's steps use one core.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        done = list(pool.map(build, list(parts)))
     return pl.concat(done).sort("row").with_columns(*status_columns(config))
 
 

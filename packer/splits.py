@@ -82,56 +82,43 @@ def connected_groups(frame: pl.DataFrame, max_rounds: int = 50) -> pl.Series:
     return work["g"]
 
 
-def stratum() -> pl.Expr:
-    """Dataset plus every unified label: what the assigned splits are stratified over."""
-    labels = [pl.col(c).cast(pl.String).fill_null("~") for c in UNIFIED_FIELDS]
-    return pl.concat_str([pl.col("dataset"), *labels], separator="/")
-
-
 def assign_splits(frame: pl.DataFrame, seed: int, val_ratio: float, ratios: tuple[float, float, float]) -> pl.DataFrame:
     """Fill `split` where packer decides it: carve val from a train, or 80/10/10 where there is none.
 
-    `group` (from `connected_groups`) holds together the rows that share an image or a text. Within
-    each (dataset, pool, stratum) the groups are ordered by hash; a group goes to val/test when its
-    first member's slot falls in the first val_ratio (resp. test, then val ratios) of that order, so
-    a group never straddles two splits.
-    Pinned ids (from --splits) keep their split, and their group follows them.
+    `group` (from `connected_groups`) holds together the rows that share an image or a text. The
+    stratum is the dataset plus every unified label (of the group's first member). Within each
+    (dataset, pool, stratum) the groups are ordered by hash; a group goes to val/test when its slot
+    falls in the first val_ratio (resp. test, then val ratios) of that order, so a group never
+    straddles two splits. Pinned ids (from --splits) keep their split, and their group follows them.
     The ordering works on a narrow frame of keys; the wide rows are never sorted.
     """
     group = ["dataset", "pool", "group"]
+    strata = [f"s_{f}" for f in UNIFIED_FIELDS]
     keys = frame.select(
-        "dataset",
-        "group",
-        "row",
-        pool=pl.coalesce(pl.col("source_split"), pl.lit("~")),
-        stratum=stratum(),
-        id=pl.col("id"),
+        "dataset", "group", "row", "id", *UNIFIED_FIELDS, pool=pl.coalesce(pl.col("source_split"), pl.lit("~"))
     ).with_columns(pos=pl.int_range(pl.len(), dtype=pl.UInt32))
     # A group is named by its first member's id, so its hash does not depend on row numbers.
     first = pl.col("pos").min().over(group)
     keys = keys.with_columns(
-        g_stratum=pl.col("stratum").gather(first), g_u=unit_interval(pl.col("id").gather(first), seed)
+        *(pl.col(f).gather(first).alias(f"s_{f}") for f in UNIFIED_FIELDS),
+        g_u=unit_interval(pl.col("id").gather(first), seed),
     )
-    by_stratum = ["dataset", "pool", "g_stratum"]
+    by_stratum = ["dataset", "pool", *strata]
     keys = (
-        keys.select("pos", "dataset", "pool", "group", "g_stratum", "g_u", "row")
+        keys.select("pos", "dataset", "pool", "group", *strata, "g_u", "row")
         .sort("g_u", "row")
         .with_columns(g_pos=pl.int_range(pl.len()).over(by_stratum), n_stratum=pl.len().over(by_stratum))
     )
     # Systematic sampling with a hashed start per stratum, at each group's centre of mass: a big
     # stratum gets each share to within half a group; a stratum of one lands in val/test with the
     # ratios' probability, so many tiny strata still add up to the requested ratios.
-    strata = (
-        keys.select(by_stratum)
-        .unique()
-        .with_columns(s_u=unit_interval(pl.concat_str(*by_stratum, separator="/"), seed))
-    )
-    keys = keys.join(strata, on=by_stratum, how="left", maintain_order="left").with_columns(
+    names = [pl.col(c).cast(pl.String).fill_null("~") for c in by_stratum]
+    starts = keys.select(by_stratum).unique().with_columns(s_u=unit_interval(pl.concat_str(names, separator="/"), seed))
+    keys = keys.join(starts, on=by_stratum, how="left", maintain_order="left", nulls_equal=True).with_columns(
         g_frac=(pl.col("g_pos").min().over(group) + pl.len().over(group) / 2 - 0.5 + pl.col("s_u"))
         / pl.col("n_stratum")
     )
-    g_frac = keys.sort("pos")["g_frac"]
-    frame = frame.with_columns(g_frac=g_frac)
+    frame = frame.with_columns(g_frac=keys.sort("pos")["g_frac"])
     test_r, val_r = ratios[2], ratios[1]
     assigned = (
         pl.when(pl.col("assign_mode") == "carve")
