@@ -44,11 +44,10 @@ def sentence(rng: random.Random, n: int = 8) -> str:
 
 
 def meme_image(rng: random.Random, width: int, height: int, mode: str) -> tuple[Image.Image, list[dict]]:
-    """A gradient 'photo' with shapes and two caption bands; returns the OCR lines drawn on it."""
-    base = Image.linear_gradient("L").resize((width, height))
-    colour = Image.merge(
-        "RGB", (base, base.transpose(Image.Transpose.ROTATE_90).resize((width, height)), base.point(lambda v: 255 - v))
-    )
+    """A 'photo' of smooth random colour fields with shapes and two caption bands; returns the OCR
+    lines drawn on it. Each image differs (distinct perceptual hashes), as real memes do."""
+    fields = Image.frombytes("RGB", (5, 4), bytes(rng.randrange(256) for _ in range(60)))
+    colour = fields.resize((width, height), Image.Resampling.BICUBIC)
     draw = ImageDraw.Draw(colour)
     for _ in range(6):
         x0, y0 = rng.randrange(width), rng.randrange(height)
