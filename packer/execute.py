@@ -13,6 +13,7 @@ import os
 import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,8 +23,6 @@ from tqdm import tqdm
 from .images import ImageFailure, encode_image, file_digest
 from .shards import ShardWriter, sample_bytes
 from .specs import ChunkResult, ChunkSpec, SampleOutcome, SampleSpec
-
-DIGEST_BATCH = 256
 
 
 @dataclass(frozen=True)
@@ -93,16 +92,12 @@ def pack_chunk(chunk: ChunkSpec, chunk_path: str, settings: ImageSettings) -> Ch
     return ChunkResult(chunk.split, chunk.index, chunk_path, tuple(outcomes))
 
 
-def digest_batch(paths: list[str]) -> list[str | None]:
-    return [file_digest(p) for p in paths]
-
-
 def fingerprint(paths: list[str], workers: int) -> dict[str, str | None]:
-    """SHA-256 of each file's bytes, computed in the pool."""
+    """SHA-256 of each file's bytes, on `workers` threads of the parent: hashlib and file reads
+    release the GIL, so this scales like processes without waiting for the pool to start."""
     unique = sorted(set(paths))
-    batches = [unique[i : i + DIGEST_BATCH] for i in range(0, len(unique), DIGEST_BATCH)]
-    results = Parallel(n_jobs=workers, backend="loky")(delayed(digest_batch)(b) for b in batches)
-    return {p: d for batch, digests in zip(batches, results) for p, d in zip(batch, digests)}
+    with ThreadPoolExecutor(max_workers=workers) as threads:
+        return dict(zip(unique, threads.map(file_digest, unique)))
 
 
 def _ready() -> int:
