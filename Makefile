@@ -10,6 +10,8 @@ WORKERS ?= $(shell nproc 2>/dev/null || echo 1)
 LIMIT ?=
 PACK_FLAGS ?=
 PROFILE_FLAGS ?=
+# pillow-simd uses AVX2 only when compiled for it.
+SIMD_CC := $(shell grep -qw avx2 /proc/cpuinfo 2>/dev/null && echo "cc -mavx2" || echo cc)
 
 .PHONY: help install pilot pack test lint profile clean
 
@@ -17,14 +19,14 @@ help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
 	@echo "  variables: MANIFEST=... OCR=... OUT=Step_3 WORKERS=$(WORKERS) LIMIT=N PACK_FLAGS='...'"
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	@# pillow-simd needs the JPEG, zlib and WebP headers; install them when we are root and they are missing.
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && ! dpkg -s libwebp-dev >/dev/null 2>&1; then \
 		apt-get install -y -q --no-install-recommends libjpeg62-turbo-dev zlib1g-dev libwebp-dev >/dev/null 2>&1 \
 		|| echo "note: could not install image headers; pillow-simd may lack WebP"; fi
-	$(PY) -m pip install -q --no-cache-dir -e '.[dev,simd]' || { \
+	CC="$(SIMD_CC)" $(PY) -m pip install -q --no-cache-dir -e '.[dev,simd]' || { \
 		echo "pillow-simd could not be built here: falling back to plain Pillow"; \
 		$(PY) -m pip install -q -e '.[dev,pillow]'; }
 	@$(PY) -c "import PIL; from PIL import features; print('imaging:', PIL.__version__, '(webp:', features.check('webp'), ')')"
