@@ -10,6 +10,7 @@ and becomes a list only in the worker's JSON.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import reduce
@@ -85,6 +86,8 @@ class DatasetCompiler:
         # Work shared by several rules (decoded JSON, ballots, majorities) is computed once, as
         # temporary columns in three stages, each stage reading only the ones before it.
         self.stages: list[dict[str, pl.Expr]] = [{}, {}, {}]
+        self.read_as_text: set[str] = set()  # raw fields some rule reads as text
+        self.decoded: dict[str, dict[str, pl.DataType]] = {}  # field -> stage-0 column -> dtype
 
     def prepared(self, stage: int, name: str, expr: pl.Expr) -> pl.Expr:
         self.stages[stage].setdefault(name, expr.alias(name))
@@ -93,6 +96,7 @@ class DatasetCompiler:
     # -- raw access -------------------------------------------------------
     def scalar(self, fields: str | list[str], normalize: str | None = None) -> pl.Expr:
         names = fields if isinstance(fields, list) else [fields]
+        self.read_as_text.update(names)
         expr = pl.coalesce([pl.col(raw_col(n)) for n in names])
         if self.null_strings:
             expr = pl.when(expr.is_in(self.null_strings)).then(None).otherwise(expr)
@@ -104,7 +108,9 @@ class DatasetCompiler:
         text = pl.col(raw_col(field))
         # Decode only well-formed lists: json_decode fails the whole frame otherwise.
         guarded = pl.when(text.str.starts_with("[")).then(text)
-        return self.prepared(0, f"_json.{field}.{dtype}", guarded.str.json_decode(dtype))
+        name = f"_json.{field}.{dtype}"
+        self.decoded.setdefault(field, {})[name] = dtype
+        return self.prepared(0, name, guarded.str.json_decode(dtype))
 
     def votes(self, field: str, key: str | None) -> pl.Expr:
         if self.raw_kinds[field] == "annotators":
@@ -281,7 +287,47 @@ class DatasetCompiler:
         return pl.struct([p[0] for p in parts]).struct.json_encode(), first_not_null([p[1] for p in parts])
 
     # -- the whole block ---------------------------------------------------
-    def apply(self, frame: pl.LazyFrame) -> pl.LazyFrame:
+    def extract(self, part: pl.DataFrame) -> tuple[pl.DataFrame, set[str]]:
+        """The raw fields out of the labels_raw JSON text, and the stage-0 columns this already made.
+
+        Fast path: one typed struct decode gives the scalars as text and each list field directly
+        in the type its rules decode it to. A value of another shape makes that decode fail for the
+        whole part; then every field is taken as text, one by one, so only its row fails.
+        """
+        fields = self.block.get("raw_fields", {})
+        typed: dict[str, pl.DataType] = {}
+        names: dict[str, str] = {}
+        text_only: list[str] = []
+        for field, kind in fields.items():
+            wanted = self.decoded.get(field, {})
+            if kind == "scalar":
+                typed[field], names[field] = pl.String, raw_col(field)
+            elif len(wanted) == 1 and field not in self.read_as_text:
+                ((column, dtype),) = wanted.items()
+                typed[field], names[field] = dtype, column
+            else:
+                text_only.append(field)
+        # A typed decode would wrap a lone value in a list ("None" -> ["None"]): any row whose list
+        # field holds something else than a list or null takes the slow path, where it fails alone.
+        lists = [f for f, dtype in typed.items() if dtype != pl.String]
+        if lists:
+            odd = [
+                pl.col("labels_raw").str.contains(rf'"{re.escape(f)}"\s*:\s*(?:[^\[\sn]|n(?:[^u]|$))') for f in lists
+            ]
+            if part.select(pl.any_horizontal(odd).any()).item():
+                return extract_raw(part, fields), set()
+        if typed:
+            struct = pl.col("labels_raw").str.json_decode(pl.Struct(typed))
+            try:
+                part = part.with_columns(struct.struct.rename_fields([names[f] for f in typed]).struct.unnest())
+            except pl.exceptions.ComputeError:
+                return extract_raw(part, fields), set()
+        part = part.with_columns(
+            pl.col("labels_raw").str.json_path_match(f"$['{f}']").alias(raw_col(f)) for f in text_only
+        )
+        return part, {names[f] for f in typed if names[f] != raw_col(f)}
+
+    def apply(self, part: pl.DataFrame) -> pl.LazyFrame:
         """The block's output columns. Each unified field is materialised before the next is
         computed, so a rule that reads an earlier field (cases with `label`) reads a column."""
         done: dict[str, Compiled] = {}
@@ -298,7 +344,11 @@ class DatasetCompiler:
             done[label] = Compiled(pl.col(label))
         aux, aux_error = self.aux()
         quirks = self.quirks(done)
-        fields = self.block.get("raw_fields", {})
+        extracted, made = self.extract(part)
+        for column in made:
+            del self.stages[0][column]
+        frame = extracted.lazy()
+        temporary = [c for c in extracted.columns if c.startswith("raw.")] + list(made)
         for stage in self.stages:
             if stage:
                 frame = frame.with_columns(*stage.values())
@@ -311,7 +361,7 @@ class DatasetCompiler:
             (pl.concat_list(others) if others else pl.lit(None, STRINGS)).cast(STRINGS).alias("other_targets"),
             (quirks if quirks is not None else pl.lit(None, STRINGS)).cast(STRINGS).alias("quirks"),
         ]
-        temporary = [raw_col(name) for name in fields] + [name for stage in self.stages for name in stage]
+        temporary += [name for stage in self.stages for name in stage]
         temporary += [e.meta.output_name() for step in steps for e in step[1:]]
         return frame.with_columns(*outputs).drop(temporary)
 
@@ -363,8 +413,7 @@ def label_part(
     if block is None:
         lazy = unknown_dataset(part.lazy())
     else:
-        extracted = extract_raw(part, block.get("raw_fields", {})).lazy()
-        lazy = DatasetCompiler(name, block, taxonomy.raw_fields()).apply(extracted)
+        lazy = DatasetCompiler(name, block, taxonomy.raw_fields()).apply(part)
     return (lazy.with_columns(per_dataset(name, block)) if per_dataset else lazy).drop("labels_raw")
 
 

@@ -129,10 +129,15 @@ def explain_read_error(manifest: Path, ocr: Path | None, taxonomy: Taxonomy) -> 
 
 
 def check_manifest(frame: pl.DataFrame, path: Path) -> None:
-    """Required fields present and ids unique, or an InputError naming the lines."""
+    """Required fields present, or an InputError naming the line."""
     bad = frame.filter(pl.col("id").is_null() | pl.col("dataset").is_null() | ~pl.col("has_labels_raw"))
     if bad.height:
         raise InputError(locate_bad_line(path, REQUIRED, OPTIONAL_STR))
+
+
+def check_unique_ids(frame: pl.DataFrame, path: Path) -> None:
+    """Ids unique, or an InputError naming the lines of every copy. `frame` may be any subset that
+    holds every row whose id could be repeated (the plan passes the rows whose key is repeated)."""
     dupes = frame.filter(pl.col("id").is_duplicated()).sort("row")
     if dupes.height:
         lines = line_numbers(path, dupes["row"].to_list())

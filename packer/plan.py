@@ -19,7 +19,7 @@ import polars_hash as plh
 
 from .config import DIAGNOSTICS, SPLITS, UNIFIED_FIELDS, InputError, PackConfig, Taxonomy
 from .labels import label_part
-from .load import READ_ERRORS, check_manifest, explain_read_error, scan_manifest, scan_ocr
+from .load import READ_ERRORS, check_manifest, check_unique_ids, explain_read_error, scan_manifest, scan_ocr
 from .specs import ChunkSpec
 from .splits import assign_splits, connected_groups, cross_split_copy, dataset_split, duplicate_of_kept, stable_hash
 from .text import clean_text, combined_text, normalized_text, ocr_text
@@ -69,7 +69,7 @@ def status_columns(config: PackConfig) -> list[pl.Expr]:
     failure = pl.coalesce(
         pl.col("label_error"),
         pl.col("split_error"),
-        pl.when(pl.col("key").is_duplicated()).then(pl.format("key collision: '{}'", pl.col("key"))),
+        pl.when(pl.col("key_repeated")).then(pl.format("key collision: '{}'", pl.col("key"))),
     )
     drop = pl.coalesce(
         pl.when((pl.col("split") == DIAGNOSTICS) & (not config.include_diagnostics)).then(
@@ -138,12 +138,17 @@ def build_columns(
             .drop("caption", "text_raw", "has_labels_raw", "ocr_text")
         )
         del part
-        return lazy.collect()
+        return lazy.collect(engine="in-memory")
 
     # Two datasets at a time: Polars releases the GIL, and many of a part's steps use one core.
+    # The parts with the most label JSON go first, so that no big one is left alone at the end.
+    order = sorted(parts, key=lambda name: -(parts[name]["labels_raw"].str.len_bytes().sum() or 0))
     with ThreadPoolExecutor(max_workers=2) as pool:
-        done = list(pool.map(build, list(parts)))
-    return pl.concat(done).sort("row").with_columns(*status_columns(config))
+        done = list(pool.map(build, order))
+    rows = pl.concat(done).sort("row").with_columns(key_repeated=pl.col("key").is_duplicated())
+    # A repeated id repeats its key: the rows with a repeated key are all that need checking.
+    check_unique_ids(rows.filter("key_repeated"), config.manifest)
+    return rows.with_columns(*status_columns(config)).drop("key_repeated")
 
 
 def build_plan(

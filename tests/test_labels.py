@@ -298,3 +298,25 @@ def test_counts_conditions_are_validated():
     doc["datasets"]["mami"]["counts"] = {"odd": [{"any": [{"field": "nonexistent", "in": ["1"]}]}]}
     with pytest.raises(InputError, match=r"datasets\.mami\.counts\.odd\.any: reads \['nonexistent'\]"):
         validate_taxonomy(doc, "tax.json")
+
+
+def test_an_odd_list_value_fails_alone_whatever_path_the_part_takes():
+    # Every row well formed: the fast typed decode. One row with a lone string where a list belongs:
+    # the part takes the field-by-field path, and only that row is affected.
+    good = {"label": 1, "gold_pc": ["race", "sex"], "gold_attack": ["mocking"]}
+    for odd in ({"label": 1, "gold_pc": "None"}, {"label": 0, "gold_pc": "race"}):
+        frame = pl.DataFrame({"dataset": ["hateful_memes"] * 2, "labels_raw": [json.dumps(good), json.dumps(odd)]})
+        out = apply_labels(frame, TAX).collect()
+        assert out["target_group"][0] == "gender|race" and out["target_type"][0] == "group"
+        assert out["target_group"][1] is None and out["label_error"][0] is None
+    frame = pl.DataFrame(
+        {
+            "dataset": ["hatexplain"] * 2,
+            "labels_raw": [
+                json.dumps({"annotators": [{"label": "normal", "target": ["None"]}] * 3}),
+                json.dumps({"annotators": "hatespeech"}),
+            ],
+        }
+    )
+    out = apply_labels(frame, TAX).collect()
+    assert out["abuse_hate"].to_list() == [0, None] and out["target_type"][0] == "none"
