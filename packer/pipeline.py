@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from functools import partial
 from typing import Any
 
 from .config import DIAGNOSTICS, SPLITS, PackConfig, default_taxonomy_text, load_taxonomy
@@ -31,11 +32,7 @@ def run(config: PackConfig) -> tuple[int, dict[str, Any]]:
 
     start = time.perf_counter()
 
-    def digests(paths: list[str]) -> dict[str, str | None]:
-        pool_ready()
-        return fingerprint(paths, config.workers)
-
-    plan = build_plan(config, taxonomy, pinned, digests)
+    plan = build_plan(config, taxonomy, pinned, partial(fingerprint, workers=config.workers))
     timings["plan"] = time.perf_counter() - start
 
     # Inputs are valid: from here on, outputs are written.
