@@ -265,6 +265,22 @@ def main() -> None:
         naive_s = timed(lambda: run_naive(paths, Path(tmp) / "naive"), args.repeat)
     results["naive"] = {"seconds": round(naive_s, 2), "images_per_s": round(n / naive_s, 1)}
 
+    # Where the kernel's advantage comes from: JPEGs (draft decode) and PNGs (no draft) apart.
+    results["by_format"] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for suffix in (".jpg", ".png"):
+            subset = [p for p in paths if p.suffix == suffix]
+            if not subset:
+                continue
+            k = timed(lambda s=subset: run_kernel(s), args.repeat)
+            v = timed(lambda s=subset, d=Path(tmp) / suffix[1:]: run_naive(s, d), args.repeat)
+            results["by_format"][suffix[1:]] = {
+                "images": len(subset),
+                "kernel_images_per_s": round(len(subset) / k, 1),
+                "naive_images_per_s": round(len(subset) / v, 1),
+                "kernel_vs_naive": round(v / k, 2),
+            }
+
     results["packer"] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for workers in range(1, args.max_workers + 1):
@@ -335,6 +351,11 @@ def report(results: dict) -> None:
         print(f"{f'packer, {w} worker(s), whole run':<38}{r['images_per_s']:>10.1f}")
         print(f"{f'packer, {w} worker(s), image stage only':<38}{r['image_stage_images_per_s']:>10.1f}")
     print("\nkernel stages, ms per image:", results["stages_ms_per_image"])
+    for fmt, entry in results["by_format"].items():
+        print(
+            f"{fmt}: {entry['images']} images, kernel {entry['kernel_images_per_s']}/s, "
+            f"naive {entry['naive_images_per_s']}/s, kernel/naive {entry['kernel_vs_naive']}x"
+        )
     print("\nkernel variants (images/s, PSNR vs full decode):")
     for name, v in results["kernel_variants"].items():
         print(f"  {name:<36}{v['images_per_s']:>8.1f}  {v['psnr_db_vs_full_decode']:>6.1f} dB")
