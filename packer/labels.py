@@ -97,7 +97,8 @@ class DatasetCompiler:
     def scalar(self, fields: str | list[str], normalize: str | None = None) -> pl.Expr:
         names = fields if isinstance(fields, list) else [fields]
         self.read_as_text.update(names)
-        expr = pl.coalesce([pl.col(raw_col(n)) for n in names])
+        # An empty cell (a CSV converted as "") says nothing, like null.
+        expr = pl.coalesce([pl.col(raw_col(n)).replace("", None) for n in names])
         if self.null_strings:
             expr = pl.when(expr.is_in(self.null_strings)).then(None).otherwise(expr)
         if normalize == "snake":

@@ -320,3 +320,10 @@ def test_an_odd_list_value_fails_alone_whatever_path_the_part_takes():
     )
     out = apply_labels(frame, TAX).collect()
     assert out["abuse_hate"].to_list() == [0, None] and out["target_type"][0] == "none"
+
+
+def test_empty_string_is_missing_like_null():
+    # A converter that reads a CSV writes "" for an empty cell: HateCheck's untargeted cases.
+    out = unify("hatecheck", {"label_gold": "non-hateful", "target_ident": "", "case_id": "7"})
+    assert labels_of(out) == (0, None, "none", "") and out["other_targets"] is None
+    assert out["aux"]["case_id"] == 7
