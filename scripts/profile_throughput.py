@@ -232,7 +232,7 @@ def main() -> None:
     p.add_argument("--images", type=int, default=600)
     p.add_argument("--max-workers", type=int, default=os.cpu_count() or 1)
     p.add_argument("--plan-rows", type=int, default=1_000_000, help="0 skips the planning measurement")
-    p.add_argument("--repeat", type=int, default=1, help="best of N for the kernel, naive and packer runs")
+    p.add_argument("--repeat", type=int, default=1, help="best of N for the kernel and naive runs (packer: N+1)")
     p.add_argument("--cache", type=Path, default=ROOT / ".cache" / "profile")
     p.add_argument("--out", type=Path, default=ROOT / "profile")
     p.add_argument("--measure-plan", type=Path, help=argparse.SUPPRESS)
@@ -281,19 +281,26 @@ def main() -> None:
                 "kernel_vs_naive": round(v / k, 2),
             }
 
+    # Each worker count runs --repeat + 1 times: the first run starts the pool (loky's processes
+    # spawn and import, about 0.3 s here), the later ones re-use it, as a long pack does after
+    # its first second. Both are reported; the targets use the best re-using run.
     results["packer"] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for workers in range(1, args.max_workers + 1):
-            best, stats = math.inf, {}
-            for _ in range(args.repeat):
+            runs = []
+            for _ in range(args.repeat + 1):
                 t0 = time.perf_counter()
                 stats = run_packer(manifest, Path(tmp) / f"w{workers}", workers)
-                best = min(best, time.perf_counter() - t0)
+                runs.append((time.perf_counter() - t0, stats))
+            cold_seconds, cold = runs[0]
+            best, stats = min(runs[1:], key=lambda r: r[0])
             results["packer"][workers] = {
                 "seconds": round(best, 2),
                 "images_per_s": round(stats["packed"] / best, 1),
                 "image_stage_images_per_s": round(stats["packed"] / stats["seconds"]["images_and_shards"], 1),
                 "stage_seconds": stats["seconds"],
+                "first_run_images_per_s": round(cold["packed"] / cold_seconds, 1),
+                "first_run_stage_seconds": cold["seconds"],
             }
 
     sample = paths[: min(60, n)]
@@ -330,6 +337,10 @@ def main() -> None:
             w: round(r["images_per_s"] / results["naive"]["images_per_s"], 2) for w, r in results["packer"].items()
         },
         "speedup_vs_1_worker": {w: round(r["images_per_s"] / one, 2) for w, r in results["packer"].items()},
+        "first_run_speedup_vs_1_worker": {
+            w: round(r["first_run_images_per_s"] / results["packer"][1]["first_run_images_per_s"], 2)
+            for w, r in results["packer"].items()
+        },
         "image_stage_speedup_vs_1_worker": {
             w: round(r["image_stage_images_per_s"] / results["packer"][1]["image_stage_images_per_s"], 2)
             for w, r in results["packer"].items()
@@ -348,6 +359,7 @@ def report(results: dict) -> None:
     print(f"{'kernel, 1 process':<38}{results['kernel']['images_per_s']:>10.1f}")
     print(f"{'naive ShardWriter script, 1 process':<38}{results['naive']['images_per_s']:>10.1f}")
     for w, r in results["packer"].items():
+        print(f"{f'packer, {w} worker(s), first run':<38}{r['first_run_images_per_s']:>10.1f}")
         print(f"{f'packer, {w} worker(s), whole run':<38}{r['images_per_s']:>10.1f}")
         print(f"{f'packer, {w} worker(s), image stage only':<38}{r['image_stage_images_per_s']:>10.1f}")
     print("\nkernel stages, ms per image:", results["stages_ms_per_image"])
