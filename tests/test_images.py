@@ -166,3 +166,16 @@ def test_every_exif_orientation_matches_orienting_the_source_first(tmp_path, ori
 
 def reference_size(orientation: int) -> tuple[int, int]:
     return (500, 900) if orientation in (5, 6, 7, 8) else (900, 500)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "CMYK", "progressive"])
+def test_draft_decode_of_large_jpegs_matches_a_full_decode(tmp_path, mode):
+    # Large enough that the draft scales by 1/4: colours and layout must match the full decode.
+    source = half_red_half_blue((1800, 1600))
+    image = source.convert("RGB" if mode == "progressive" else mode)
+    path = save(tmp_path / f"{mode}.jpg", image, "JPEG", quality=92, progressive=mode == "progressive")
+    fast = decode(encode_image(path, SIZE, QUALITY, MAX_PIXELS).data)
+    full = decode(encode_image(path, SIZE, QUALITY, MAX_PIXELS, draft=False).data)
+    for x in (SIZE // 4, 3 * SIZE // 4):
+        assert all(abs(a - b) <= 8 for a, b in zip(fast.getpixel((x, SIZE // 2)), full.getpixel((x, SIZE // 2))))
+    assert (fast.mode, fast.size) == ("RGB", (SIZE, SIZE))
