@@ -81,7 +81,7 @@ def _near_pairs(rows: pl.DataFrame, bits: int) -> pl.DataFrame:
         & (pl.col("image_digest") != pl.col("image_digest_b"))
         & (pl.col("dhash").xor(pl.col("dhash_b")).bitwise_count_ones() <= bits)
     )
-    joined = joined.unique(["id", "id_b"]).with_columns(pair_key=pl.col("id_b"))
+    joined = joined.unique(["id", "id_b"])
     return joined.rename({"split": "split_a", "dataset": "dataset_a", "id": "id_a"})
 
 
@@ -91,7 +91,7 @@ def leakage(rows: pl.DataFrame, near_bits: int) -> dict[str, Any]:
     )
     images = _pair_report(_exact_pairs(packed, "image_digest"), "image_digest")
     texts = _pair_report(_exact_pairs(packed, "norm_text"), "norm_text")
-    near = _pair_report(_near_pairs(packed, near_bits), "pair_key")
+    near = _pair_report(_near_pairs(packed, near_bits), "id_b")  # counted: the copies in the less protected split
     dups = (
         rows.filter(pl.col("reason") == "duplicate")
         .group_by("dataset", "source_split")

@@ -43,9 +43,8 @@ class PackConfig:
     val_ratio: float = 0.1
     split_ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
     seed: int = 0
-    cross_split: str = (
-        "report"  # "drop-images" / "drop": drop copies of an image (and text) outside its most protected split
-    )
+    # "report", or "drop-images" / "drop": drop copies of an image (and text) outside its most protected split
+    cross_split: str = "report"
     near_dup_bits: int = 3  # dHash Hamming distance at or under which two images are near-duplicates
     chunk_size: int = 64  # the largest pool task, in samples
 

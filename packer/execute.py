@@ -71,7 +71,7 @@ def pack_chunk(chunk: ChunkSpec, chunk_path: str, settings: ImageSettings) -> Ch
     with open(chunk_path, "wb") as out:
         for spec in chunk.samples():
             members = {"txt": spec.text.encode("utf-8")}
-            image = None
+            image = near_hash = None
             if spec.image_path is not None:
                 try:
                     encoded = encode_image(spec.image_path, settings.size, settings.quality, settings.max_pixels)
@@ -84,11 +84,11 @@ def pack_chunk(chunk: ChunkSpec, chunk_path: str, settings: ImageSettings) -> Ch
                     "orig_height": encoded.orig_height,
                     "orig_format": encoded.orig_format,
                 }
+                near_hash = encoded.dhash
             members["json"] = sample_json(spec, image)
             data = sample_bytes(spec.key, members)
             out.write(data)
-            digest = encoded.dhash if spec.image_path is not None else None
-            outcomes.append(SampleOutcome(spec.id, "packed", nbytes=len(data), image=image, dhash=digest))
+            outcomes.append(SampleOutcome(spec.id, "packed", nbytes=len(data), image=image, dhash=near_hash))
     return ChunkResult(chunk.split, chunk.index, chunk_path, tuple(outcomes))
 
 

@@ -418,8 +418,7 @@ def label_part(
     return (lazy.with_columns(per_dataset(name, block)) if per_dataset else lazy).drop("labels_raw")
 
 
-def apply_labels(frame: pl.DataFrame, taxonomy: Taxonomy, per_dataset: PerDataset | None = None) -> pl.LazyFrame:
-    """Every row's labels: each dataset's rules run on that dataset's rows only, so a manifest pays
-    for the rules of the datasets it holds, once per row."""
+def apply_labels(frame: pl.DataFrame, taxonomy: Taxonomy) -> pl.LazyFrame:
+    """Every row's labels, one dataset's rows at a time (the plan calls `label_part` per dataset)."""
     parts = frame.partition_by("dataset", as_dict=True, maintain_order=True)
-    return pl.concat([label_part(name, part, taxonomy, per_dataset) for (name,), part in parts.items()])
+    return pl.concat([label_part(name, part, taxonomy) for (name,), part in parts.items()])

@@ -31,7 +31,6 @@ def run(config: PackConfig) -> tuple[int, dict[str, Any]]:
     timings["load"] = time.perf_counter() - start
 
     start = time.perf_counter()
-
     plan = build_plan(config, taxonomy, pinned, partial(fingerprint, workers=config.workers))
     timings["plan"] = time.perf_counter() - start
 

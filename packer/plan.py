@@ -1,9 +1,10 @@
 """The plan: manifest + OCR -> labels, text, splits, duplicates, order -> ChunkSpecs.
 
-Two collects, split by the only I/O the plan needs: the first builds every column from the
-inputs; then every image file to pack is hashed in the pool; the second groups rows that share
-an image or a text, assigns splits, drops duplicates (and, with --cross-split drop, copies in a
-less protected split) and orders each split by a seeded hash of the id.
+First every column is built from the inputs, one dataset at a time; then every image file to
+pack is hashed (the only I/O the plan needs); then, on a narrow frame of keys, rows that share an
+image or a text are grouped, splits assigned, duplicates dropped (and, with --cross-split, copies
+in a less protected split), and each split is ordered by a seeded hash of the id. Chunk specs are
+made from the result lazily, while the pool runs.
 """
 
 from __future__ import annotations
@@ -195,21 +196,19 @@ def build_plan(
     )
     keys = keys.with_columns(group=connected_groups(keys))
     keys = assign_splits(keys, config.seed, config.val_ratio, config.split_ratios)
-    copy = cross_split_copy(texts=config.cross_split == "drop") if config.cross_split != "report" else None
-    keys = keys.with_columns(is_dup=duplicate_of_kept())
-    keys = keys.with_columns(
-        drop=pl.when("is_dup")
-        .then(pl.lit("duplicate"))
-        .otherwise(copy if copy is not None else pl.lit(None, pl.String))
+    copy = (
+        cross_split_copy(texts=config.cross_split == "drop")
+        if config.cross_split != "report"
+        else pl.lit(None, pl.String)
     )
-    update = keys.select("row", new_split="split", drop="drop", is_dup="is_dup")
+    keys = keys.with_columns(drop=pl.when(duplicate_of_kept()).then(pl.lit("duplicate")).otherwise(copy))
+    update = keys.select("row", new_split="split", drop="drop")
     final = (
         rows.join(update, on="row", how="left", maintain_order="left")
         .with_columns(
             split=pl.when(ok).then(pl.col("new_split")).otherwise(pl.col("split")),
             reason=pl.coalesce("drop", "reason"),
             status=pl.when(pl.col("drop").is_not_null()).then(pl.lit("dropped")).otherwise(pl.col("status")),
-            is_dup=pl.col("is_dup").fill_null(False),
             order=stable_hash(pl.col("id"), config.seed),
         )
         .drop("new_split", "drop")

@@ -276,16 +276,16 @@ def mami(raw: Path, images: Images, options: Options) -> Converted:
     if labels is None and texts is not None and texts.has("misogynous"):
         labels = texts
     by_name = {r["file_name"]: r for _, r in labels.rows} if labels else {}
-    order = [r["file_name"] for _, r in texts.rows] if texts else list(by_name)
-    order += [n for n in by_name if texts is not None and n not in {r["file_name"] for _, r in texts.rows}]
     text_of = {r["file_name"]: r[MAMI_TEXT] for _, r in texts.rows} if texts else {}
+    # The test file's order, then any labelled name it lacks.
+    order = list(text_of) + [n for n in by_name if n not in text_of]
     for name in order:
         label_row = by_name.get(name)
         text = text_of.get(name, (label_row or {}).get(MAMI_TEXT))
-        labels = mami_labels(label_row) if label_row else {}
-        rows.append(manifest_row("mami", "test", name, images.path(name, MAMI_IMAGE_DIRS["test"]), text, labels))
+        row_labels = mami_labels(label_row) if label_row else {}
+        rows.append(manifest_row("mami", "test", name, images.path(name, MAMI_IMAGE_DIRS["test"]), text, row_labels))
     if order:
-        notes.append(f"test: {len(order)} rows, labels from {label_path or 'nowhere (unlabelled)'}")
+        notes.append(f"test: {len(order)} rows, labels from {labels.path if labels else 'nowhere (unlabelled)'}")
     return Converted(rows, notes=notes)
 
 

@@ -60,6 +60,11 @@ def dataset_split(name: str, block: dict[str, Any] | None) -> list[pl.Expr]:
     return [mapped.alias("split"), mode.alias("assign_mode"), error.alias("split_error")]
 
 
+def pool() -> pl.Expr:
+    """The source split a row's split is assigned within ("~" where the dataset has none)."""
+    return pl.coalesce(pl.col("source_split"), pl.lit("~"))
+
+
 def connected_groups(frame: pl.DataFrame, max_rounds: int = 50) -> pl.Series:
     """A group id per row: rows sharing an image (same bytes) or a normalised text, transitively.
 
@@ -94,9 +99,9 @@ def assign_splits(frame: pl.DataFrame, seed: int, val_ratio: float, ratios: tupl
     """
     group = ["dataset", "pool", "group"]
     strata = [f"s_{f}" for f in UNIFIED_FIELDS]
-    keys = frame.select(
-        "dataset", "group", "row", "id", *UNIFIED_FIELDS, pool=pl.coalesce(pl.col("source_split"), pl.lit("~"))
-    ).with_columns(pos=pl.int_range(pl.len(), dtype=pl.UInt32))
+    keys = frame.select("dataset", "group", "row", "id", *UNIFIED_FIELDS, pool=pool()).with_columns(
+        pos=pl.int_range(pl.len(), dtype=pl.UInt32)
+    )
     # A group is named by its first member's id, so its hash does not depend on row numbers.
     first = pl.col("pos").min().over(group)
     keys = keys.with_columns(
@@ -134,8 +139,7 @@ def assign_splits(frame: pl.DataFrame, seed: int, val_ratio: float, ratios: tupl
         .otherwise(pl.col("split"))
     )
     if frame["pinned_split"].null_count() < frame.height:
-        pool = pl.coalesce(pl.col("source_split"), pl.lit("~"))
-        pinned_group = pl.col("pinned_split").drop_nulls().first().over(pl.col("dataset"), pool, pl.col("group"))
+        pinned_group = pl.col("pinned_split").drop_nulls().first().over(pl.col("dataset"), pool(), pl.col("group"))
         movable = pl.col("assign_mode").is_in(["carve", "assign"])
         assigned = (
             pl.when(pl.col("pinned_split").is_not_null())
