@@ -10,6 +10,7 @@ WORKERS ?= $(shell nproc 2>/dev/null || echo 1)
 LIMIT ?=
 PACK_FLAGS ?=
 PROFILE_FLAGS ?=
+NAIVE_VENV ?= .cache/naive-venv
 # pillow-simd uses AVX2 only when compiled for it.
 SIMD_CC := $(shell grep -qw avx2 /proc/cpuinfo 2>/dev/null && echo "cc -mavx2" || echo cc)
 
@@ -58,8 +59,17 @@ pack: $(VENV)/.installed ## pack everything: make pack MANIFEST=Step_2/data_mani
 test: $(VENV)/.installed ## run the test suite
 	$(PY) -m pytest -q
 
+# The naive baseline's own venv: pyproject's `naive-baseline` list alone (webdataset, Pillow from PyPI).
+$(NAIVE_VENV)/.installed: pyproject.toml | $(VENV)/.installed
+	$(PYTHON) -m venv $(NAIVE_VENV)
+	$(NAIVE_VENV)/bin/python -m pip install -q $$($(PY) -c "import tomllib; \
+		print(*tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['naive-baseline'])")
+	touch $@
+
 profile: $(VENV)/.installed ## throughput: kernel vs naive vs packer at 1..nproc workers, 1M-row plan (profile/)
-	$(PY) scripts/profile_throughput.py --max-workers $(WORKERS) $(PROFILE_FLAGS)
+	@$(MAKE) --no-print-directory $(NAIVE_VENV)/.installed || \
+		echo "note: could not build $(NAIVE_VENV); the naive script runs with packer's Pillow only"
+	$(PY) scripts/profile_throughput.py --max-workers $(WORKERS) --naive-python $(NAIVE_VENV)/bin/python $(PROFILE_FLAGS)
 
 lint: $(VENV)/.installed ## ruff
 	$(VENV)/bin/ruff check packer tests scripts

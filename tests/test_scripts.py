@@ -1,0 +1,72 @@
+"""The benchmark scripts run end to end on a small folder of real images."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import webdataset as wds
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def image_folder(folder: Path) -> list[Path]:
+    """Two JPEGs (one in a subfolder, same stem), a PNG with alpha and a file that is not an image."""
+    (folder / "sub").mkdir(parents=True)
+    paths = [folder / "a.jpg", folder / "sub" / "a.jpg", folder / "b.png"]
+    Image.new("RGB", (900, 600), (200, 30, 30)).save(paths[0], quality=90)
+    Image.new("RGB", (500, 700), (30, 200, 30)).save(paths[1], quality=90)
+    Image.new("RGBA", (640, 640), (30, 30, 200, 128)).save(paths[2])
+    (folder / "notes.txt").write_text("not an image")
+    return paths
+
+
+def test_naive_baseline_writes_readable_384px_shards(tmp_path):
+    paths = image_folder(tmp_path / "images")
+    listing = tmp_path / "images.txt"
+    listing.write_text("".join(f"{p}\n" for p in paths))
+    child = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "naive_webdataset.py"), str(listing), str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+    )
+    assert child.returncode == 0, child.stderr
+    result = json.loads(child.stdout)
+    assert result["images"] == 3 and result["seconds"] > 0
+    assert set(result["seconds_by_suffix"]) == {".jpg", ".png"}
+
+    samples = list(wds.WebDataset(str(tmp_path / "out" / "naive-000000.tar"), shardshuffle=False))
+    assert [s["__key__"] for s in samples] == ["000000", "000001", "000002"]
+    for sample, path in zip(samples, paths):
+        image = Image.open(io.BytesIO(sample["jpg"]))
+        assert (image.format, image.size, image.mode) == ("JPEG", (384, 384), "RGB")
+        assert json.loads(sample["json"]) == {"id": path.name}
+
+
+def test_profiler_on_a_folder_of_images_writes_profile_json(tmp_path):
+    image_folder(tmp_path / "images")
+    args = ["--corpus", str(tmp_path / "images"), "--max-workers", "2", "--plan-rows", "0", "--repeat", "1"]
+    args += ["--naive-python", sys.executable, "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "prof")]
+    child = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "profile_throughput.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert child.returncode == 0, child.stderr
+    assert "targets:" in child.stdout
+    profile = json.loads((tmp_path / "prof" / "profile.json").read_text())
+    assert profile["corpus"]["images"] == 3
+    assert profile["corpus"]["jpeg_share"] == round(2 / 3, 3)
+    assert set(profile["naive"]) == {"same_pillow", "pypi_pillow"}  # the same interpreter, given twice
+    assert set(profile["by_format"]) == {"jpg", "png"}
+    assert profile["by_format"]["jpg"]["images"] == 2
+    assert set(profile["packer"]) == {"1", "2"}
+    for run in profile["packer"].values():
+        assert run["images_per_s"] > 0 and run["stage_seconds"]["images_and_shards"] > 0
+    assert set(profile["ratios"]["packer_vs_naive"]["pypi_pillow"]) == {"1", "2"}
+    assert Image.open(tmp_path / "prof" / "profile.png").format == "PNG"
