@@ -254,7 +254,7 @@ def plot(results: dict, path: Path) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--images", type=int, help="images in the generated corpus (default 600), or the first N of --corpus")
+    p.add_argument("--images", type=int, help="generated images (default 600), or the first N of --corpus")
     p.add_argument("--corpus", type=Path, help="profile this folder of images (searched recursively) instead")
     p.add_argument(
         "--naive-python",
@@ -317,8 +317,9 @@ def main() -> None:
         k = timed(lambda s=subset: run_kernel(s), args.repeat)
         entry = {"images": len(subset), "kernel_images_per_s": round(len(subset) / k, 1)}
         for name, naive in results["naive"].items():
-            entry[f"naive_{name}_images_per_s"] = naive["images_per_s_by_format"][suffix.lstrip(".")]
-            entry[f"kernel_vs_naive_{name}"] = round(entry["kernel_images_per_s"] / entry[f"naive_{name}_images_per_s"], 2)
+            naive_rate = naive["images_per_s_by_format"][suffix.lstrip(".")]
+            entry[f"naive_{name}_images_per_s"] = naive_rate
+            entry[f"kernel_vs_naive_{name}"] = round(entry["kernel_images_per_s"] / naive_rate, 2)
         results["by_format"][suffix.lstrip(".")] = entry
 
     # Each worker count runs --repeat + 1 times: the first run starts the pool (loky's processes
