@@ -62,7 +62,7 @@ def _exact_pairs(rows: pl.DataFrame, key: str) -> pl.DataFrame:
 def _near_pairs(rows: pl.DataFrame, bits: int) -> pl.DataFrame:
     """Packed images in different splits whose dHashes differ in at most `bits` bits (not the same bytes)."""
     images = rows.filter(pl.col("dhash").is_not_null()).select(
-        "id", "split", "prio", "dataset", "dhash", pl.col("image_digest").fill_null("")
+        "id", "split", "prio", "dataset", "dhash", pl.col("image_key").fill_null("")
     )
     bands = pl.concat(
         [
@@ -78,7 +78,7 @@ def _near_pairs(rows: pl.DataFrame, bits: int) -> pl.DataFrame:
     )
     joined = bands.join(bands, on=["band_no", "band"], suffix="_b").filter(
         (pl.col("prio") < pl.col("prio_b"))
-        & (pl.col("image_digest") != pl.col("image_digest_b"))
+        & (pl.col("image_key") != pl.col("image_key_b"))
         & (pl.col("dhash").xor(pl.col("dhash_b")).bitwise_count_ones() <= bits)
     )
     joined = joined.unique(["id", "id_b"])
@@ -89,7 +89,7 @@ def leakage(rows: pl.DataFrame, near_bits: int) -> dict[str, Any]:
     packed = rows.filter((pl.col("status") == "packed") & pl.col("split").is_in(list(SPLITS))).with_columns(
         prio=split_priority()
     )
-    images = _pair_report(_exact_pairs(packed, "image_digest"), "image_digest")
+    images = _pair_report(_exact_pairs(packed, "image_key"), "image_key")
     texts = _pair_report(_exact_pairs(packed, "norm_text"), "norm_text")
     near = _pair_report(_near_pairs(packed, near_bits), "id_b")  # counted: the copies in the less protected split
     dups = (
@@ -117,7 +117,7 @@ def assigned_leaks(rows: pl.DataFrame) -> int:
     """Images or texts that sit in two splits among the rows packer assigned, within a dataset."""
     assigned = rows.filter((pl.col("status") == "packed") & pl.col("assign_mode").is_in(["carve", "assign"]))
     leaks = 0
-    for key in ("image_digest", "norm_text"):
+    for key in ("image_key", "norm_text"):
         present = assigned.filter(pl.col(key).is_not_null() & (pl.col(key) != ""))
         leaks += present.group_by("dataset", key).agg(pl.col("split").n_unique()).filter(pl.col("split") > 1).height
     return leaks

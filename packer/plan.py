@@ -164,12 +164,13 @@ def build_plan(
     rows = build_columns(config, taxonomy, parts, texts)
     del texts
 
-    # Every image to pack is hashed: duplicates, groups and the leakage audit all need its bytes.
-    to_hash = rows.filter(pl.col("image_path").is_not_null() & (pl.col("status") == "ok"))["image_path"]
-    digests = fingerprint(to_hash.to_list()) if to_hash.len() else {}
-    digest_frame = pl.DataFrame(
-        {"image_path": list(digests), "image_digest": list(digests.values())},
-        schema={"image_path": pl.String, "image_digest": pl.String},
+    # Every image to pack gets a key equal exactly when its bytes are (see execute.fingerprint):
+    # duplicates, groups and the leakage audit all compare images by it.
+    to_key = rows.filter(pl.col("image_path").is_not_null() & (pl.col("status") == "ok"))["image_path"]
+    image_keys = fingerprint(to_key.to_list()) if to_key.len() else {}
+    key_frame = pl.DataFrame(
+        {"image_path": list(image_keys), "image_key": list(image_keys.values())},
+        schema={"image_path": pl.String, "image_key": pl.String},
     )
     pinned_frame = pl.DataFrame(
         {"id": list(pinned), "pinned_split": list(pinned.values())}, schema={"id": pl.String, "pinned_split": pl.String}
@@ -177,8 +178,8 @@ def build_plan(
     ok = pl.col("status") == "ok"
     rows = (
         rows.join(pinned_frame, on="id", how="left", maintain_order="left")
-        .join(digest_frame, on="image_path", how="left", maintain_order="left")
-        .with_columns(image_digest=pl.when(ok).then(pl.col("image_digest")))
+        .join(key_frame, on="image_path", how="left", maintain_order="left")
+        .with_columns(image_key=pl.when(ok).then(pl.col("image_key")))
     )
     # Groups, splits and duplicates are worked out on a narrow frame of keys; the wide rows are
     # updated once, by row number.
@@ -190,7 +191,7 @@ def build_plan(
         "assign_mode",
         "split",
         "norm_text",
-        "image_digest",
+        "image_key",
         "pinned_split",
         *UNIFIED_FIELDS,
     )

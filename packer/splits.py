@@ -76,7 +76,7 @@ def connected_groups(frame: pl.DataFrame, max_rounds: int = 50) -> pl.Series:
     work = frame.select(
         g=pl.int_range(pl.len(), dtype=pl.Int64),
         t=text,
-        i=pl.col("image_digest"),
+        i=pl.col("image_key"),
     )
     for _ in range(max_rounds):
         step = work.with_columns(g=pl.when(pl.col("t").is_not_null()).then(pl.col("g").min().over("t")).otherwise("g"))
@@ -154,10 +154,10 @@ def assign_splits(frame: pl.DataFrame, seed: int, val_ratio: float, ratios: tupl
 def duplicate_of_kept() -> pl.Expr:
     """True for every exact duplicate but the one kept: same image bytes and normalised text,
     the copy in the most protected split (test, val, train), first in manifest order."""
-    key = ["image_digest", "norm_text"]
+    key = ["image_key", "norm_text"]
     order = split_priority() * (2**40) + pl.col("row").cast(pl.Int64)
     first = order.min().over(key)
-    return pl.col("image_digest").is_not_null() & (order != first)
+    return pl.col("image_key").is_not_null() & (order != first)
 
 
 def split_priority() -> pl.Expr:
@@ -171,7 +171,7 @@ def cross_split_copy(texts: bool) -> pl.Expr:
     in_splits = pl.col("split").is_in(list(SPLITS))
     priority = pl.when(in_splits).then(split_priority())
     reasons = []
-    keys = [("image_digest", "image")] + ([("norm_text", "text")] if texts else [])
+    keys = [("image_key", "image")] + ([("norm_text", "text")] if texts else [])
     for key, what in keys:
         present = in_splits & pl.col(key).is_not_null() & (pl.col(key) != "")
         best = pl.when(present).then(priority).min().over(key)

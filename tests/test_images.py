@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 from pathlib import Path
 
@@ -179,3 +180,18 @@ def test_draft_decode_of_large_jpegs_matches_a_full_decode(tmp_path, mode):
     for x in (SIZE // 4, 3 * SIZE // 4):
         assert all(abs(a - b) <= 8 for a, b in zip(fast.getpixel((x, SIZE // 2)), full.getpixel((x, SIZE // 2))))
     assert (fast.mode, fast.size) == ("RGB", (SIZE, SIZE))
+
+
+def test_fingerprint_keys_equal_exactly_when_bytes_are(tmp_path):
+    from packer.execute import fingerprint
+
+    a, copy, same_size, other, missing = (str(tmp_path / n) for n in ("a", "copy", "same_size", "other", "missing"))
+    for path, data in ((a, b"x" * 100), (copy, b"x" * 100), (same_size, b"y" * 100), (other, b"z" * 7)):
+        with open(path, "wb") as handle:
+            handle.write(data)
+    keys = fingerprint([other, a, missing, copy, same_size, a], workers=2)
+    assert set(keys) == {a, copy, same_size, other, missing}
+    assert keys[a] == keys[copy] == hashlib.sha256(b"x" * 100).hexdigest()
+    assert keys[same_size] == hashlib.sha256(b"y" * 100).hexdigest()  # same size, other bytes: hashed, differs
+    assert keys[other] == "size:7"  # no other file is 7 bytes: never read
+    assert keys[missing] is None

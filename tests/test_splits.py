@@ -125,7 +125,7 @@ def test_connected_groups_follow_shared_images_and_texts_transitively():
     frame = pl.DataFrame(
         {
             "norm_text": ["a", "b", "b", "c", "", ""],
-            "image_digest": ["x", "x", "y", "y", None, None],
+            "image_key": ["x", "x", "y", "y", None, None],
         }
     )
     groups = connected_groups(frame).to_list()
