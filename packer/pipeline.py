@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -13,11 +14,12 @@ from .plan import build_plan, iter_chunks, read_pinned, samples_to_pack, splits_
 from .report import build_stats, final_rows, summary, write_json, write_outputs
 
 
-def chunk_size(samples: int, workers: int, largest: int) -> int:
-    """Samples per pool task: at least 16 tasks per worker so that every core stays busy to the end
-    (a pilot of a few hundred examples included), at most `largest`, and never below 4, where the
-    per-task cost (pickling, a chunk file) would start to show."""
-    return max(4, min(largest, -(-samples // (16 * workers))))
+def guided_chunks(workers: int, largest: int) -> Callable[[int], int]:
+    """Samples per pool task, given how many are still to hand out ("guided" scheduling): a quarter
+    of each worker's share of the rest, at most `largest`, at least 4 (below that the per-task
+    cost, pickling and a chunk file, would start to show). Tasks shrink towards the end, so the
+    cores finish within a few images of each other, a pilot of a few hundred examples included."""
+    return lambda remaining: max(4, min(largest, remaining // (4 * workers)))
 
 
 def run(config: PackConfig) -> tuple[int, dict[str, Any]]:
@@ -45,7 +47,7 @@ def run(config: PackConfig) -> tuple[int, dict[str, Any]]:
     total = samples_to_pack(plan.rows)
     pool_ready()
     result = execute(
-        iter_chunks(plan.rows, chunk_size(total, config.workers, config.chunk_size)),
+        iter_chunks(plan.rows, guided_chunks(config.workers, config.chunk_size)),
         total,
         config.output_dir,
         settings,

@@ -224,8 +224,9 @@ def samples_to_pack(rows: pl.DataFrame) -> int:
     return rows.filter(pl.col("status") == "ok").height
 
 
-def iter_chunks(rows: pl.DataFrame, chunk_size: int) -> Iterator[ChunkSpec]:
-    """Samples to pack, per split in seeded-hash order, cut into fixed-size chunks.
+def iter_chunks(rows: pl.DataFrame, chunk_size: Callable[[int], int]) -> Iterator[ChunkSpec]:
+    """Samples to pack, per split in seeded-hash order, cut into chunks of `chunk_size(samples
+    still to hand out)`.
 
     A generator: each chunk's columns are taken from the frame when the pool asks for it, so the
     plan never holds a Python object per sample, and the work overlaps with the image stage.
@@ -237,9 +238,14 @@ def iter_chunks(rows: pl.DataFrame, chunk_size: int) -> Iterator[ChunkSpec]:
         .sort("split_rank", "order", "id")
         .select(*SAMPLE_COLUMNS, *UNIFIED_FIELDS)
     )
+    remaining = todo.height
     for (split,), part in todo.group_by("split", maintain_order=True):
-        for index, start in enumerate(range(0, part.height, chunk_size)):
-            yield ChunkSpec(split, index, part.slice(start, chunk_size).to_dict(as_series=False))
+        start, index = 0, 0
+        while start < part.height:
+            size = chunk_size(remaining)
+            yield ChunkSpec(split, index, part.slice(start, size).to_dict(as_series=False))
+            taken = min(size, part.height - start)
+            start, index, remaining = start + taken, index + 1, remaining - taken
 
 
 def splits_document(rows: pl.DataFrame, previous: dict[str, str]) -> dict[str, list[str]]:

@@ -341,3 +341,31 @@ def test_dataset_without_splits_gets_80_10_10_stratified(ws):
     for ids in splits.values():
         offensive = sum(1 for i in ids if int(i.split("_")[1]) % 4 == 0)
         assert abs(offensive / len(ids) - 0.25) <= 0.01
+
+
+def test_guided_chunks_cover_every_sample_once_in_order_and_shrink_to_the_end():
+    import polars as pl
+
+    from packer.config import UNIFIED_FIELDS
+    from packer.pipeline import guided_chunks
+    from packer.plan import SAMPLE_COLUMNS, iter_chunks
+
+    n = {"train": 500, "val": 70, "test": 30}
+    splits = [s for s, k in n.items() for _ in range(k)]
+    rows = pl.DataFrame({"split": splits, "status": ["ok"] * len(splits), "order": list(range(len(splits)))})
+    rows = rows.with_columns(id=pl.format("x{}", pl.col("order").cast(pl.String).str.zfill(4)))
+    for column in (*SAMPLE_COLUMNS, *UNIFIED_FIELDS):
+        if column not in rows.columns:
+            rows = rows.with_columns(pl.lit(None, pl.String).alias(column))
+    chunks = list(iter_chunks(rows, guided_chunks(workers=2, largest=64)))
+    for split in n:
+        mine = [c for c in chunks if c.split == split]
+        assert [i for c in mine for i in c.columns["id"]] == sorted(rows.filter(pl.col("split") == split)["id"])
+        assert [c.index for c in mine] == list(range(len(mine)))
+    assert [c.split for c in chunks] == sorted((c.split for c in chunks), key=list(n).index)
+    sizes = [len(c.columns["id"]) for c in chunks]
+    # 600 // 8 = 75, capped at 64; then a quarter of each worker's share of the rest; 4 at the end.
+    assert sizes[:4] == [64, 64, 59, 51]
+    assert sizes[-8:] == [4] * 7 + [2]  # test: 30 = 7 x 4 + 2
+    whole = [len(c.columns["id"]) for c in chunks if c.split == "train"][:-1]  # the last one is cut by the split
+    assert whole == sorted(whole, reverse=True)
