@@ -69,4 +69,7 @@ def test_profiler_on_a_folder_of_images_writes_profile_json(tmp_path):
     for run in profile["packer"].values():
         assert run["images_per_s"] > 0 and run["stage_seconds"]["images_and_shards"] > 0
     assert set(profile["ratios"]["packer_vs_naive"]["pypi_pillow"]) == {"1", "2"}
+    assert profile["packer"]["2"]["parent_cpu_ms_per_image"] > 0
+    assert "parent_cpu_ms_per_image" not in profile["packer"]["1"]  # one worker runs in the parent
+    assert profile["ratios"]["workers_the_parent_can_feed"] > 0  # tiny here: 3 images barely amortise the plan
     assert Image.open(tmp_path / "prof" / "profile.png").format == "PNG"
