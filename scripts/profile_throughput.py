@@ -244,7 +244,9 @@ def plot(results: dict, path: Path) -> None:
     image = Image.new("RGB", (width, 90 + row * len(bars)), "white")
     draw = ImageDraw.Draw(image)
     font = ImageFont.load_default(size=16)
-    title = f"images/s on {results['corpus']['images']} meme-like images, {results['machine']['cores']} cores"
+    corpus = results["corpus"]
+    what = "generated meme-like images" if corpus["generated"] else f"images from {corpus['folder']}"
+    title = f"images/s on {corpus['images']} {what}, {results['machine']['cores']} cores"
     draw.text((20, 20), title, fill="black", font=font)
     top = max(v for _, v in bars) or 1.0
     for i, (label, value) in enumerate(bars):
@@ -298,6 +300,7 @@ def main() -> None:
             "images": n,
             "megabytes": round(corpus_mb, 1),
             "folder": str(args.corpus or args.cache / "corpus"),
+            "generated": args.corpus is None,
             "jpeg_share": round(sum(p.suffix.lower() in (".jpg", ".jpeg") for p in paths) / n, 3),
         },
     }
