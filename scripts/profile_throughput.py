@@ -309,10 +309,13 @@ def main() -> None:
     results["stages_ms_per_image"] = stage_breakdown(paths)
     # The naive script with packer's own Pillow build, and with Pillow from PyPI when it is there.
     pythons = {"same_pillow": sys.executable}
-    if Path(args.naive_python).is_file():
+    usable = Path(args.naive_python).is_file() and (
+        subprocess.run([args.naive_python, "-c", "import PIL, webdataset"], capture_output=True).returncode == 0
+    )
+    if usable:
         pythons["pypi_pillow"] = args.naive_python
     else:
-        print(f"no {args.naive_python}: the naive script runs with packer's Pillow only (make profile builds it)")
+        print(f"{args.naive_python} missing or without Pillow/webdataset: naive runs with packer's Pillow only")
     with tempfile.TemporaryDirectory() as tmp:
         results["naive"] = {
             name: run_naive(python, paths, Path(tmp) / name, args.repeat) for name, python in pythons.items()
