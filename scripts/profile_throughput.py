@@ -442,25 +442,23 @@ def report(results: dict) -> None:
         print(f"  {name:<36}{v['images_per_s']:>8.1f}  {v['psnr_db_vs_full_decode']:>6.1f} dB")
     r = results["ratios"]
     workers = max(results["packer"])
-    checks = [
-        ("packer 1 worker >= 90% of kernel", r["packer_1_worker_vs_kernel"], r["packer_1_worker_vs_kernel"] >= 0.9),
-        (
-            f"packer {workers} workers vs 1, whole run",
-            r["speedup_vs_1_worker"][workers],
-            r["speedup_vs_1_worker"][workers] >= 0.9 * workers,
-        ),
-        (
-            f"packer {workers} workers vs 1, image stage",
-            r["image_stage_speedup_vs_1_worker"][workers],
-            r["image_stage_speedup_vs_1_worker"][workers] >= 0.9 * workers,
-        ),
-    ]
+    two = min(2, workers)
+    one = r["packer_1_worker_vs_kernel"]
+    checks = [("packer 1 worker >= 90% of kernel", one, one >= 0.9)]
+    # The scaling target is 2 workers >= 1.8x one; more workers are shown, not judged
+    # (on a many-core machine the default 600 images are too few to amortise a run's fixed costs;
+    # the parent's CPU per image below is what bounds scaling there).
+    for w in sorted({two, workers}):
+        for name, key in (("whole run", "speedup_vs_1_worker"), ("image stage", "image_stage_speedup_vs_1_worker")):
+            judged = w == two
+            label = f"packer {w} workers vs 1, {name}" + (f" >= {0.9 * w:.1f}x" if judged else "")
+            checks.append((label, r[key][w], (r[key][w] >= 0.9 * w) if judged else None))
     # The target is judged against the naive script as a user has it (Pillow from PyPI) when that
     # venv exists; the ratio against the same pillow-simd build is printed beside it.
     for name in results["naive"]:
-        ratio = r["packer_vs_naive"][name][min(2, workers)]
+        ratio = r["packer_vs_naive"][name][two]
         judged = name == ("pypi_pillow" if "pypi_pillow" in results["naive"] else "same_pillow")
-        label = f"packer {min(2, workers)} workers vs naive, {NAIVE_LABELS[name]}"
+        label = f"packer {two} workers vs naive, {NAIVE_LABELS[name]}"
         checks.append((label + (" >= 3x" if judged else ""), ratio, (ratio >= 3) if judged else None))
     if "workers_the_parent_can_feed" in r:
         fed = r["workers_the_parent_can_feed"]
