@@ -1,7 +1,8 @@
 """The plan: manifest + OCR -> labels, text, splits, duplicates, order -> ChunkSpecs.
 
 First every column is built from the inputs, one dataset at a time; then every image file to
-pack is hashed (the only I/O the plan needs); then, on a narrow frame of keys, rows that share an
+pack gets a key equal exactly when its bytes are (execute.fingerprint: a stat, and a hash where
+two files share a size; the only I/O the plan needs); then, on a narrow frame of keys, rows that share an
 image or a text are grouped, splits assigned, duplicates dropped (and, with --cross-split, copies
 in a less protected split), and each split is ordered by a seeded hash of the id. Chunk specs are
 made from the result lazily, while the pool runs.
@@ -21,7 +22,7 @@ import polars_hash as plh
 from .config import DIAGNOSTICS, SPLITS, UNIFIED_FIELDS, InputError, PackConfig, Taxonomy
 from .labels import label_part
 from .load import READ_ERRORS, check_manifest, check_unique_ids, explain_read_error, scan_manifest, scan_ocr
-from .specs import ChunkSpec
+from .specs import SAMPLE_COLUMNS, ChunkSpec
 from .splits import assign_splits, connected_groups, cross_split_copy, dataset_split, duplicate_of_kept, stable_hash
 from .text import clean_text, combined_text, normalized_text, ocr_text
 
@@ -217,9 +218,6 @@ def build_plan(
     return Plan(final, total, orphans)
 
 
-SAMPLE_COLUMNS = ["id", "key", "dataset", "split", "source_split", "lang", "image_path", "text", "aux_json"]
-
-
 def samples_to_pack(rows: pl.DataFrame) -> int:
     return rows.filter(pl.col("status") == "ok").height
 
@@ -242,10 +240,9 @@ def iter_chunks(rows: pl.DataFrame, chunk_size: Callable[[int], int]) -> Iterato
     for (split,), part in todo.group_by("split", maintain_order=True):
         start, index = 0, 0
         while start < part.height:
-            size = chunk_size(remaining)
-            yield ChunkSpec(split, index, part.slice(start, size).to_dict(as_series=False))
-            taken = min(size, part.height - start)
-            start, index, remaining = start + taken, index + 1, remaining - taken
+            chunk = ChunkSpec(split, index, part.slice(start, chunk_size(remaining)).to_dict(as_series=False))
+            yield chunk
+            start, index, remaining = start + len(chunk), index + 1, remaining - len(chunk)
 
 
 def splits_document(rows: pl.DataFrame, previous: dict[str, str]) -> dict[str, list[str]]:

@@ -7,6 +7,9 @@ from typing import Any
 
 from .config import UNIFIED_FIELDS
 
+# The plan's columns a chunk carries (besides the unified labels): every SampleSpec field but `labels`.
+SAMPLE_COLUMNS = ["id", "key", "dataset", "split", "source_split", "lang", "image_path", "text", "aux_json"]
+
 
 @dataclass(frozen=True)
 class SampleSpec:
@@ -41,21 +44,8 @@ class ChunkSpec:
     def samples(self) -> list[SampleSpec]:
         c = self.columns
         labels = [dict(zip(UNIFIED_FIELDS, values)) for values in zip(*(c[f] for f in UNIFIED_FIELDS))]
-        return [
-            SampleSpec(*values, labels=label, aux_json=aux)
-            for *values, label, aux in zip(
-                c["id"],
-                c["key"],
-                c["dataset"],
-                c["split"],
-                c["source_split"],
-                c["lang"],
-                c["image_path"],
-                c["text"],
-                labels,
-                c["aux_json"],
-            )
-        ]
+        rows = zip(*(c[name] for name in SAMPLE_COLUMNS))
+        return [SampleSpec(**dict(zip(SAMPLE_COLUMNS, row)), labels=label) for row, label in zip(rows, labels)]
 
 
 @dataclass(frozen=True)

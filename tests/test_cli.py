@@ -348,7 +348,8 @@ def test_guided_chunks_cover_every_sample_once_in_order_and_shrink_to_the_end():
 
     from packer.config import UNIFIED_FIELDS
     from packer.pipeline import guided_chunks
-    from packer.plan import SAMPLE_COLUMNS, iter_chunks
+    from packer.plan import iter_chunks
+    from packer.specs import SAMPLE_COLUMNS
 
     n = {"train": 500, "val": 70, "test": 30}
     splits = [s for s, k in n.items() for _ in range(k)]
@@ -363,9 +364,9 @@ def test_guided_chunks_cover_every_sample_once_in_order_and_shrink_to_the_end():
         assert [i for c in mine for i in c.columns["id"]] == sorted(rows.filter(pl.col("split") == split)["id"])
         assert [c.index for c in mine] == list(range(len(mine)))
     assert [c.split for c in chunks] == sorted((c.split for c in chunks), key=list(n).index)
-    sizes = [len(c.columns["id"]) for c in chunks]
+    sizes = [len(c) for c in chunks]
     # 600 // 8 = 75, capped at 64; then a quarter of each worker's share of the rest; 4 at the end.
     assert sizes[:4] == [64, 64, 59, 51]
     assert sizes[-8:] == [4] * 7 + [2]  # test: 30 = 7 x 4 + 2
-    whole = [len(c.columns["id"]) for c in chunks if c.split == "train"][:-1]  # the last one is cut by the split
+    whole = [len(c) for c in chunks if c.split == "train"][:-1]  # the last one is cut by the split
     assert whole == sorted(whole, reverse=True)
