@@ -21,7 +21,7 @@ import polars_hash as plh
 
 from .config import DIAGNOSTICS, SPLITS, UNIFIED_FIELDS, InputError, PackConfig, Taxonomy
 from .labels import label_part
-from .load import READ_ERRORS, check_manifest, check_unique_ids, explain_read_error, scan_manifest, scan_ocr
+from .load import READ_ERRORS, check_manifest, check_ocr, check_unique_ids, explain_read_error, scan_manifest, scan_ocr
 from .specs import SAMPLE_COLUMNS, ChunkSpec
 from .splits import assign_splits, connected_groups, cross_split_copy, dataset_split, duplicate_of_kept, stable_hash
 from .text import clean_text, combined_text, normalized_text, ocr_text
@@ -105,6 +105,7 @@ def load_inputs(config: PackConfig, taxonomy: Taxonomy) -> tuple[pl.DataFrame, p
         raise explain_read_error(config.manifest, config.ocr, taxonomy) from None
     all_ids = rest[0] if rest else rows.select("id")
     check_manifest(rows, config.manifest)
+    check_ocr(ocr_ids, config.ocr)
     if rows.height == 0:
         raise InputError(f"{config.manifest}: no examples (the file has no manifest rows)")
     orphans = ocr_ids.join(all_ids, on="id", how="anti").height

@@ -285,6 +285,15 @@ def test_bad_ocr_line_is_exit_2(ws, capsys):
     assert str(ws.ocr) in err and "line 1: field 'ocr.lines[0].conf'" in err
 
 
+def test_ocr_line_without_id_is_exit_2(ws, capsys):
+    ws.add("a", "mami", "train", MAMI)
+    ws.write()
+    ws.ocr.write_text('{"id": "a", "ocr": {"lines": []}}\n{"dataset": "mami", "ocr": {"lines": []}}\n')
+    assert main(ws.args()) == 2
+    err = capsys.readouterr().err
+    assert str(ws.ocr) in err and "line 2" in err and "'id'" in err
+
+
 def test_bad_taxonomy_file_is_exit_2(ws, capsys):
     ws.add("a", "mami", "train", MAMI)
     ws.out.mkdir(parents=True)
