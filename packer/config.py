@@ -71,6 +71,10 @@ class Taxonomy:
             fields.update(block.get("raw_fields", {}))
         return fields
 
+    def diagnostics(self) -> list[str]:
+        """The datasets packed only on request, into their own `diagnostics` folder (HateCheck)."""
+        return [name for name, block in self.datasets.items() if block.get("diagnostics")]
+
 
 def default_taxonomy_text() -> str:
     return resources.files("packer").joinpath("data/label_taxonomy.json").read_text(encoding="utf-8")
@@ -97,6 +101,7 @@ def validate_taxonomy(doc: Any, source: str) -> Taxonomy:
     if not isinstance(vocab, list) or not all(isinstance(v, str) for v in vocab) or "other" not in vocab:
         raise fail("target_vocabulary", "needs a list of strings including 'other'")
     raw_kinds: dict[str, tuple[str, str]] = {}
+    aux_types: dict[str, tuple[Any, str]] = {}  # aux name -> (its type, the dataset that set it)
     for name, block in doc["datasets"].items():
         where = f"datasets.{name}"
         if not isinstance(block, dict):
@@ -129,6 +134,13 @@ def validate_taxonomy(doc: Any, source: str) -> Taxonomy:
         if not isinstance(aux, dict):
             raise fail(f"{where}.aux", "must be an object")
         _check_aux(aux, raw, f"{where}.aux", fail)
+        # One `aux` schema for every dataset: readers (the dataset card's features) see their union.
+        for aname, spec in aux.items():
+            kind = _aux_type(spec)
+            if aname in aux_types and aux_types[aname][0] != kind:
+                other = aux_types[aname][1]
+                raise fail(f"{where}.aux.{aname}", f"type {kind!r} conflicts with {aux_types[aname][0]!r} in {other}")
+            aux_types.setdefault(aname, (kind, name))
         counts = block.get("counts", {})
         if not isinstance(counts, dict):
             raise fail(f"{where}.counts", "must be an object of name -> conditions")
@@ -202,6 +214,12 @@ def _need_raw(names: list[str], raw: dict, where: str, fail) -> None:
     missing = [n for n in names if n not in raw]
     if missing:
         raise fail(where, f"reads {missing}, which raw_fields does not declare")
+
+
+def _aux_type(spec: dict) -> Any:
+    if "object" in spec:
+        return {k: _aux_type(v) for k, v in spec["object"].items()}
+    return spec.get("type", "str")
 
 
 def _check_aux(aux: dict, raw: dict, where: str, fail) -> None:

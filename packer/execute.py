@@ -22,7 +22,7 @@ from joblib import Parallel, delayed
 from tqdm import tqdm
 
 from .images import ImageFailure, encode_image, file_digest
-from .shards import ShardWriter, sample_bytes
+from .shards import IMAGE_SERIES, SERIES, TEXT_SERIES, ShardWriter, sample_bytes
 from .specs import ChunkResult, ChunkSpec, SampleOutcome, SampleSpec
 
 
@@ -36,6 +36,7 @@ class ImageSettings:
 @dataclass
 class ShardInfo:
     split: str
+    series: str  # shards.IMAGE_SERIES or shards.TEXT_SERIES
     path: str
     examples: int
     bytes: int
@@ -137,10 +138,11 @@ def warm_pool(workers: int) -> Callable[[], None]:
 
 
 class ShardCutter:
-    """Cuts one split's stream of samples into shards, in order."""
+    """Cuts one series of one split (its image or its text-only examples) into shards, in order."""
 
-    def __init__(self, directory: Path, maxcount: int, maxsize: int):
+    def __init__(self, directory: Path, series: str, maxcount: int, maxsize: int):
         self.directory = directory
+        self.series = series
         self.maxcount = maxcount
         self.maxsize = maxsize
         self.writer: ShardWriter | None = None
@@ -152,7 +154,7 @@ class ShardCutter:
         if w is not None and (w.count >= self.maxcount or (w.count and w.size + len(data) > self.maxsize)):
             self.finish()
         if self.writer is None:
-            self.writer = ShardWriter(self.directory, self.index)
+            self.writer = ShardWriter(self.directory, self.index, self.series)
             self.index += 1
         self.writer.add(data)
 
@@ -184,7 +186,7 @@ def execute(
     work_dir = shard_root / ".chunks"
     work_dir.mkdir(parents=True, exist_ok=True)
     result = ExecutionResult()
-    cutters: dict[str, ShardCutter] = {}
+    cutters: dict[tuple[str, str], ShardCutter] = {}  # (split, series)
     tasks = (delayed(pack_chunk)(c, str(work_dir / f"{c.split}-{c.index:06d}.part"), settings) for c in chunks)
     # Results come back in submission order, so shards never depend on scheduling.
     stream: Iterable[ChunkResult] = Parallel(
@@ -193,15 +195,14 @@ def execute(
     try:
         with tqdm(total=total, unit="ex", desc="images", disable=not sys.stdout.isatty()) as bar:
             for chunk_result in stream:
-                cutter = cutters.get(chunk_result.split)
-                if cutter is None:
+                split = chunk_result.split
+                if (split, IMAGE_SERIES) not in cutters:
                     for other in cutters.values():
                         other.finish()
-                    cutter = cutters[chunk_result.split] = ShardCutter(
-                        shard_root / chunk_result.split, maxcount, maxsize
-                    )
-                for _, data in _read_samples(chunk_result):
-                    cutter.add(data)
+                    for series in SERIES:
+                        cutters[split, series] = ShardCutter(shard_root / split, series, maxcount, maxsize)
+                for outcome, data in _read_samples(chunk_result):
+                    cutters[split, IMAGE_SERIES if outcome.image is not None else TEXT_SERIES].add(data)
                 os.remove(chunk_result.path)
                 result.outcomes.extend(chunk_result.outcomes)
                 bar.update(len(chunk_result.outcomes))
@@ -214,6 +215,6 @@ def execute(
         for leftover in work_dir.glob("*.part"):
             leftover.unlink()
         work_dir.rmdir()
-    for split, cutter in cutters.items():
-        result.shards.extend(ShardInfo(split, path, count, size) for path, count, size in cutter.done)
+    for (split, series), cutter in cutters.items():
+        result.shards.extend(ShardInfo(split, series, path, count, size) for path, count, size in cutter.done)
     return result

@@ -6,12 +6,15 @@ import shutil
 import time
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 from .config import DIAGNOSTICS, SPLITS, PackConfig, default_taxonomy_text, load_taxonomy
 from .execute import ImageSettings, execute, fingerprint, warm_pool
 from .plan import build_plan, iter_chunks, read_pinned, samples_to_pack, splits_document
-from .report import build_stats, final_rows, summary, write_json, write_outputs
+from .report import build_stats, final_rows, summary, write_card, write_json, write_outputs
+from .report.card import card_path, check_card_path
+from .shards import write_shard_index
 
 
 def guided_chunks(workers: int, largest: int) -> Callable[[int], int]:
@@ -30,6 +33,7 @@ def run(config: PackConfig) -> tuple[int, dict[str, Any]]:
     taxonomy_path = config.label_taxonomy
     taxonomy = load_taxonomy(taxonomy_path if taxonomy_path.is_file() else None)
     pinned = read_pinned(config.splits)
+    check_card_path(card_path(config.stats))
     timings["load"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -56,13 +60,17 @@ def run(config: PackConfig) -> tuple[int, dict[str, Any]]:
         config.shard_maxsize,
     )
     timings["images_and_shards"] = time.perf_counter() - start
+    for split in (*SPLITS, *([DIAGNOSTICS] if config.include_diagnostics else [])):
+        listed = [(Path(s.path).name, s.examples) for s in result.shards if s.split == split]
+        write_shard_index(config.output_dir / split, listed)
 
     start = time.perf_counter()
     rows = final_rows(plan.rows, result)
-    write_json(config.splits, splits_document(rows, pinned))
+    write_json(config.splits, splits_document(rows))
     stats = build_stats(config, rows, result, plan.manifest_rows, plan.ocr_orphans, timings)
     timings["report"] = time.perf_counter() - start
     stats["seconds"]["report"] = round(timings["report"], 3)
     write_outputs(config, stats, rows)
+    write_card(stats, taxonomy, config.output_dir, config.stats)
     print(summary(stats))
     return (0 if all(stats["checks"].values()) else 1), stats

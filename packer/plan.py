@@ -52,18 +52,22 @@ def limit_examples(frame: pl.LazyFrame, limit: int, seed: int) -> pl.LazyFrame:
 
 
 def read_pinned(path: Path) -> dict[str, str]:
-    """splits.json: {"train": [ids], "val": [...], "test": [...]} (or {id: split})."""
+    """splits.json, `{"<id>": "train" | "val" | "test" | "diagnostics"}` (OUTPUTS.md); the older
+    `{"train": [ids], ...}` is read too. Diagnostics entries pin nothing (HateCheck is never split)."""
     if not path.is_file():
         return {}
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise InputError(f"{path}: line {exc.lineno}: not valid JSON: {exc.msg}") from None
-    if isinstance(doc, dict) and set(doc) <= set(SPLITS) and all(isinstance(v, list) for v in doc.values()):
+    if isinstance(doc, dict) and doc and set(doc) <= set(SPLITS) and all(isinstance(v, list) for v in doc.values()):
         return {i: split for split, ids in doc.items() for i in ids}
-    if isinstance(doc, dict) and all(v in SPLITS for v in doc.values()):
-        return dict(doc)
-    raise InputError(f'{path}: expected {{"train": [ids], "val": [ids], "test": [ids]}}')
+    if isinstance(doc, dict):
+        bad = next(((i, v) for i, v in doc.items() if v not in (*SPLITS, DIAGNOSTICS)), None)
+        if bad is None:
+            return {i: split for i, split in doc.items() if split != DIAGNOSTICS}
+        raise InputError(f"{path}: id {bad[0]!r}: split {bad[1]!r} is not one of {(*SPLITS, DIAGNOSTICS)}")
+    raise InputError(f'{path}: expected {{"<id>": "train" | "val" | "test", ...}}')
 
 
 def status_columns(config: PackConfig) -> list[pl.Expr]:
@@ -94,7 +98,11 @@ def load_inputs(config: PackConfig, taxonomy: Taxonomy) -> tuple[pl.DataFrame, p
     """The selected manifest rows (checked), the OCR text per id, the manifest's row count, and the
     OCR rows whose id is in no manifest row (counted against the whole manifest, not the subset)."""
     full = scan_manifest(config.manifest, taxonomy)
-    manifest = limit_examples(full, config.examples_limit, config.seed) if config.examples_limit else full
+    manifest = full
+    if config.examples_limit:
+        # The limit draws from what this run may pack: diagnostics only when they were asked for.
+        eligible = full if config.include_diagnostics else full.filter(~pl.col("dataset").is_in(taxonomy.diagnostics()))
+        manifest = limit_examples(eligible, config.examples_limit, config.seed)
     ocr = scan_ocr(config.ocr)
     queries = [manifest, ocr_text(ocr, config.ocr_min_conf), ocr.select("id").unique()]
     if config.examples_limit:
@@ -246,9 +254,7 @@ def iter_chunks(rows: pl.DataFrame, chunk_size: Callable[[int], int]) -> Iterato
             start, index, remaining = start + len(chunk), index + 1, remaining - len(chunk)
 
 
-def splits_document(rows: pl.DataFrame, previous: dict[str, str]) -> dict[str, list[str]]:
-    """The splits.json to write back: every planned id with its split, plus earlier pins not in this run."""
-    assigned = dict(previous)
-    planned = rows.filter(pl.col("split").is_in(SPLITS) & (pl.col("status") != "failed"))
-    assigned.update(zip(planned["id"], planned["split"]))
-    return {s: sorted(i for i, sp in assigned.items() if sp == s) for s in SPLITS}
+def splits_document(rows: pl.DataFrame) -> dict[str, str]:
+    """The splits.json to write: `{"<id>": split}` for every packed example, ids in sorted order."""
+    packed = rows.filter(pl.col("status") == "packed").select("id", "split").sort("id")
+    return dict(zip(packed["id"], packed["split"]))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import tarfile
 from pathlib import Path
@@ -32,12 +33,19 @@ def sample_bytes(key: str, members: dict[str, bytes]) -> bytes:
     return out.getvalue()
 
 
-class ShardWriter:
-    """Appends sample bytes to `<dir>/shard-NNNNN.tar.tmp`; `close()` ends the archive and renames it."""
+# The two shard series of a split: examples with an image (jpg, txt, json) and text-only ones (txt, json).
+# Every shard holds samples with the same members, so every reader infers one schema per shard.
+IMAGE_SERIES = "shard"
+TEXT_SERIES = "text"
+SERIES = (IMAGE_SERIES, TEXT_SERIES)
 
-    def __init__(self, directory: Path, index: int):
+
+class ShardWriter:
+    """Appends sample bytes to `<dir>/<series>-NNNNN.tar.tmp`; `close()` ends the archive and renames it."""
+
+    def __init__(self, directory: Path, index: int, series: str = IMAGE_SERIES):
         directory.mkdir(parents=True, exist_ok=True)
-        self.path = directory / f"shard-{index:05d}.tar"
+        self.path = directory / f"{series}-{index:05d}.tar"
         self.tmp = self.path.with_name(self.path.name + ".tmp")
         self.handle = open(self.tmp, "wb")
         self.count = 0
@@ -58,3 +66,13 @@ class ShardWriter:
     def abort(self) -> None:
         self.handle.close()
         self.tmp.unlink(missing_ok=True)
+
+
+def write_shard_index(directory: Path, shards: list[tuple[str, int]]) -> None:
+    """`<split>/index.json` in the layout webdataset's `wids` reads: each shard's url (relative to
+    the index) and its number of samples, image series first, then text series."""
+    directory.mkdir(parents=True, exist_ok=True)
+    doc = {"wids_version": 1, "shardlist": [{"url": url, "nsamples": n} for url, n in shards]}
+    tmp = directory / "index.json.tmp"
+    tmp.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, directory / "index.json")

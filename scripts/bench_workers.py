@@ -43,7 +43,7 @@ def run_once(manifest: Path, ocr: Path | None, workers: int, extra: list[str]) -
             raise SystemExit("packing failed with an input error")
         import json
 
-        packed = json.loads((out / "stats.json").read_text())["packed"]
+        packed = json.loads((out / "stats.json").read_text())["packed_examples"]
         shutil.rmtree(out / "shards", ignore_errors=True)
     return elapsed, packed
 

@@ -202,7 +202,7 @@ def run_packer(manifest: Path, out: Path, workers: int) -> dict:
     with contextlib.redirect_stdout(io.StringIO()):
         code = pack(args)
     stats = json.loads((out / "stats.json").read_text())
-    if code == 2 or not stats["packed"]:
+    if code == 2 or not stats["packed_examples"]:
         raise SystemExit(f"packer run failed (exit {code}, {stats['failed']} failed); see {out / 'stats.json'}")
     return stats
 
@@ -356,16 +356,16 @@ def main() -> None:
             best, stats, cpu = min(runs[1:], key=lambda r: r[0])
             results["packer"][workers] = {
                 "seconds": round(best, 2),
-                "images_per_s": round(stats["packed"] / best, 1),
-                "image_stage_images_per_s": round(stats["packed"] / stats["seconds"]["images_and_shards"], 1),
+                "images_per_s": round(stats["packed_examples"] / best, 1),
+                "image_stage_images_per_s": round(stats["packed_examples"] / stats["seconds"]["images_and_shards"], 1),
                 "stage_seconds": stats["seconds"],
-                "first_run_images_per_s": round(cold["packed"] / cold_seconds, 1),
+                "first_run_images_per_s": round(cold["packed_examples"] / cold_seconds, 1),
                 "first_run_stage_seconds": cold["seconds"],
             }
             if workers > 1:
                 # The parent's own CPU (plan, task specs, results, shard writing): what every
                 # worker count shares. It caps the run at 1000 / ms-per-image images/s.
-                results["packer"][workers]["parent_cpu_ms_per_image"] = round(1000 * cpu / stats["packed"], 3)
+                results["packer"][workers]["parent_cpu_ms_per_image"] = round(1000 * cpu / stats["packed_examples"], 3)
 
     sample = paths[: min(60, n)]
     variants = {

@@ -50,9 +50,11 @@ def packed(tmp_path_factory) -> tuple[dict, Workspace, dict]:
 
 def test_every_row_is_accounted_for(packed):
     stats, ws, converted = packed
-    assert stats["total"] == sum(len(c.rows) for c in converted.values()) == 12540 + 11000 + 14100 + 3728 + 8390
-    assert stats["packed"] + stats["dropped"] + stats["failed"] == stats["total"]
-    assert len(ws.failures()) == stats["dropped"] + stats["failed"]
+    assert (
+        stats["total_examples"] == sum(len(c.rows) for c in converted.values()) == 12540 + 11000 + 14100 + 3728 + 8390
+    )
+    assert stats["packed_examples"] + stats["dropped_examples"] + stats["failed_examples"] == stats["total_examples"]
+    assert len(ws.failures()) == stats["dropped_examples"] + stats["failed_examples"]
 
 
 def test_olid(packed):

@@ -110,7 +110,7 @@ def test_mami_bom_tabs_quotes_and_test_labels_in_a_headerless_file(tmp_path, ws)
     assert result.rows[3]["text_raw"] == "DAIRY?"
     stats = pack(ws, result)
     assert stats["datasets"]["mami"]["counts"] == {"sub_type_but_not_misogynous": {"train": 1}}
-    assert stats["packed"] == 4
+    assert stats["packed_examples"] == 4
 
 
 def test_mami_test_labels_under_renamed_columns(tmp_path):
@@ -222,7 +222,7 @@ def test_memotion1_kaggle_labels_case_variants_repeats_and_corrupted_cell(tmp_pa
     assert result.rows[0]["labels_raw"]["humour"] == "Hilarious "
     assert result.rows[0]["image_path"] == str((raw / "images" / "image_1.jpg").resolve())
     stats = pack(ws, result, exit_code=1)  # 1 failed of 5 is over the 0.5% failure budget
-    assert (stats["packed"], stats["dropped"], stats["failed"]) == (2, 2, 1)
+    assert (stats["packed_examples"], stats["dropped_examples"], stats["failed_examples"]) == (2, 2, 1)
     assert stats["reasons"]["dropped"] == {"duplicate": 1, "unlabelled": 1}
     failure = [f for f in ws.failures() if f["status"] == "failed"][0]
     assert failure["id"] == "memotion1_train_image_3.png"

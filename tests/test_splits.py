@@ -61,8 +61,10 @@ def mami_run(tmp_path_factory):
 
 
 def split_of(ws: Workspace) -> dict[str, str]:
+    """splits.json is {"<id>": split} (OUTPUTS.md)."""
     doc = json.loads((ws.out / "splits.json").read_text())
-    return {i: s for s, ids in doc.items() for i in ids}
+    assert set(doc.values()) <= {"train", "val", "test"}
+    return doc
 
 
 def test_each_class_80_10_10_within_3_points(mami_run):
@@ -89,7 +91,7 @@ def test_no_image_or_text_in_two_splits_and_duplicates_packed_once(mami_run):
     dropped = {f["id"] for f in ws.failures() if f["reason"] == "duplicate"}
     # One of each pair is dropped: the original or its copy, never both.
     assert all((d in dropped) != (d.removesuffix("_dup") in dropped) for d in groups["duplicates"])
-    assert stats["packed"] == 2000
+    assert stats["packed_examples"] == 2000
     leak = stats["leakage"]
     assert (leak["images_in_two_splits"], leak["texts_in_two_splits"]) == (0, 0)
     assert stats["checks"]["no_image_or_text_in_two_assigned_splits"]
@@ -168,7 +170,7 @@ def test_audit_reports_shared_images_texts_and_near_duplicates(ws):
         ["hm_train_3", "hm_test_3"]
     ]
     assert leak["near_duplicate_images_across_splits"] == 1
-    assert ws.stats["packed"] == 26 and ws.stats["checks"]["no_image_or_text_in_two_assigned_splits"]
+    assert ws.stats["packed_examples"] == 26 and ws.stats["checks"]["no_image_or_text_in_two_assigned_splits"]
 
     assert ws.run("--cross-split", "drop-images", shards="dropped") == 0
     assert {f["id"]: f["reason"] for f in ws.failures()} == {

@@ -10,10 +10,11 @@ from typing import Any
 
 import polars as pl
 
-from .audit import assigned_leaks, balance, leakage
-from .config import SPLITS, UNIFIED_FIELDS, PackConfig
-from .execute import ExecutionResult
-from .splits import HASH_NAME
+from ..audit import assigned_leaks, balance, leakage
+from ..config import SPLITS, UNIFIED_FIELDS, PackConfig
+from ..execute import ExecutionResult
+from ..shards import IMAGE_SERIES
+from ..splits import HASH_NAME
 
 MAX_FAILURE_RATE = 0.005
 
@@ -124,6 +125,12 @@ def library_versions() -> dict[str, str | None]:
     return versions
 
 
+def empty_split() -> dict[str, int]:
+    """A split's shard totals: all of them, then per series (shard-*.tar with images, text-*.tar)."""
+    kinds = ("image_examples", "image_shards", "text_examples", "text_shards")
+    return {"examples": 0, "shards": 0, "bytes": 0, **dict.fromkeys(kinds, 0)}
+
+
 def build_stats(
     config: PackConfig,
     rows: pl.DataFrame,
@@ -148,10 +155,13 @@ def build_stats(
     }
     per_split: dict[str, Any] = {}
     for shard in result.shards:
-        entry = per_split.setdefault(shard.split, {"examples": 0, "shards": 0, "bytes": 0})
+        entry = per_split.setdefault(shard.split, empty_split())
         entry["examples"] += shard.examples
         entry["shards"] += 1
         entry["bytes"] += shard.bytes
+        kind = "image" if shard.series == IMAGE_SERIES else "text"
+        entry[f"{kind}_examples"] += shard.examples
+        entry[f"{kind}_shards"] += 1
     image_rows = rows.filter(pl.col("image_path").is_not_null())
     splits_of_id = packed.group_by("id").agg(pl.col("split").n_unique()).filter(pl.col("split") > 1).height
     failure_rate = failed_n / total if total else 0.0
@@ -163,17 +173,14 @@ def build_stats(
         "no_image_or_text_in_two_assigned_splits": assigned_leaks(rows) == 0,
     }
     return {
-        "total": total,
-        "manifest_rows": manifest_rows,
-        "packed": packed_n,
-        "dropped": dropped_n,
-        "failed": failed_n,
+        "total_examples": total,
+        "packed_examples": packed_n,
+        "dropped_examples": dropped_n,
+        "failed_examples": failed_n,
         "failure_rate": round(failure_rate, 6),
+        "manifest_rows": manifest_rows,
         "reasons": reasons,
-        "splits": {
-            s: per_split.get(s, {"examples": 0, "shards": 0, "bytes": 0})
-            for s in (*SPLITS, *sorted(set(per_split) - set(SPLITS)))
-        },
+        "splits": {s: per_split.get(s, empty_split()) for s in (*SPLITS, *sorted(set(per_split) - set(SPLITS)))},
         "labels": label_counts(packed),
         "datasets": dataset_report(rows),
         "ocr": {
@@ -206,12 +213,14 @@ def write_outputs(config: PackConfig, stats: dict[str, Any], rows: pl.DataFrame)
 
 def summary(stats: dict[str, Any]) -> str:
     lines = [
-        f"packed {stats['packed']} / {stats['total']} examples "
-        f"(dropped {stats['dropped']}, failed {stats['failed']}, failure rate {100 * stats['failure_rate']:.2f}%)",
+        f"packed {stats['packed_examples']} / {stats['total_examples']} examples "
+        f"(dropped {stats['dropped_examples']}, failed {stats['failed_examples']}, "
+        f"failure rate {100 * stats['failure_rate']:.2f}%)",
     ]
     for split, entry in stats["splits"].items():
         lines.append(
             f"  {split:<12} {entry['examples']:>8} examples  {entry['shards']:>4} shards  {entry['bytes']:>12} bytes"
+            f"  ({entry['image_examples']} with an image, {entry['text_examples']} text-only)"
         )
     for status in ("dropped", "failed"):
         for reason, n in stats["reasons"][status].items():

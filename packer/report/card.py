@@ -1,0 +1,196 @@
+"""Step_3/README.md: a Hugging Face dataset card.
+
+Its YAML declares two configs, `images` (the `shard-*.tar` series) and `text` (the `text-*.tar`
+series), with their data files per split and the features of every sample member, so that
+`datasets.load_dataset("Step_3", "images", split="train")` reads the shards with no other argument
+(the features are declared, not inferred from the first samples, whose JSON nulls cannot tell an
+integer from a list). Below the YAML, for people: what the data is, its counts and how to read it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from jinja2 import Environment, PackageLoader, StrictUndefined
+
+from ..config import DIAGNOSTICS, SPLITS, UNIFIED_FIELDS, InputError, Taxonomy
+from ..shards import IMAGE_SERIES, TEXT_SERIES
+
+# The card's first body line: a README.md without it is somebody else's and is never overwritten.
+MARKER = "<!-- written by packer: a Hugging Face dataset card for WebDataset shards -->"
+CONFIGS = {"images": IMAGE_SERIES, "text": TEXT_SERIES}
+
+# Aux types of the taxonomy (config.AUX_TYPES) as dataset-card features.
+AUX_FEATURES: dict[str, dict[str, Any]] = {
+    "int": {"dtype": "int64"},
+    "str": {"dtype": "string"},
+    "list[int]": {"sequence": "int64"},
+    "list[str]": {"sequence": "string"},
+    "list[list[int]]": {"sequence": {"sequence": "int64"}},
+}
+
+
+class PlainDumper(yaml.SafeDumper):
+    """Writes repeated parts (the aux features of both configs) in full: no YAML anchors."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def card_path(stats_path: Path) -> Path:
+    return stats_path.parent / "README.md"
+
+
+def check_card_path(path: Path) -> None:
+    """Refuse, before anything is written, to overwrite a README.md that packer did not write."""
+    if path.is_file() and MARKER not in path.read_text(encoding="utf-8", errors="replace"):
+        raise InputError(
+            f"{path}: exists and is not a packer dataset card; packer writes its card there "
+            "(beside stats.json): move that file or choose another --stats / --output-dir"
+        )
+
+
+def _feature(name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, **spec}
+
+
+def _struct(fields: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    return {"struct": [_feature(name, spec) for name, spec in fields.items()]}
+
+
+def aux_features(taxonomy: Taxonomy) -> dict[str, dict[str, Any]]:
+    """The union of every dataset's aux fields (config.validate_taxonomy keeps their types consistent)."""
+
+    def one(spec: dict[str, Any]) -> dict[str, Any]:
+        if "object" in spec:
+            return _struct({k: one(v) for k, v in spec["object"].items()})
+        return AUX_FEATURES[spec.get("type", "str")]
+
+    union: dict[str, dict[str, Any]] = {}
+    for block in taxonomy.datasets.values():
+        for name, spec in block.get("aux", {}).items():
+            union.setdefault(name, one(spec))
+    return dict(sorted(union.items()))
+
+
+def sample_features(taxonomy: Taxonomy, with_image: bool) -> list[dict[str, Any]]:
+    """The members of one sample as the webdataset builder yields them: key, url, jpg, txt, json."""
+    labels = {
+        "abuse_hate": {"dtype": "int64"},
+        "offensive": {"dtype": "int64"},
+        "target_type": {"dtype": "string"},
+        "target_group": {"sequence": "string"},
+    }
+    assert set(labels) == set(UNIFIED_FIELDS)
+    string = {"dtype": "string"}
+    doc = {
+        "id": string,
+        "key": string,
+        "dataset": string,
+        "split": string,
+        "source_split": string,
+        "labels": _struct(labels),
+        "aux": _struct(aux_features(taxonomy)),
+        "lang": string,
+        "image": _struct({"orig_width": {"dtype": "int64"}, "orig_height": {"dtype": "int64"}, "orig_format": string}),
+    }
+    members = {"__key__": string, "__url__": string}
+    if with_image:
+        members["jpg"] = {"dtype": "image"}
+    members["json"] = _struct(doc)
+    members["txt"] = string
+    return [_feature(name, spec) for name, spec in members.items()]
+
+
+def card_metadata(stats: dict[str, Any], taxonomy: Taxonomy, shard_root: Path, card_dir: Path) -> dict[str, Any]:
+    """The YAML header: a config per shard series that has shards, a data-files pattern per split."""
+    counts = stats["splits"]
+    configs, infos = [], []
+    for name, series in CONFIGS.items():
+        kind = "image" if series == IMAGE_SERIES else "text"
+        files = [
+            {"split": split, "path": f"{relative(shard_root / split, card_dir)}/{series}-*.tar"}
+            for split in (*SPLITS, DIAGNOSTICS)
+            if counts.get(split, {}).get(f"{kind}_shards", 0) > 0
+        ]
+        if not files:
+            continue
+        configs.append({"config_name": name, "data_files": files, **({"default": True} if name == "images" else {})})
+        infos.append({"config_name": name, "features": sample_features(taxonomy, series == IMAGE_SERIES)})
+    meta: dict[str, Any] = {
+        "pretty_name": "packer shards",
+        "language": ["en"],
+        "task_categories": ["image-classification", "text-classification"],
+        "tags": ["webdataset", "hate-speech", "memes"],
+    }
+    if configs:
+        meta["configs"] = configs
+        meta["dataset_info"] = infos
+    return meta
+
+
+def relative(path: Path, start: Path) -> str:
+    return Path(os.path.relpath(path.resolve(), start.resolve())).as_posix()
+
+
+def class_tables(stats: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per unified field, a table: one row per (split, dataset), one column per value."""
+    tables = []
+    for field in UNIFIED_FIELDS:
+        values: set[str] = set()
+        rows = []
+        for split in stats["splits"]:
+            for dataset, fields in sorted(stats["labels"].get(split, {}).items()):
+                counts = fields.get(field, {})
+                values.update(counts)
+                rows.append({"split": split, "dataset": dataset, "counts": counts})
+        tables.append({"field": field, "columns": sorted(values), "rows": rows})
+    return tables
+
+
+def dataset_counts(stats: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per dataset: its packed examples per split (from the label counts of one field) and its outcomes."""
+    splits = list(stats["splits"])
+    out = []
+    for dataset, entry in stats["datasets"].items():
+        per_split = {}
+        for split in splits:
+            counts = stats["labels"].get(split, {}).get(dataset, {}).get("abuse_hate", {})
+            per_split[split] = sum(counts.values())
+        out.append({"name": dataset, "per_split": per_split, **entry})
+    return out
+
+
+def render_card(stats: dict[str, Any], taxonomy: Taxonomy, shard_root: Path, card_dir: Path) -> str:
+    env = Environment(
+        loader=PackageLoader("packer", "templates"),
+        undefined=StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    meta = card_metadata(stats, taxonomy, shard_root, card_dir)
+    shards = stats["splits"]["train"]["image_shards"]
+    return env.get_template("dataset_card.md.j2").render(
+        yaml_header=yaml.dump(meta, Dumper=PlainDumper, sort_keys=False, allow_unicode=True, width=1000),
+        train_image_shards="shard-00000.tar" if shards <= 1 else f"shard-{{00000..{shards - 1:05d}}}.tar",
+        marker=MARKER,
+        stats=stats,
+        configs=[c["config_name"] for c in meta.get("configs", [])],
+        shard_dir=relative(shard_root, card_dir),
+        card_dir=card_dir.name or str(card_dir),
+        class_tables=class_tables(stats),
+        datasets=dataset_counts(stats),
+    )
+
+
+def write_card(stats: dict[str, Any], taxonomy: Taxonomy, shard_root: Path, stats_path: Path) -> Path:
+    path = card_path(stats_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(render_card(stats, taxonomy, shard_root, path.parent), encoding="utf-8")
+    os.replace(tmp, path)
+    return path
