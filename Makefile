@@ -14,7 +14,7 @@ NAIVE_VENV ?= .cache/naive-venv
 # pillow-simd uses AVX2 only when compiled for it.
 SIMD_CC := $(shell grep -qw avx2 /proc/cpuinfo 2>/dev/null && echo "cc -mavx2" || echo cc)
 
-.PHONY: help install pilot pack test lint profile clean
+.PHONY: help install pilot pack report test lint profile clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -55,6 +55,9 @@ pack: $(VENV)/.installed ## pack everything: make pack MANIFEST=Step_2/data_mani
 	$(PY) -m packer --manifest $(MANIFEST) $(if $(OCR),--ocr $(OCR)) --output-dir $(OUT)/shards \
 		--label-taxonomy $(OUT)/label_taxonomy.json --splits $(OUT)/splits.json --workers $(WORKERS) \
 		$(if $(LIMIT),--examples-limit $(LIMIT)) $(PACK_FLAGS)
+
+report: $(VENV)/.installed ## rebuild report.html of an earlier pack: make report OUT=Step_3
+	$(PY) -m packer.report $(OUT)
 
 test: $(VENV)/.installed ## run the test suite
 	$(PY) -m pytest -q

@@ -129,6 +129,8 @@ def _shares(part: pl.DataFrame, judged: bool, report: dict[str, Any]) -> dict[st
     entry: dict[str, Any] = {
         "judged": judged,
         "split_ratio": {s: round(n / part.height, 4) for s, n in sorted(sizes.items())},
+        "split_sizes": dict(sorted(sizes.items())),
+        "judged_splits": sorted(s for s, n in sizes.items() if judged and n >= BALANCE_MIN_EXAMPLES),
     }
     for field in UNIFIED_FIELDS:
         values = part.select("split", pl.col(field).cast(pl.String).fill_null("null").alias("v"))

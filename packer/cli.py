@@ -75,6 +75,9 @@ def parser() -> argparse.ArgumentParser:
         default=3,
         help="dHash Hamming distance at or under which two packed images count as near-duplicates",
     )
+    p.add_argument(
+        "--report-sample", type=int, default=48, metavar="N", help="examples per split on report.html's contact sheets"
+    )
     return p
 
 

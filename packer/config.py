@@ -47,6 +47,7 @@ class PackConfig:
     cross_split: str = "report"
     near_dup_bits: int = 3  # dHash Hamming distance at or under which two images are near-duplicates
     chunk_size: int = 64  # the largest pool task, in samples
+    report_sample: int = 48  # examples per contact sheet of report.html
 
     @property
     def failures_log(self) -> Path:

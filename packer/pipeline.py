@@ -14,6 +14,7 @@ from .execute import ImageSettings, execute, fingerprint, warm_pool
 from .plan import build_plan, iter_chunks, read_pinned, samples_to_pack, splits_document
 from .report import build_stats, final_rows, summary, write_card, write_json, write_outputs
 from .report.card import card_path, check_card_path
+from .report.html import build_report
 from .shards import write_shard_index
 
 
@@ -72,5 +73,6 @@ def run(config: PackConfig) -> tuple[int, dict[str, Any]]:
     stats["seconds"]["report"] = round(timings["report"], 3)
     write_outputs(config, stats, rows)
     write_card(stats, taxonomy, config.output_dir, config.stats)
+    build_report(config.stats.parent, config.output_dir, config.report_sample, config.seed)
     print(summary(stats))
     return (0 if all(stats["checks"].values()) else 1), stats

@@ -5,37 +5,13 @@ from __future__ import annotations
 
 import glob
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import webdataset as wds
-from conftest import MAMI
+from conftest import MAMI, ROOT
 
-from packer.cli import main
-
-ROOT = Path(__file__).resolve().parents[1]
 SPLITS = ("train", "val", "test", "diagnostics")
-
-
-@pytest.fixture(scope="module")
-def packed(tmp_path_factory) -> Path:
-    """The built-in sample (all eight datasets, some broken images) packed with small shards."""
-    root = tmp_path_factory.mktemp("sample")
-    step2 = root / "Step_2"
-    subprocess.run(
-        [sys.executable, str(ROOT / "scripts/make_sample_data.py"), "--out", str(step2), "--per-dataset", "24"],
-        check=True,
-        capture_output=True,
-    )
-    out = root / "Step_3"
-    args = ["--manifest", str(step2 / "data_manifest.jsonl"), "--ocr", str(step2 / "ocr.jsonl")]
-    args += ["--output-dir", str(out / "shards"), "--label-taxonomy", str(out / "label_taxonomy.json")]
-    args += ["--splits", str(out / "splits.json"), "--workers", "2", "--include-diagnostics"]
-    # Exit 1: the sample's 4 broken images are over 0.5% of so few examples (the one failing check).
-    assert main([*args, "--shard-maxcount", "16"]) == 1
-    return out
 
 
 def stats_of(out: Path) -> dict:

@@ -1,0 +1,108 @@
+"""report.html of a big pack: its size and build time, beside those of the pilot it was grown from.
+
+Packs the built-in sample, then replaces its shards with N synthetic examples (default 300,000,
+70% with an image: the pilot's own packed JPEGs re-used, 5000 per shard) and rebuilds the report
+of both folders in one run. The report samples: its time must not grow with the pack.
+
+    python scripts/bench_report.py [--examples 300000] [--work .cache/bench-report]
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import itertools
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import webdataset as wds
+
+from packer.cli import main as pack
+from packer.report.html import build_report
+from packer.shards import ShardWriter, sample_bytes, write_shard_index
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def pilot(work: Path) -> Path:
+    step2, out = work / "Step_2", work / "pilot" / "Step_3"
+    subprocess.run([sys.executable, str(ROOT / "scripts/make_sample_data.py"), "--out", str(step2)], check=True)
+    shutil.rmtree(out, ignore_errors=True)
+    args = ["--manifest", str(step2 / "data_manifest.jsonl"), "--ocr", str(step2 / "ocr.jsonl")]
+    args += ["--output-dir", str(out / "shards"), "--label-taxonomy", str(out / "label_taxonomy.json")]
+    pack([*args, "--splits", str(out / "splits.json")])
+    return out
+
+
+def grow(small: Path, big: Path, examples: int, per_shard: int = 5000) -> None:
+    """A copy of `small` whose shards hold `examples` synthetic samples made of its own."""
+    shutil.rmtree(big, ignore_errors=True)
+    big.mkdir(parents=True)
+    for name in ("stats.json", "failures.jsonl", "splits.json"):
+        shutil.copy(small / name, big / name)
+    urls = sorted(glob.glob(str(small / "shards/*/*.tar")))
+    samples = list(wds.WebDataset(urls, shardshuffle=False))
+    images = [s for s in samples if "jpg" in s]
+    texts = [s for s in samples if "jpg" not in s]
+    stats = json.loads((small / "stats.json").read_text())
+    sizes = {
+        "train": int(examples * 0.8),
+        "val": examples // 10,
+        "test": examples - int(examples * 0.8) - examples // 10,
+    }
+    for split, n in sizes.items():
+        folder = big / "shards" / split
+        listed, entry = [], {k: 0 for k in stats["splits"][split]}
+        for series, pool, count in (("shard", images, int(n * 0.7)), ("text", texts, n - int(n * 0.7))):
+            source = itertools.cycle(pool)
+            for index, start in enumerate(range(0, count, per_shard)):
+                writer = ShardWriter(folder, index, series)
+                for i in range(start, min(count, start + per_shard)):
+                    s = next(source)
+                    doc = json.loads(s["json"])
+                    key = f"{split}_{series}_{i:07d}"
+                    doc.update(id=key, key=key, split=split)
+                    members = {k: s[k] for k in ("jpg", "txt") if k in s} | {"json": json.dumps(doc).encode()}
+                    writer.add(sample_bytes(key, members))
+                size = writer.close()
+                listed.append((writer.path.name, writer.count))
+                kind = "image" if series == "shard" else "text"
+                entry["examples"] += writer.count
+                entry[f"{kind}_examples"] += writer.count
+                entry["shards"] += 1
+                entry[f"{kind}_shards"] += 1
+                entry["bytes"] += size
+        write_shard_index(folder, listed)
+        stats["splits"][split] = entry
+    stats["packed_examples"] = examples
+    (big / "stats.json").write_text(json.dumps(stats, indent=2))
+
+
+def timed(folder: Path) -> tuple[float, float]:
+    start = time.perf_counter()
+    path = build_report(folder)
+    return time.perf_counter() - start, path.stat().st_size / 1e6
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--examples", type=int, default=300_000)
+    p.add_argument("--work", type=Path, default=ROOT / ".cache" / "bench-report")
+    args = p.parse_args()
+    small = pilot(args.work)
+    big = args.work / "big" / "Step_3"
+    start = time.perf_counter()
+    grow(small, big, args.examples)
+    print(f"grew {args.examples} examples in {time.perf_counter() - start:.1f} s")
+    (s_time, s_mb), (b_time, b_mb) = timed(small), timed(big)
+    print(f"pilot report:  {s_time:6.2f} s  {s_mb:6.2f} MB")
+    print(f"{args.examples} report: {b_time:6.2f} s  {b_mb:6.2f} MB")
+    print(f"big / pilot: time {b_time / s_time:.2f}x, size {b_mb / s_mb:.2f}x (targets: seconds, under ~20 MB)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,169 @@
+"""report.html: built by every run and by `python -m packer.report`, checked in a real headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from conftest import MAMI
+
+from packer.report.__main__ import main as report_main
+from packer.report.html import sample_key
+
+
+class Cells(HTMLParser):
+    """The text of every table cell, per table id, and every <img> src."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tables: dict[str, list[list[str]]] = {}
+        self.images: list[str] = []
+        self.table: str | None = None
+        self.cell: list[str] | None = None
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "table":
+            self.table = a.get("id")
+            self.tables.setdefault(self.table or "", [])
+        elif tag == "tr" and self.table is not None:
+            self.tables[self.table].append([])
+        elif tag in ("td", "th"):
+            self.cell = []
+        elif tag == "img":
+            self.images.append(a["src"])
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self.cell is not None and self.table is not None:
+            self.tables[self.table][-1].append(" ".join("".join(self.cell).split()))
+            self.cell = None
+        elif tag == "table":
+            self.table = None
+
+    def handle_data(self, data):
+        if self.cell is not None:
+            self.cell.append(data)
+
+
+def parse(path: Path) -> Cells:
+    cells = Cells()
+    cells.feed(path.read_text(encoding="utf-8"))
+    return cells
+
+
+def test_report_numbers_equal_stats(packed):
+    stats = json.loads((packed / "stats.json").read_text())
+    page = parse(packed / "report.html")
+    rows = {r[0]: r[1:] for r in page.tables["split-counts"][1:]}
+    for split, e in stats["splits"].items():
+        assert rows[split] == [str(e[k]) for k in ("examples", "image_examples", "text_examples", "shards", "bytes")]
+    checks = {r[0]: r[1] for r in page.tables["checks"][1:]}
+    assert checks == {name: "PASS" if ok else "FAIL" for name, ok in stats["checks"].items()}
+    reasons = {(r[0], r[1]): int(r[2]) for r in page.tables["reasons"][1:]}
+    assert reasons == {(s, k): n for s in ("dropped", "failed") for k, n in stats["reasons"][s].items()}
+    datasets = {r[0]: [int(x) for x in r[1:5]] for r in page.tables["dataset-counts"][1:]}
+    assert datasets == {d: [e["rows"], e["packed"], e["dropped"], e["failed"]] for d, e in stats["datasets"].items()}
+    # Contact sheets: up to 48 per split, each image the packed 384x384 JPEG itself.
+    sheets = re.findall(r'<div class="sheet" id="sheet-(\w+)">', (packed / "report.html").read_text())
+    assert sheets == ["train", "val", "test", "diagnostics"]
+    assert all(src.startswith("data:image/jpeg;base64,") for src in page.images) and page.images
+
+
+def test_report_rebuilds_from_the_folder_byte_identical(packed, tmp_path, capsys):
+    copy = tmp_path / "Step_3"
+    shutil.copytree(packed, copy)
+    first = (copy / "report.html").read_bytes()
+    (copy / "report.html").unlink()
+    assert report_main([str(copy)]) == 0
+    assert (copy / "report.html").read_bytes() == first
+    assert report_main([str(tmp_path / "nowhere")]) == 2
+    assert "stats.json: not found" in capsys.readouterr().err
+
+
+def test_leakage_pairs_are_shown_side_by_side(ws):
+    shared = ws.image("shared.jpg", colour=(10, 200, 10))
+    ws.add("hateful_memes_train_1", "hateful_memes", "train", {"label": 1}, image=shared, text="one caption")
+    ws.add("hateful_memes_test_seen_1", "hateful_memes", "test_seen", {"label": 0}, image=shared, text="other words")
+    for i in range(8):
+        ws.add(
+            f"mami_train_{i}", "mami", "train", MAMI, image=ws.image(f"m{i}.jpg", colour=(i * 30, 0, 0)), text=f"m{i}"
+        )
+    assert ws.run() in (0, 1)
+    html = (ws.out / "report.html").read_text()
+    pairs = html.split('<div class="pair">')[1:]
+    pair = pairs[0].split("<h2>")[0]
+    assert "same image" in pair and "train/test" in pair and len(pairs) == 1 + 4  # 1 same image, 4 near-duplicates
+    assert pair.count("data:image/jpeg;base64,") == 2
+    assert "hateful_memes_train_1" in pair and "hateful_memes_test_seen_1" in pair
+
+
+@pytest.mark.parametrize("example_id", ["plain_id-1", "memotion1_train_10_year.jpg", "a/b c", "é" * 3, "x" * 90])
+def test_sample_key_matches_the_plan(example_id):
+    import polars as pl
+
+    from packer.plan import safe_key
+
+    assert sample_key(example_id) == pl.DataFrame({"id": [example_id]}).select(safe_key().alias("key"))["key"][0]
+
+
+def chromium_driver():
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not chromium or not driver:
+        pytest.skip("Debian's chromium and chromium-driver are not installed (.ci/run installs them as root)")
+    webdriver = pytest.importorskip("selenium.webdriver")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--window-size=1400,1000",
+    ):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver))
+
+
+def test_report_renders_in_headless_chromium_offline(packed, tmp_path):
+    stats = json.loads((packed / "stats.json").read_text())
+    browser = chromium_driver()
+    try:
+        browser.execute_cdp_cmd("Network.enable", {})
+        browser.execute_cdp_cmd(
+            "Network.emulateNetworkConditions",
+            {"offline": True, "latency": 0, "downloadThroughput": 0, "uploadThroughput": 0},
+        )
+        browser.get((packed / "report.html").resolve().as_uri())
+        images = browser.execute_script(
+            "return Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.naturalHeight]);"
+        )
+        charts = browser.execute_script(
+            "return Array.from(document.querySelectorAll('figure.chart svg'))"
+            ".map(s => [s.getBoundingClientRect().width, s.querySelectorAll('path, rect').length]);"
+        )
+        verdict = browser.execute_script("return document.getElementById('verdict').textContent;")
+        rows = browser.execute_script(
+            "return Array.from(document.querySelectorAll('#split-counts tr')).slice(1)"
+            ".map(r => Array.from(r.cells).map(c => c.textContent.trim()));"
+        )
+        errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+        shot = tmp_path / "report.png"
+        assert browser.save_screenshot(str(shot))
+    finally:
+        browser.quit()
+    shown = sum(1 for split in ("train", "val", "test") if stats["splits"][split]["image_examples"])
+    assert len(images) >= shown and all(ok and w == 384 and h == 384 for ok, w, h in images), images
+    assert len(charts) == 6 and all(width > 100 and marks > 5 for width, marks in charts), charts
+    assert verdict.startswith("FAIL") == (not all(stats["checks"].values()))
+    assert {r[0]: int(r[1]) for r in rows} == {s: e["examples"] for s, e in stats["splits"].items()}
+    assert errors == []
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
