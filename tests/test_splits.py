@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -132,6 +133,70 @@ def test_connected_groups_follow_shared_images_and_texts_transitively():
     )
     groups = connected_groups(frame).to_list()
     assert groups[:4] == [0, 0, 0, 0] and groups[4] != groups[5]
+
+
+def reference_components(texts: list[str], images: list[str | None]) -> list[int]:
+    """Union-find, the test's oracle: the smallest row of each row's component."""
+    parent = list(range(len(texts)))
+
+    def find(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    first: dict[tuple[str, str], int] = {}
+    for row, keys in enumerate(zip(texts, images)):
+        for kind, key in zip(("t", "i"), keys):
+            if key:
+                other = first.setdefault((kind, key), row)
+                a, b = find(row), find(other)
+                parent[max(a, b)] = min(a, b)
+    return [find(r) for r in range(len(texts))]
+
+
+def chain(n: int) -> tuple[list[str], list[str | None]]:
+    """Row k shares its caption with row k+1 when k is even, its image when k is odd: one chain."""
+    texts = [f"caption {k // 2 * 2}" if k % 2 == 0 else f"caption {(k - 1) // 2 * 2}" for k in range(n)]
+    images = [f"img{(k + 1) // 2}" for k in range(n)]
+    return texts, images
+
+
+@pytest.mark.parametrize("n", [2, 3, 400, 401, 5000])
+def test_connected_groups_are_exact_on_long_chains(n):
+    texts, images = chain(n)
+    shuffled = list(range(n))
+    random.Random(n).shuffle(shuffled)  # the chain's order is not the rows' order
+    texts, images = [texts[i] for i in shuffled], [images[i] for i in shuffled]
+    groups = connected_groups(pl.DataFrame({"norm_text": texts, "image_key": images})).to_list()
+    assert groups == reference_components(texts, images) and set(groups) == {0}
+
+
+def test_connected_groups_are_exact_on_stars_and_random_graphs():
+    star_t = ["hub"] * 300 + [f"leaf {k}" for k in range(300)]
+    star_i = [f"s{k}" for k in range(300)] * 2
+    groups = connected_groups(pl.DataFrame({"norm_text": star_t, "image_key": star_i})).to_list()
+    assert set(groups) == {0}
+    rng = random.Random(7)
+    for size in (50, 500, 3000):
+        texts = [f"t{rng.randrange(size)}" if rng.random() < 0.7 else "" for _ in range(size)]
+        images = [f"i{rng.randrange(size)}" if rng.random() < 0.7 else None for _ in range(size)]
+        groups = connected_groups(pl.DataFrame({"norm_text": texts, "image_key": images})).to_list()
+        assert groups == reference_components(texts, images)
+
+
+def test_a_400_row_chain_lands_in_one_split(ws):
+    texts, images = chain(400)
+    # Distinct sizes: tiny one-colour JPEGs of close colours can encode to the same bytes.
+    files = {key: ws.image(f"{key}.jpg", size=(16 + int(key[3:]), 16)) for key in set(images)}
+    for k in range(400):
+        ws.add(f"mami_train_{k}", "mami", "train", MAMI_NOT, image=files[images[k]], text=texts[k])
+    for k in range(200):
+        ws.add(f"mami_train_solo_{k}", "mami", "train", MAMI_NOT, text=f"solo {k}")
+    assert ws.run("--near-dup-bits", "0") in (0, 1)
+    splits = split_of(ws)
+    assert len({splits[f"mami_train_{k}"] for k in range(400)}) == 1
+    assert ws.stats["checks"]["no_image_or_text_in_two_assigned_splits"]
 
 
 # -- the leakage audit on dataset-defined splits --------------------------------------------
