@@ -1,4 +1,7 @@
-"""Command line -> one frozen PackConfig; exit codes 0 (checks pass), 1 (a check failed), 2 (usage/input)."""
+"""Command line -> one frozen PackConfig.
+
+Exit codes: 0 (checks pass), 1 (a check failed), 2 (usage or input error), 3 (output cannot be written).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from .config import InputError, PackConfig
+from .config import InputError, OutputError, PackConfig
 
 
 def positive_int(text: str) -> int:
@@ -76,6 +79,9 @@ def parser() -> argparse.ArgumentParser:
         help="dHash Hamming distance at or under which two packed images count as near-duplicates",
     )
     p.add_argument(
+        "--fresh", action="store_true", help="start over even where an interrupted run of the same inputs could resume"
+    )
+    p.add_argument(
         "--report-sample", type=int, default=48, metavar="N", help="examples per split on report.html's contact sheets"
     )
     return p
@@ -100,6 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OutputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
     return code
 
 

@@ -22,6 +22,11 @@ class InputError(Exception):
     """Bad input or usage: the run stops with exit code 2 and writes nothing."""
 
 
+class OutputError(Exception):
+    """The output cannot be written (disk full, no permission): exit code 3. The run's state is
+    kept, so that a rerun once the fault is gone resumes it."""
+
+
 @dataclass(frozen=True)
 class PackConfig:
     manifest: Path
@@ -48,6 +53,7 @@ class PackConfig:
     near_dup_bits: int = 3  # dHash Hamming distance at or under which two images are near-duplicates
     chunk_size: int = 64  # the largest pool task, in samples
     report_sample: int = 48  # examples per contact sheet of report.html
+    fresh: bool = False  # ignore an interrupted run's state and start over
 
     @property
     def failures_log(self) -> Path:

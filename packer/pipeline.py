@@ -9,13 +9,25 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from .config import DIAGNOSTICS, SPLITS, PackConfig, default_taxonomy_text, load_taxonomy
-from .execute import ImageSettings, execute, fingerprint, warm_pool
-from .plan import build_plan, iter_chunks, read_pinned, samples_to_pack, splits_document
-from .report import build_stats, final_rows, summary, write_card, write_json, write_outputs
+import polars as pl
+
+from .config import (
+    DIAGNOSTICS,
+    SPLITS,
+    InputError,
+    OutputError,
+    PackConfig,
+    Taxonomy,
+    default_taxonomy_text,
+    load_taxonomy,
+)
+from .execute import ImageSettings, execute, fingerprint, stop_pool, warm_pool
+from .plan import Plan, build_plan, iter_chunks, read_pinned, samples_to_pack, splits_document
+from .report import build_stats, final_rows, summary, write_card, write_failures, write_json, write_stats
 from .report.card import card_path, check_card_path
 from .report.html import build_report
-from .shards import write_shard_index
+from .shards import IMAGE_SERIES, TEXT_SERIES, write_shard_index
+from .state import Progress, RunState, difference, file_digest, identity, images_digest, text_digest
 
 
 def guided_chunks(workers: int, largest: int) -> Callable[[int], int]:
@@ -26,39 +38,123 @@ def guided_chunks(workers: int, largest: int) -> Callable[[int], int]:
     return lambda remaining: max(4, min(largest, remaining // (4 * workers)))
 
 
+INCOMPLETE = "RUN_INCOMPLETE"
+INCOMPLETE_TEXT = (
+    "packer is writing this folder, or a run writing it was interrupted: nothing here is a complete\n"
+    "pack until stats.json exists. Rerun the same command to resume (--fresh starts over).\n"
+)
+
+
 def run(config: PackConfig) -> tuple[int, dict[str, Any]]:
-    """Pack; returns (exit code, stats). Raises InputError (exit 2) before writing anything."""
+    """Pack; returns (exit code, stats). Raises InputError (exit 2) before writing anything, and
+    OutputError (exit 3) when the output cannot be written."""
+    pool_ready = warm_pool(config.workers)
+    try:
+        return _run(config, pool_ready)
+    except (InputError, OutputError):
+        # A clean stop: the pool that warmed up during planning is shut down before exiting.
+        pool_ready()
+        stop_pool()
+        raise
+
+
+def _run(config: PackConfig, pool_ready: Callable[[], None]) -> tuple[int, dict[str, Any]]:
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    pool_ready = warm_pool(config.workers)
     taxonomy_path = config.label_taxonomy
+    taxonomy_text = taxonomy_path.read_bytes() if taxonomy_path.is_file() else default_taxonomy_text().encode()
     taxonomy = load_taxonomy(taxonomy_path if taxonomy_path.is_file() else None)
-    pinned = read_pinned(config.splits)
+    state = RunState(config.output_dir)
+    previous = None if config.fresh else state.load()
+    pins = config.splits.read_bytes() if config.splits.is_file() else None
+    if previous and pins is not None and previous.get("splits_written") == text_digest(pins):
+        # The interrupted run had already rewritten splits.json: its input pins are in the state.
+        pins = state.saved_pins()
+    pinned = read_pinned(config.splits, pins)
     check_card_path(card_path(config.stats))
     timings["load"] = time.perf_counter() - start
 
     start = time.perf_counter()
     plan = build_plan(config, taxonomy, pinned, partial(fingerprint, workers=config.workers))
+    image_paths = plan.rows.filter(pl.col("status") == "ok")["image_path"].drop_nulls().to_list()
+    ident = identity(
+        config.to_json(),
+        file_digest(config.manifest),
+        file_digest(config.ocr),
+        text_digest(taxonomy_text),
+        text_digest(pins),
+        images_digest(image_paths, config.workers),
+    )
+    progress = resume_point(state, previous, ident)
     timings["plan"] = time.perf_counter() - start
 
     # Inputs are valid: from here on, outputs are written.
-    if not taxonomy_path.is_file():
-        taxonomy_path.parent.mkdir(parents=True, exist_ok=True)
-        taxonomy_path.write_text(default_taxonomy_text(), encoding="utf-8")
-    for split in (*SPLITS, DIAGNOSTICS):
-        shutil.rmtree(config.output_dir / split, ignore_errors=True)
+    try:
+        return write_run(config, taxonomy, plan, state, ident, pins, progress, pool_ready, timings)
+    except OSError as exc:
+        where = exc.filename or config.output_dir
+        raise OutputError(f"cannot write {where}: {exc.strerror or exc}; rerun the same command to resume") from None
+    finally:
+        state.close()
+
+
+def resume_point(state: RunState, previous: dict[str, Any] | None, ident: dict[str, Any]) -> Progress | None:
+    """What an interrupted run of the same identity finished; None (and one line why) to start fresh."""
+    if previous is None:
+        return None
+    why = difference(previous["identity"], ident)
+    progress = None if why else state.progress(IMAGE_SERIES, TEXT_SERIES)
+    if why is None and progress is None:
+        why = "a shard the previous run finished is missing or was changed"
+    if why:
+        print(f"packer: starting fresh: {why}")
+    return progress
+
+
+def write_run(
+    config: PackConfig,
+    taxonomy: Taxonomy,
+    plan: Plan,
+    state: RunState,
+    ident: dict[str, Any],
+    pins: bytes | None,
+    progress: Progress | None,
+    pool_ready: Callable[[], None],
+    timings: dict[str, float],
+) -> tuple[int, dict[str, Any]]:
+    out_dir = config.stats.parent
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # Nothing stale looks valid: a previous run's verdict goes first, and the folder says it is incomplete.
+    (out_dir / INCOMPLETE).write_text(INCOMPLETE_TEXT, encoding="utf-8")
+    for stale in (config.stats, card_path(config.stats), out_dir / "report.html", config.failures_log):
+        stale.unlink(missing_ok=True)
+    if not config.label_taxonomy.is_file():
+        config.label_taxonomy.parent.mkdir(parents=True, exist_ok=True)
+        config.label_taxonomy.write_text(default_taxonomy_text(), encoding="utf-8")
+    if progress is None:
+        for split in (*SPLITS, DIAGNOSTICS):
+            shutil.rmtree(config.output_dir / split, ignore_errors=True)
+        state.begin(ident, pins, keep_journal=False)
+        progress = Progress()
+    else:
+        drop_unfinished(config.output_dir, progress)
+        state.begin(ident, pins, keep_journal=True)
+        print(f"packer: resuming: {progress.kept_shards} finished shards kept")
+
     start = time.perf_counter()
     settings = ImageSettings(config.image_size, config.jpeg_quality, config.max_image_pixels)
-    total = samples_to_pack(plan.rows)
+    total = samples_to_pack(plan.rows) - sum(len(o) for o in progress.outcomes.values())
     pool_ready()
     result = execute(
-        iter_chunks(plan.rows, guided_chunks(config.workers, config.chunk_size)),
+        iter_chunks(plan.rows, guided_chunks(config.workers, config.chunk_size), progress.start),
         total,
         config.output_dir,
         settings,
         config.workers,
         config.shard_maxcount,
         config.shard_maxsize,
+        state,
+        progress,
     )
     timings["images_and_shards"] = time.perf_counter() - start
     for split in (*SPLITS, *([DIAGNOSTICS] if config.include_diagnostics else [])):
@@ -67,12 +163,30 @@ def run(config: PackConfig) -> tuple[int, dict[str, Any]]:
 
     start = time.perf_counter()
     rows = final_rows(plan.rows, result)
-    write_json(config.splits, splits_document(rows))
+    write_failures(config, rows)
+    splits_doc = write_json(config.splits, splits_document(rows))
+    state.splits_written(text_digest(splits_doc))
     stats = build_stats(config, rows, result, plan.manifest_rows, plan.ocr_orphans, timings)
+    write_card(stats, taxonomy, config.output_dir, config.stats)
+    build_report(out_dir, config.output_dir, config.report_sample, config.seed, stats)
     timings["report"] = time.perf_counter() - start
     stats["seconds"]["report"] = round(timings["report"], 3)
-    write_outputs(config, stats, rows)
-    write_card(stats, taxonomy, config.output_dir, config.stats)
-    build_report(config.stats.parent, config.output_dir, config.report_sample, config.seed)
+    # The very last step marks the run complete: stats.json renamed into place.
+    (out_dir / INCOMPLETE).unlink(missing_ok=True)
+    write_stats(config, stats)
+    state.remove()
     print(summary(stats))
     return (0 if all(stats["checks"].values()) else 1), stats
+
+
+def drop_unfinished(shard_root: Path, progress: Progress) -> None:
+    """Before a resume: remove what the dead run left half-written (temporary shards and chunk
+    files) and shards it renamed but did not journal (they are written again, byte for byte)."""
+    kept = {Path(s.path).name for shards in progress.closed.values() for s in shards}
+    shutil.rmtree(shard_root / ".chunks", ignore_errors=True)
+    for split in (*SPLITS, DIAGNOSTICS):
+        folder = shard_root / split
+        if folder.is_dir():
+            for path in folder.iterdir():
+                if path.name not in kept:
+                    path.unlink()

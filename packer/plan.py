@@ -51,13 +51,16 @@ def limit_examples(frame: pl.LazyFrame, limit: int, seed: int) -> pl.LazyFrame:
     return frame.with_columns(_p=position, _u=u).sort("_p", "_u").head(limit).sort("row").drop("_p", "_u")
 
 
-def read_pinned(path: Path) -> dict[str, str]:
-    """splits.json, `{"<id>": "train" | "val" | "test" | "diagnostics"}` (OUTPUTS.md); the older
-    `{"train": [ids], ...}` is read too. Diagnostics entries pin nothing (HateCheck is never split)."""
-    if not path.is_file():
+def read_pinned(path: Path, data: bytes | None) -> dict[str, str]:
+    """splits.json (`data`, read from `path`), `{"<id>": "train" | "val" | "test" | "diagnostics"}`
+    (OUTPUTS.md); the older `{"train": [ids], ...}` is read too. Diagnostics entries pin nothing
+    (HateCheck is never split)."""
+    if data is None:
         return {}
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        doc = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not UTF-8: {exc.reason}") from None
     except json.JSONDecodeError as exc:
         raise InputError(f"{path}: line {exc.lineno}: not valid JSON: {exc.msg}") from None
     if isinstance(doc, dict) and doc and set(doc) <= set(SPLITS) and all(isinstance(v, list) for v in doc.values()):
@@ -231,13 +234,16 @@ def samples_to_pack(rows: pl.DataFrame) -> int:
     return rows.filter(pl.col("status") == "ok").height
 
 
-def iter_chunks(rows: pl.DataFrame, chunk_size: Callable[[int], int]) -> Iterator[ChunkSpec]:
+def iter_chunks(
+    rows: pl.DataFrame, chunk_size: Callable[[int], int], start: dict[str, int] | None = None
+) -> Iterator[ChunkSpec]:
     """Samples to pack, per split in seeded-hash order, cut into chunks of `chunk_size(samples
-    still to hand out)`.
+    still to hand out)`; a resumed run starts each split at `start[split]` (a position in that order).
 
     A generator: each chunk's columns are taken from the frame when the pool asks for it, so the
     plan never holds a Python object per sample, and the work overlaps with the image stage.
     """
+    start = start or {}
     order = {s: i for i, s in enumerate((*SPLITS, DIAGNOSTICS))}
     todo = (
         rows.filter(pl.col("status") == "ok")
@@ -245,13 +251,14 @@ def iter_chunks(rows: pl.DataFrame, chunk_size: Callable[[int], int]) -> Iterato
         .sort("split_rank", "order", "id")
         .select(*SAMPLE_COLUMNS, *UNIFIED_FIELDS)
     )
-    remaining = todo.height
+    remaining = todo.height - sum(min(n, todo.filter(pl.col("split") == s).height) for s, n in start.items())
     for (split,), part in todo.group_by("split", maintain_order=True):
-        start, index = 0, 0
-        while start < part.height:
-            chunk = ChunkSpec(split, index, part.slice(start, chunk_size(remaining)).to_dict(as_series=False))
+        position, index = start.get(split, 0), 0
+        while position < part.height:
+            columns = part.slice(position, chunk_size(remaining)).to_dict(as_series=False)
+            chunk = ChunkSpec(split, index, position, columns)
             yield chunk
-            start, index, remaining = start + len(chunk), index + 1, remaining - len(chunk)
+            position, index, remaining = position + len(chunk), index + 1, remaining - len(chunk)
 
 
 def splits_document(rows: pl.DataFrame) -> dict[str, str]:

@@ -36,6 +36,7 @@ class ChunkSpec:
 
     split: str
     index: int
+    start: int  # the position of its first sample in the split's order
     columns: dict[str, list[Any]]
 
     def __len__(self) -> int:
@@ -63,5 +64,6 @@ class SampleOutcome:
 class ChunkResult:
     split: str
     index: int
+    start: int
     path: str
     outcomes: tuple[SampleOutcome, ...] = field(default_factory=tuple)

@@ -335,9 +335,17 @@ def leakage_pairs(stats: dict[str, Any], indexes: dict[str, ShardIndex]) -> list
     return pairs
 
 
-def build_report(out_dir: Path, shard_root: Path | None = None, sample_size: int = 48, seed: int = 0) -> Path:
-    """Write `<out_dir>/report.html` from the output folder: stats.json, failures.jsonl and the shards."""
-    stats = json.loads((out_dir / "stats.json").read_text(encoding="utf-8"))
+def build_report(
+    out_dir: Path,
+    shard_root: Path | None = None,
+    sample_size: int = 48,
+    seed: int = 0,
+    stats: dict[str, Any] | None = None,
+) -> Path:
+    """Write `<out_dir>/report.html` from the output folder: stats.json (or `stats`, during a run,
+    before stats.json is written last), failures.jsonl and the shards."""
+    if stats is None:
+        stats = json.loads((out_dir / "stats.json").read_text(encoding="utf-8"))
     if shard_root is None:
         shard_root = out_dir / "shards"
         if not shard_root.is_dir():

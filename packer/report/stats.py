@@ -202,13 +202,21 @@ def build_stats(
     }
 
 
-def write_outputs(config: PackConfig, stats: dict[str, Any], rows: pl.DataFrame) -> None:
-    config.stats.parent.mkdir(parents=True, exist_ok=True)
-    config.stats.write_text(json.dumps(stats, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+def write_failures(config: PackConfig, rows: pl.DataFrame) -> None:
+    """failures.jsonl: one line per dropped or failed example, in manifest order."""
     problems = rows.filter(pl.col("status") != "packed").sort("row")
-    with open(config.failures_log, "w", encoding="utf-8") as out:
+    tmp = config.failures_log.with_name(config.failures_log.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as out:
         for r in problems.select("id", "status", "stage", "reason", "detail").iter_rows(named=True):
             out.write(json.dumps(r, ensure_ascii=False) + "\n")
+    tmp.replace(config.failures_log)
+
+
+def write_stats(config: PackConfig, stats: dict[str, Any]) -> None:
+    """stats.json, to a temporary name and renamed: the mark of a complete run, written last."""
+    tmp = config.stats.with_name(config.stats.name + ".tmp")
+    tmp.write_text(json.dumps(stats, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.replace(config.stats)
 
 
 def summary(stats: dict[str, Any]) -> str:
@@ -243,8 +251,11 @@ def summary(stats: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_json(path: Path, doc: Any) -> None:
+def write_json(path: Path, doc: Any) -> bytes:
+    """Write `doc` atomically (temporary name, then rename); returns the bytes written."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    data = (json.dumps(doc, indent=1, ensure_ascii=False) + "\n").encode("utf-8")
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.write_bytes(data)
     tmp.replace(path)
+    return data

@@ -1,0 +1,246 @@
+"""Crash safety: a run killed with SIGKILL at any point resumes to byte-identical output; nothing
+stale looks valid meanwhile; workers die with the parent; output faults exit 3 and resume."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import resource
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import MAMI, MAMI_NOT, write_jsonl
+from PIL import Image
+
+N_IMAGES = 160
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    """A manifest of MAMI memes and OLID posts whose images take a few seconds to pack on 2 workers."""
+    root = tmp_path_factory.mktemp("corpus")
+    noise = Image.effect_noise((1400, 1000), 50).convert("RGB")
+    rows = []
+    for i in range(N_IMAGES):
+        path = root / "images" / f"m{i}.jpg"
+        path.parent.mkdir(exist_ok=True)
+        noise.rotate(i * 2.25).save(path, quality=90)
+        labels = MAMI if i % 3 else MAMI_NOT
+        rows.append(
+            {
+                "id": f"mami_train_{i}",
+                "dataset": "mami",
+                "split": "train",
+                "image_path": str(path),
+                "text_raw": f"meme {i}",
+                "labels_raw": labels,
+            }
+        )
+    for i in range(60):
+        rows.append(
+            {
+                "id": f"olid_train_{i}",
+                "dataset": "olid",
+                "split": "train",
+                "image_path": None,
+                "text_raw": f"@USER post {i}",
+                "labels_raw": {"subtask_a": "OFF" if i % 2 else "NOT"},
+            }
+        )
+    write_jsonl(root / "manifest.jsonl", rows)
+    return root
+
+
+def command(corpus: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "packer",
+        "--manifest",
+        str(corpus / "manifest.jsonl"),
+        "--output-dir",
+        str(out / "shards"),
+        "--label-taxonomy",
+        str(out / "label_taxonomy.json"),
+        "--splits",
+        str(out / "splits.json"),
+        "--workers",
+        "2",
+        "--shard-maxcount",
+        "8",
+        *extra,
+    ]
+
+
+def digests(folder: Path) -> dict[str, str]:
+    """Every file of an output folder by content; stats.json without its timings."""
+    out = {}
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            data = path.read_bytes()
+            if path.name == "stats.json":
+                doc = json.loads(data)
+                doc.pop("seconds")
+                data = json.dumps(doc, sort_keys=True).encode()
+            out[str(path.relative_to(folder))] = hashlib.sha256(data).hexdigest()
+    return out
+
+
+def children(pid: int) -> set[int]:
+    """Every descendant process of `pid` (from /proc)."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+                parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                pass
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {p for p, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def alive(pids: set[int]) -> set[int]:
+    out = set()
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            if state != "Z":
+                out.add(pid)
+        except OSError:
+            pass
+    return out
+
+
+def kill_when(cmd: list[str], cwd: Path, ready, timeout: float = 60) -> set[int]:
+    """Start `cmd`, SIGKILL it as soon as `ready()` is true; returns the workers it had."""
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    workers: set[int] = set()
+    while not ready():
+        assert proc.poll() is None, "the run ended before the kill point"
+        assert time.monotonic() < deadline
+        workers |= children(proc.pid)
+        time.sleep(0.005)
+    workers |= children(proc.pid)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return workers
+
+
+def reference(corpus: Path, out: Path, *extra: str) -> dict[str, str]:
+    """The output of an uninterrupted run at `out` (stats.json records its paths), moved aside."""
+    subprocess.run(command(corpus, out, *extra), cwd=out.parent, check=True, capture_output=True)
+    done = digests(out)
+    out.rename(out.with_name("reference"))
+    return done
+
+
+def journal_lines(out: Path, kind: str) -> int:
+    path = out / "shards" / ".run" / "journal.jsonl"
+    return sum(1 for line in path.read_text().splitlines() if line.startswith(f'{{"{kind}"')) if path.exists() else 0
+
+
+KILL_POINTS = {
+    "planning": lambda out: True,  # as soon as it runs: imports, loading, planning
+    "mid_shard": lambda out: any((out / "shards").glob("*/*.tar.tmp")),
+    "between_shards": lambda out: journal_lines(out, "shard") >= 5,
+    "writing_outputs": lambda out: (out / "failures.jsonl").exists(),
+}
+
+
+@pytest.mark.parametrize("point", list(KILL_POINTS))
+def test_killed_run_resumes_to_identical_output(corpus, tmp_path, point):
+    out = tmp_path / "Step_3"
+    expected = reference(corpus, out)
+    ready = KILL_POINTS[point]
+    if point == "planning":
+        started = time.monotonic()
+        ready = lambda _out: time.monotonic() - started > 0.8  # noqa: E731
+    workers = kill_when(command(corpus, out), tmp_path, lambda: ready(out))
+    # Nothing stale looks valid, and the workers die with the parent.
+    assert not (out / "stats.json").exists()
+    if out.exists() and point != "planning":
+        assert (out / "RUN_INCOMPLETE").exists()
+    deadline = time.monotonic() + 10
+    while alive(workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not alive(workers), f"workers alive 10 s after the parent was killed: {alive(workers)}"
+    rerun = subprocess.run(command(corpus, out), cwd=tmp_path, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    if point in ("between_shards", "writing_outputs"):
+        assert "packer: resuming:" in rerun.stdout
+    assert digests(out) == expected
+    assert not (out / "RUN_INCOMPLETE").exists() and not (out / "shards" / ".run").exists()
+
+
+def test_changed_input_or_flag_starts_fresh_and_says_why(corpus, tmp_path):
+    out = tmp_path / "Step_3"
+    expected = reference(corpus, out)
+    kill_when(command(corpus, out, "--seed", "5"), tmp_path, lambda: journal_lines(out, "shard") >= 3)
+    rerun = subprocess.run(command(corpus, out), cwd=tmp_path, capture_output=True, text=True)
+    assert rerun.returncode == 0 and "packer: starting fresh: flags changed: --seed" in rerun.stdout
+    assert digests(out) == expected
+    kill_when(command(corpus, out), tmp_path, lambda: journal_lines(out, "shard") >= 3)
+    assert not (out / "stats.json").exists() and not (out / "README.md").exists()
+    assert not (out / "report.html").exists()
+    image = corpus / "images" / "m0.jpg"
+    original = image.read_bytes()
+    try:
+        Image.open(image).rotate(90).save(image, quality=90)
+        rerun = subprocess.run(command(corpus, out), cwd=tmp_path, capture_output=True, text=True)
+        assert "packer: starting fresh: image files changed" in rerun.stdout
+    finally:
+        image.write_bytes(original)
+    kill_when(command(corpus, out), tmp_path, lambda: journal_lines(out, "shard") >= 3)
+    rerun = subprocess.run(command(corpus, out, "--fresh"), cwd=tmp_path, capture_output=True, text=True)
+    assert rerun.returncode == 0 and "resuming" not in rerun.stdout
+
+
+def limited_file_size(limit: int):
+    def apply() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
+
+
+def test_output_fault_exits_3_with_one_message_and_resumes(corpus, tmp_path):
+    out = tmp_path / "Step_3"
+    expected = reference(corpus, out)
+    # No file may grow past 3 MB, as on a disk that fills up: a shard of 8 big noise memes does.
+    full = subprocess.run(
+        command(corpus, out), cwd=tmp_path, capture_output=True, text=True, preexec_fn=limited_file_size(3_000_000)
+    )
+    assert full.returncode == 3, full.stderr
+    lines = full.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: cannot write ") and "File too large" in lines[0]
+    assert not list((out / "shards").glob("*/*.tmp")) and not (out / "stats.json").exists()
+    for shard in (out / "shards").glob("*/*.tar"):
+        assert shard.stat().st_size < 3_000_000
+    rerun = subprocess.run(command(corpus, out), cwd=tmp_path, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    assert digests(out) == expected
+
+
+def test_unwritable_output_directory_exits_3(corpus, tmp_path):
+    (tmp_path / "Step_3").write_text("a file where the output folder belongs")
+    run = subprocess.run(command(corpus, tmp_path / "Step_3"), cwd=tmp_path, capture_output=True, text=True)
+    assert run.returncode == 3 and run.stderr.count("\n") == 1 and run.stderr.startswith("error: cannot write")
+
+
+def test_input_error_prints_only_its_message(tmp_path):
+    good = {"id": "a", "dataset": "mami", "split": "train", "image_path": None, "text_raw": "t", "labels_raw": MAMI}
+    (tmp_path / "manifest.jsonl").write_text(json.dumps(good) + "\n{not json\n")
+    for _ in range(3):  # the pool warming up during planning must not add a traceback, any time
+        run = subprocess.run(command(tmp_path, tmp_path / "Step_3"), cwd=tmp_path, capture_output=True, text=True)
+        assert run.returncode == 2
+        assert run.stderr.count("\n") == 1 and "manifest.jsonl: line 2" in run.stderr, run.stderr
+    assert not (tmp_path / "Step_3").exists()
