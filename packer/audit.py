@@ -149,21 +149,95 @@ def _shares(part: pl.DataFrame, judged: bool, report: dict[str, Any]) -> dict[st
     return entry
 
 
-def balance(packed: pl.DataFrame) -> dict[str, Any]:
-    """Per dataset and field: each class's share in each split vs its share over the pool.
+def _split_ratios(part: pl.DataFrame, expected: dict[str, float], report: dict[str, Any]) -> dict[str, Any]:
+    """The share each split got of a pool packer assigned, against the share asked for: a split
+    that got nothing (one group swallowed the pool) fails here, where class shares cannot see it."""
+    sizes = dict(part.group_by("split").len().iter_rows())
+    judged = part.height >= BALANCE_MIN_EXAMPLES
+    got = {s: round(sizes.get(s, 0) / part.height, 4) for s in expected}
+    deviation = {s: round(abs(100.0 * (got[s] - share)), 2) for s, share in expected.items()}
+    ok = not judged or all(d <= BALANCE_POINTS for d in deviation.values())
+    if judged:
+        report["ratios_judged"] += len(deviation)
+        report["ok"] = report["ok"] and ok
+        if not ok:
+            report["ratio_failures"].append(
+                {"dataset": part["dataset"][0], "rows": part.height, "expected": expected, "got": got}
+            )
+    return {"rows": part.height, "judged": judged, "ok": ok, "expected": expected, "got": got, "points": deviation}
+
+
+def balance(packed: pl.DataFrame, val_ratio: float, split_ratios: tuple[float, float, float]) -> dict[str, Any]:
+    """Per dataset and field: each class's share in each split vs its share over the pool; and the
+    share each split got of the pools packer assigned vs the share asked for.
 
     Splits packer assigned (val carved from a train, 80/10/10) are judged against +-5 points;
     dataset-defined splits are reported the same way but decide nothing.
     """
-    report: dict[str, Any] = {"max_deviation_points": 0.0, "judged": 0, "ok": True, "datasets": {}}
+    report: dict[str, Any] = {
+        "max_deviation_points": 0.0,
+        "judged": 0,
+        "ratios_judged": 0,
+        "ok": True,
+        "ratio_failures": [],
+        "datasets": {},
+    }
     assigned = pl.col("assign_mode").is_in(["carve", "assign"])
+    expected = {
+        "carve": {"train": round(1 - val_ratio, 4), "val": val_ratio},
+        "assign": dict(zip(SPLITS, split_ratios)),
+    }
     for (dataset,), part in packed.sort("dataset").group_by("dataset", maintain_order=True):
         entry: dict[str, Any] = {}
         mine = part.filter(assigned)
         if mine.height:
             entry["assigned"] = _shares(mine, True, report)
+            entry["assigned"]["split_ratio_check"] = {
+                mode: _split_ratios(pool_rows, expected[mode], report)
+                for (mode,), pool_rows in mine.sort("assign_mode").group_by("assign_mode", maintain_order=True)
+            }
         if part.filter(pl.col("assign_mode") == "source").height:
             # Reported over all the dataset's splits, its own among them; never judged.
             entry["all_splits"] = _shares(part, False, report)
         report["datasets"][dataset] = entry
     return report
+
+
+def largest_groups(rows: pl.DataFrame, top: int = 5) -> list[dict[str, Any]]:
+    """The largest groups of rows packer assigned (rows linked by shared images and texts, which
+    must share a split), with the text and the image that link most of their members: the usual
+    cause of a split that got too few rows."""
+    assigned = rows.filter((pl.col("status") == "packed") & pl.col("assign_mode").is_in(["carve", "assign"]))
+    if assigned.height == 0:
+        return []
+    sizes = (
+        assigned.group_by("dataset", "group")
+        .agg(size=pl.len(), split=pl.col("split").first(), ids=pl.col("id").head(3))
+        .filter(pl.col("size") > 1)
+        .sort("size", "dataset", "group", descending=[True, False, False])
+        .head(top)
+    )
+    out = []
+    for dataset, group, size, split, ids in sizes.iter_rows():
+        members = assigned.filter((pl.col("dataset") == dataset) & (pl.col("group") == group))
+        entry: dict[str, Any] = {
+            "dataset": dataset,
+            "size": size,
+            "share_of_dataset": round(size / assigned.filter(pl.col("dataset") == dataset).height, 4),
+            "split": split,
+            "example_ids": ids,
+        }
+        for column, name, shown in (("norm_text", "text", "norm_text"), ("image_key", "image", "image_path")):
+            linked = members.filter(pl.col(column).is_not_null() & (pl.col(column) != ""))
+            if linked.height:
+                common = (
+                    linked.group_by(column)
+                    .agg(n=pl.len(), value=pl.col(shown).first())
+                    .sort("n", column, descending=[True, False])
+                )
+                n, value = common["n"][0], common["value"][0]
+                if n > 1:
+                    entry[f"linking_{name}"] = value
+                    entry[f"rows_sharing_{name}"] = n
+        out.append(entry)
+    return out

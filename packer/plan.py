@@ -216,7 +216,7 @@ def build_plan(
         else pl.lit(None, pl.String)
     )
     keys = keys.with_columns(drop=pl.when(duplicate_of_kept()).then(pl.lit("duplicate")).otherwise(copy))
-    update = keys.select("row", new_split="split", drop="drop")
+    update = keys.select("row", "group", new_split="split", drop="drop")
     final = (
         rows.join(update, on="row", how="left", maintain_order="left")
         .with_columns(

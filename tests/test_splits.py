@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import html
 import json
 import random
 import shutil
@@ -260,3 +261,33 @@ def test_balance_reports_dataset_defined_splits_without_judging_them(ws):
     entry = ws.stats["balance"]["datasets"]["hateful_memes"]["all_splits"]
     assert entry["judged"] is False and entry["abuse_hate"]["1"] == {"test": 50.0, "train": 50.0}
     assert entry["split_ratio"] == {"test": 0.5, "train": 0.5}
+
+
+def test_a_group_that_swallows_a_dataset_fails_the_balance_check_and_is_named(ws):
+    # One shared caption links every row: val (10% asked) gets none, which class shares cannot see.
+    for i in range(100):
+        ws.add(f"mami_train_{i}", "mami", "train", MAMI if i % 2 else MAMI_NOT, text="The Same   caption")
+    assert ws.run() == 1
+    stats = ws.stats
+    assert not stats["checks"]["assigned_splits_balanced_within_5_points"]
+    (failure,) = stats["balance"]["ratio_failures"]
+    assert failure == {
+        "dataset": "mami",
+        "rows": 100,
+        "expected": {"train": 0.9, "val": 0.1},
+        "got": {"train": 1.0, "val": 0.0},
+    }
+    (group,) = stats["balance"]["largest_groups"]
+    assert (group["size"], group["split"], group["share_of_dataset"]) == (100, "train", 1.0)
+    assert (group["linking_text"], group["rows_sharing_text"]) == ("the same caption", 100)
+    page = html.unescape((ws.out / "report.html").read_text())
+    assert "got {'train': 1.0, 'val': 0.0} of 100 rows" in page and 'text "the same caption" (100 rows)' in page
+
+
+def test_split_ratios_are_judged_where_packer_assigns(ws):
+    for i in range(200):
+        ws.add(f"olid_{i}", "olid", None, {"subtask_a": "OFF" if i % 4 == 0 else "NOT"}, text=f"post {i}")
+    assert ws.run() == 0
+    check = ws.stats["balance"]["datasets"]["olid"]["assigned"]["split_ratio_check"]["assign"]
+    assert check["judged"] and check["ok"] and check["expected"] == {"train": 0.8, "val": 0.1, "test": 0.1}
+    assert all(points <= 5 for points in check["points"].values())

@@ -248,7 +248,12 @@ def verdict(stats: dict[str, Any]) -> list[dict[str, Any]]:
         f"({100 * stats['failure_rate']:.2f}%; the limit is 0.5%)",
         "no_id_in_two_splits": f"{stats['packed_examples']} packed ids, each checked to sit in one split",
         "assigned_splits_balanced_within_5_points": f"largest class-share deviation {bal['max_deviation_points']} "
-        f"points over {bal['judged']} judged classes in the splits packer assigned (the limit is 5)",
+        f"points over {bal['judged']} judged classes, and {bal.get('ratios_judged', 0)} split ratios judged, in the "
+        f"splits packer assigned (the limit is 5 points)"
+        + "".join(
+            f"; {f['dataset']}: asked {f['expected']}, got {f['got']} of {f['rows']} rows"
+            for f in bal.get("ratio_failures", [])
+        ),
         "no_image_or_text_in_two_assigned_splits": f"{leak['images_in_two_splits']} images and "
         f"{leak['texts_in_two_splits']} texts in two splits overall (dataset-defined splits included)",
     }

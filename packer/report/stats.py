@@ -10,7 +10,7 @@ from typing import Any
 
 import polars as pl
 
-from ..audit import assigned_leaks, balance, leakage
+from ..audit import assigned_leaks, balance, largest_groups, leakage
 from ..config import SPLITS, UNIFIED_FIELDS, PackConfig
 from ..execute import ExecutionResult
 from ..shards import IMAGE_SERIES
@@ -165,7 +165,9 @@ def build_stats(
     image_rows = rows.filter(pl.col("image_path").is_not_null())
     splits_of_id = packed.group_by("id").agg(pl.col("split").n_unique()).filter(pl.col("split") > 1).height
     failure_rate = failed_n / total if total else 0.0
-    bal = balance(packed)
+    bal = balance(packed, config.val_ratio, config.split_ratios)
+    if not bal["ok"]:
+        bal["largest_groups"] = largest_groups(rows)
     checks = {
         "failure_rate_below_0.5%": failure_rate < MAX_FAILURE_RATE,
         "no_id_in_two_splits": splits_of_id == 0,
