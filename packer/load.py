@@ -7,6 +7,7 @@ name the line and the field, so the fast path pays nothing for the error message
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,47 @@ def locate_bad_line(path: Path, required: dict[str, type], optional: tuple[str, 
             if problem:
                 return f"{path}: line {number}: {problem}"
     return f"{path}: could not be read as JSON lines"
+
+
+# A \\uXXXX escape of a high surrogate not followed by a low one, or of a low one not preceded by a high one.
+LONE_SURROGATE = re.compile(
+    rb"(?<!\\)\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
+    rb"|(?<!\\u[dD][89abAB][0-9a-fA-F]{2})(?<!\\)\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+)
+
+
+def _surrogate_fields(obj: Any, where: str = "") -> list[str]:
+    if isinstance(obj, str):
+        return [where] if any("\ud800" <= c <= "\udfff" for c in obj) else []
+    if isinstance(obj, dict):
+        found = [where or "(a key)"] if any(_surrogate_fields(k) for k in obj) else []
+        return found + [f for k, v in obj.items() for f in _surrogate_fields(v, f"{where}.{k}" if where else k)]
+    if isinstance(obj, list):
+        return [f for i, v in enumerate(obj) for f in _surrogate_fields(v, f"{where}[{i}]")]
+    return []
+
+
+def replace_lone_surrogates(path: Path, copy: Path) -> tuple[Path, dict[int, str]]:
+    """`path`, or where it holds lone surrogate escapes, a `copy` with each replaced by U+FFFD;
+    and per row (as Polars counts them) the reason it fails: the fields that held one."""
+    bad: dict[int, str] = {}
+    changed = False
+    row = 0
+    with open(path, "rb") as src, open(copy, "wb") as dst:
+        for raw in src:
+            if raw.strip():
+                if LONE_SURROGATE.search(raw):
+                    try:
+                        fields = _surrogate_fields(json.loads(raw))
+                    except (ValueError, UnicodeDecodeError):
+                        fields = []
+                    if fields:
+                        bad[row] = f"invalid_unicode: field '{fields[0]}' holds a lone UTF-16 surrogate"
+                        raw = LONE_SURROGATE.sub(rb"\\ufffd", raw)
+                        changed = True
+                row += 1
+            dst.write(raw)
+    return (copy if changed else path), bad
 
 
 def line_numbers(path: Path, rows: list[int]) -> dict[int, int]:

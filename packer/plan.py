@@ -11,6 +11,7 @@ made from the result lazily, while the pool runs.
 from __future__ import annotations
 
 import json
+import tempfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -21,7 +22,16 @@ import polars_hash as plh
 
 from .config import DIAGNOSTICS, SPLITS, UNIFIED_FIELDS, InputError, PackConfig, Taxonomy
 from .labels import label_part
-from .load import READ_ERRORS, check_manifest, check_ocr, check_unique_ids, explain_read_error, scan_manifest, scan_ocr
+from .load import (
+    READ_ERRORS,
+    check_manifest,
+    check_ocr,
+    check_unique_ids,
+    explain_read_error,
+    replace_lone_surrogates,
+    scan_manifest,
+    scan_ocr,
+)
 from .specs import SAMPLE_COLUMNS, ChunkSpec
 from .splits import assign_splits, connected_groups, cross_split_copy, dataset_split, duplicate_of_kept, stable_hash
 from .text import clean_text, combined_text, normalized_text, ocr_text
@@ -76,6 +86,7 @@ def read_pinned(path: Path, data: bytes | None) -> dict[str, str]:
 def status_columns(config: PackConfig) -> list[pl.Expr]:
     unlabelled = pl.all_horizontal(pl.col(f).is_null() for f in UNIFIED_FIELDS)
     failure = pl.coalesce(
+        pl.col("unicode_error"),
         pl.col("label_error"),
         pl.col("split_error"),
         pl.when(pl.col("key_repeated")).then(pl.format("key collision: '{}'", pl.col("key"))),
@@ -99,21 +110,46 @@ def status_columns(config: PackConfig) -> list[pl.Expr]:
 
 def load_inputs(config: PackConfig, taxonomy: Taxonomy) -> tuple[pl.DataFrame, pl.DataFrame, int, int]:
     """The selected manifest rows (checked), the OCR text per id, the manifest's row count, and the
-    OCR rows whose id is in no manifest row (counted against the whole manifest, not the subset)."""
-    full = scan_manifest(config.manifest, taxonomy)
+    OCR rows whose id is in no manifest row (counted against the whole manifest, not the subset).
+
+    Polars refuses a JSON string holding a lone UTF-16 surrogate (`"\\ud800"`, which JSON allows
+    and Unicode does not). Only then are the files read again, with each lone surrogate replaced
+    by U+FFFD from a temporary copy; a manifest row that held one fails with the field named."""
+    try:
+        return _load_inputs(config, taxonomy, config.manifest, config.ocr)
+    except READ_ERRORS:
+        pass
+    with tempfile.TemporaryDirectory(prefix="packer-") as tmp:
+        manifest, bad_rows = replace_lone_surrogates(config.manifest, Path(tmp) / "manifest.jsonl")
+        ocr, _ = replace_lone_surrogates(config.ocr, Path(tmp) / "ocr.jsonl") if config.ocr else (None, {})
+        if not bad_rows and manifest == config.manifest and ocr == config.ocr:
+            raise explain_read_error(config.manifest, config.ocr, taxonomy) from None
+        try:
+            rows, texts, total, orphans = _load_inputs(config, taxonomy, manifest, ocr)
+        except READ_ERRORS:
+            raise explain_read_error(config.manifest, config.ocr, taxonomy) from None
+    reasons = pl.DataFrame(
+        {"row": list(bad_rows), "unicode_error": list(bad_rows.values())},
+        schema={"row": pl.UInt32, "unicode_error": pl.String},
+    )
+    rows = rows.drop("unicode_error").join(reasons, on="row", how="left", maintain_order="left")
+    return rows, texts, total, orphans
+
+
+def _load_inputs(
+    config: PackConfig, taxonomy: Taxonomy, manifest_path: Path, ocr_path: Path | None
+) -> tuple[pl.DataFrame, pl.DataFrame, int, int]:
+    full = scan_manifest(manifest_path, taxonomy).with_columns(unicode_error=pl.lit(None, pl.String))
     manifest = full
     if config.examples_limit:
         # The limit draws from what this run may pack: diagnostics only when they were asked for.
         eligible = full if config.include_diagnostics else full.filter(~pl.col("dataset").is_in(taxonomy.diagnostics()))
         manifest = limit_examples(eligible, config.examples_limit, config.seed)
-    ocr = scan_ocr(config.ocr)
+    ocr = scan_ocr(ocr_path)
     queries = [manifest, ocr_text(ocr, config.ocr_min_conf), ocr.select("id").unique()]
     if config.examples_limit:
         queries.append(full.select("id"))
-    try:
-        rows, texts, ocr_ids, *rest = pl.collect_all(queries)
-    except READ_ERRORS:
-        raise explain_read_error(config.manifest, config.ocr, taxonomy) from None
+    rows, texts, ocr_ids, *rest = pl.collect_all(queries)
     all_ids = rest[0] if rest else rows.select("id")
     check_manifest(rows, config.manifest)
     check_ocr(ocr_ids, config.ocr)

@@ -145,6 +145,16 @@ def find_samples(index: ShardIndex, keys: set[str], budget: int = PAIR_SCAN_MEMB
 # -- charts -------------------------------------------------------------------------------------
 
 
+# Characters XML (hence SVG) cannot hold: vl-convert aborts the process on them.
+NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def label(text: str, width: int = 40) -> str:
+    """A chart label: a dataset, class or reason name as any input may spell it, made safe for SVG."""
+    text = NOT_XML.sub("\ufffd", text)
+    return text if len(text) <= width else text[: width - 1] + "\u2026"
+
+
 def vega_svg(spec: dict[str, Any]) -> str:
     spec = {"$schema": "https://vega.github.io/schema/vega-lite/v5.json", "config": {"view": {"stroke": None}}, **spec}
     return vl_convert.vegalite_to_svg(spec)
@@ -158,14 +168,22 @@ def class_share_rows(stats: dict[str, Any], field_name: str) -> list[dict[str, A
             total = sum(counts.values())
             for value, n in counts.items():
                 share = 100 * n / total if total else 0.0
-                rows.append({"split": split, "dataset": dataset, "class": value, "share": round(share, 2), "n": n})
+                rows.append(
+                    {
+                        "split": label(split),
+                        "dataset": label(dataset),
+                        "class": label(value),
+                        "share": round(share, 2),
+                        "n": n,
+                    }
+                )
     return rows
 
 
 def class_share_chart(stats: dict[str, Any], field_name: str) -> str:
     """One small bar chart per dataset: each class's share of the split (nulls are a class of their own)."""
     rows = class_share_rows(stats, field_name)
-    splits = [s for s in stats["splits"] if any(r["split"] == s for r in rows)]
+    splits = [label(s) for s in stats["splits"] if any(r["split"] == label(s) for r in rows)]
     return vega_svg(
         {
             "title": f"{field_name}: share of each class per split (%)",
@@ -194,7 +212,7 @@ def class_share_chart(stats: dict[str, Any], field_name: str) -> str:
 
 def split_size_chart(stats: dict[str, Any]) -> str:
     rows = [
-        {"split": split, "kind": kind, "examples": entry[f"{kind}_examples"]}
+        {"split": label(split), "kind": kind, "examples": entry[f"{kind}_examples"]}
         for split, entry in stats["splits"].items()
         for kind in ("image", "text")
     ]
@@ -206,7 +224,7 @@ def split_size_chart(stats: dict[str, Any]) -> str:
             "height": 140,
             "mark": {"type": "bar", "tooltip": True},
             "encoding": {
-                "y": {"field": "split", "type": "nominal", "sort": list(stats["splits"]), "title": None},
+                "y": {"field": "split", "type": "nominal", "sort": [label(s) for s in stats["splits"]], "title": None},
                 "x": {"field": "examples", "type": "quantitative", "stack": "zero"},
                 "color": {"field": "kind", "scale": {"domain": ["image", "text"], "range": ["#4c78a8", "#9ecae9"]}},
             },
@@ -220,7 +238,9 @@ def reason_chart(reasons: list[dict[str, Any]]) -> str | None:
     return vega_svg(
         {
             "title": "dropped and failed examples by reason",
-            "data": {"values": [{"reason": r["reason"], "status": r["status"], "n": r["n"]} for r in reasons]},
+            "data": {
+                "values": [{"reason": label(r["reason"], 60), "status": r["status"], "n": r["n"]} for r in reasons]
+            },
             "width": 420,
             "height": {"step": 18},
             "mark": {"type": "bar", "tooltip": True},

@@ -210,8 +210,17 @@ def write_failures(config: PackConfig, rows: pl.DataFrame) -> None:
     tmp = config.failures_log.with_name(config.failures_log.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as out:
         for r in problems.select("id", "status", "stage", "reason", "detail").iter_rows(named=True):
-            out.write(json.dumps(r, ensure_ascii=False) + "\n")
+            out.write(jsonl_line(r))
     tmp.replace(config.failures_log)
+
+
+# Line separators that JSON leaves raw but line-based readers (str.splitlines) split on.
+LINE_BREAKS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
+
+def jsonl_line(doc: Any) -> str:
+    """One JSON line, UTF-8 kept readable but with every character a reader may take for a line end escaped."""
+    return json.dumps(doc, ensure_ascii=False).translate(LINE_BREAKS) + "\n"
 
 
 def write_stats(config: PackConfig, stats: dict[str, Any]) -> None:
