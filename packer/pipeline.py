@@ -25,7 +25,7 @@ from .execute import ImageSettings, execute, fingerprint, stop_pool, warm_pool
 from .plan import Plan, build_plan, iter_chunks, read_pinned, samples_to_pack, splits_document
 from .report import build_stats, final_rows, summary, write_card, write_failures, write_json, write_stats
 from .report.card import card_path, check_card_path
-from .report.html import build_report
+from .report.html import build_report, warm_charts
 from .shards import IMAGE_SERIES, TEXT_SERIES, write_shard_index
 from .state import Progress, RunState, difference, file_digest, identity, images_digest, text_digest
 
@@ -142,6 +142,7 @@ def write_run(
         print(f"packer: resuming: {progress.kept_shards} finished shards kept")
 
     start = time.perf_counter()
+    charts_ready = warm_charts()
     settings = ImageSettings(config.image_size, config.jpeg_quality, config.max_image_pixels)
     total = samples_to_pack(plan.rows) - sum(len(o) for o in progress.outcomes.values())
     pool_ready()
@@ -167,6 +168,7 @@ def write_run(
     splits_doc = write_json(config.splits, splits_document(rows))
     state.splits_written(text_digest(splits_doc))
     stats = build_stats(config, rows, result, plan.manifest_rows, plan.ocr_orphans, timings)
+    charts_ready.join()
     write_card(stats, taxonomy, config.output_dir, config.stats)
     build_report(out_dir, config.output_dir, config.report_sample, config.seed, stats)
     timings["report"] = time.perf_counter() - start

@@ -16,6 +16,7 @@ import json
 import random
 import re
 import tarfile
+import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -153,6 +154,14 @@ def label(text: str, width: int = 40) -> str:
     """A chart label: a dataset, class or reason name as any input may spell it, made safe for SVG."""
     text = NOT_XML.sub("\ufffd", text)
     return text if len(text) <= width else text[: width - 1] + "\u2026"
+
+
+def warm_charts() -> threading.Thread:
+    """Start vl-convert's JavaScript engine (0.3 s) on a thread, while the pool encodes images."""
+    spec = {"data": {"values": [{"a": 1}]}, "mark": "bar", "encoding": {"x": {"field": "a", "type": "quantitative"}}}
+    thread = threading.Thread(target=vl_convert.vegalite_to_svg, args=(spec,), name="warm-charts", daemon=True)
+    thread.start()
+    return thread
 
 
 def vega_svg(spec: dict[str, Any]) -> str:
