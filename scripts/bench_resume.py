@@ -120,7 +120,8 @@ def main() -> None:
     print(f"uninterrupted run: {full:6.2f} s")
     print(f"killed after:      {killed_after:6.2f} s, {done} of {total} samples encoded ({100 * done / total:.0f}%)")
     print(f"resumed run:       {resumed:6.2f} s  ({kept})")
-    print(f"resumed / uninterrupted: {resumed / full:.2f} (target <= 0.30): {'PASS' if resumed / full <= 0.30 else 'MISS'}")
+    verdict = "PASS" if resumed / full <= 0.30 else "MISS"
+    print(f"resumed / uninterrupted: {resumed / full:.2f} (target <= 0.30): {verdict}")
     print(f"resumed output byte-identical to the uninterrupted run's (timings aside): {identical}")
     if not identical:
         sys.exit(1)
