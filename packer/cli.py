@@ -79,6 +79,18 @@ def parser() -> argparse.ArgumentParser:
         help="dHash Hamming distance at or under which two packed images count as near-duplicates",
     )
     p.add_argument(
+        "--backend",
+        choices=("loky", "dask"),
+        default="loky",
+        help="where the image stage runs: loky (this machine, default) or a Dask cluster",
+    )
+    p.add_argument(
+        "--scheduler",
+        default=None,
+        metavar="ADDRESS",
+        help="with --backend dask: the scheduler (default $DASK_SCHEDULER_ADDRESS, else a local cluster of --workers)",
+    )
+    p.add_argument(
         "--fresh", action="store_true", help="start over even where an interrupted run of the same inputs could resume"
     )
     p.add_argument(

@@ -18,6 +18,10 @@ RAW_KINDS = ("scalar", "list", "annotators")
 AUX_TYPES = ("int", "str", "list[int]", "list[str]", "list[list[int]]")
 
 
+# PackConfig fields that change how a run executes, never a byte of its output.
+EXECUTION_ONLY = ("workers", "backend", "scheduler", "fresh")
+
+
 class InputError(Exception):
     """Bad input or usage: the run stops with exit code 2 and writes nothing."""
 
@@ -54,13 +58,17 @@ class PackConfig:
     chunk_size: int = 64  # the largest pool task, in samples
     report_sample: int = 48  # examples per contact sheet of report.html
     fresh: bool = False  # ignore an interrupted run's state and start over
+    backend: str = "loky"  # where the image stage runs: "loky" (this machine) or "dask"
+    scheduler: str | None = None  # a Dask scheduler's address (default: a local cluster)
 
     @property
     def failures_log(self) -> Path:
         return self.stats.parent / "failures.jsonl"
 
     def to_json(self) -> dict[str, Any]:
-        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
+        """What decides the output (recorded in stats.json): not how the run was executed, so that
+        runs on any number of workers, on loky or Dask, resumed or not, write the same stats."""
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items() if k not in EXECUTION_ONLY}
 
 
 @dataclass(frozen=True)

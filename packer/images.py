@@ -65,7 +65,7 @@ def file_digest(path: str) -> str | None:
         with open(path, "rb") as handle:
             for block in iter(lambda: handle.read(DIGEST_CHUNK), b""):
                 digest.update(block)
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a NUL in the path
         return None
     return digest.hexdigest()
 

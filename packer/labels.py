@@ -328,6 +328,37 @@ class DatasetCompiler:
         )
         return part, {names[f] for f in typed if names[f] != raw_col(f)}
 
+    def guard_lists(self, frame: pl.DataFrame) -> tuple[pl.DataFrame, list[pl.Expr]]:
+        """List fields still held as JSON text whose values do not all fit their type (`[false]`
+        where annotator objects belong) would fail the decode of every row: such a value is nulled
+        and its row fails, naming the field and the value. Checked by one decode per field; values
+        are looked at one by one only when that decode fails."""
+        errors = []
+        for field, wanted in self.decoded.items():
+            column = raw_col(field)
+            if column not in frame.columns:
+                continue
+            text = pl.col(column)
+            for dtype in wanted.values():
+                try:
+                    frame.select(pl.when(text.str.starts_with("[")).then(text).str.json_decode(dtype))
+                    continue
+                except pl.exceptions.ComputeError:
+                    pass
+                values = frame[column].to_list()
+                bad = [v is not None and v.startswith("[") and not fits(v, dtype) for v in values]
+                frame = frame.with_columns(
+                    pl.Series(column, [None if b else v for v, b in zip(values, bad)], pl.String),
+                    pl.Series(
+                        f"_shape.{field}",
+                        [f"unreadable labels_raw.{field}: {v[:200]}" if b else None for v, b in zip(values, bad)],
+                        pl.String,
+                    ),
+                )
+                errors.append(pl.col(f"_shape.{field}"))
+                break
+        return frame, errors
+
     def apply(self, part: pl.DataFrame) -> pl.LazyFrame:
         """The block's output columns. Each unified field is materialised before the next is
         computed, so a rule that reads an earlier field (cases with `label`) reads a column."""
@@ -346,10 +377,12 @@ class DatasetCompiler:
         aux, aux_error = self.aux()
         quirks = self.quirks(done)
         extracted, made = self.extract(part)
+        extracted, shape_errors = self.guard_lists(extracted)
+        errors = [*shape_errors, *errors]
         for column in made:
             del self.stages[0][column]
         frame = extracted.lazy()
-        temporary = [c for c in extracted.columns if c.startswith("raw.")] + list(made)
+        temporary = [c for c in extracted.columns if c.startswith("raw.") or c.startswith("_shape.")] + list(made)
         for stage in self.stages:
             if stage:
                 frame = frame.with_columns(*stage.values())
@@ -368,6 +401,29 @@ class DatasetCompiler:
 
 
 STRINGS = pl.List(pl.String)
+
+
+def fits(text: str, dtype: pl.DataType) -> bool:
+    """Whether a JSON text decodes to `dtype` (lists, structs, strings, integers; null anywhere)."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return False
+
+    def check(v: Any, t: pl.DataType) -> bool:
+        if v is None:
+            return True
+        if isinstance(t, pl.List):
+            return isinstance(v, list) and all(check(x, t.inner) for x in v)
+        if isinstance(t, pl.Struct):
+            return isinstance(v, dict) and all(check(v.get(f.name), f.dtype) for f in t.fields)
+        if t == pl.String:
+            return isinstance(v, str)
+        if t == pl.Int64:
+            return isinstance(v, int) and not isinstance(v, bool) and -(2**63) <= v < 2**63
+        return False
+
+    return check(value, dtype)
 
 
 def unknown_dataset(frame: pl.LazyFrame) -> pl.LazyFrame:

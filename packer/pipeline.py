@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from functools import partial
@@ -21,7 +23,7 @@ from .config import (
     default_taxonomy_text,
     load_taxonomy,
 )
-from .execute import ImageSettings, execute, fingerprint, stop_pool, warm_pool
+from .execute import ImageSettings, Pool, execute, fingerprint
 from .plan import Plan, build_plan, iter_chunks, read_pinned, samples_to_pack, splits_document
 from .report import build_stats, final_rows, summary, write_card, write_failures, write_json, write_stats
 from .report.card import card_path, check_card_path
@@ -48,17 +50,23 @@ INCOMPLETE_TEXT = (
 def run(config: PackConfig) -> tuple[int, dict[str, Any]]:
     """Pack; returns (exit code, stats). Raises InputError (exit 2) before writing anything, and
     OutputError (exit 3) when the output cannot be written."""
-    pool_ready = warm_pool(config.workers)
+    scheduler = config.scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS") or None
+    pool = Pool(config.backend, config.workers, scheduler if config.backend == "dask" else None)
+    # vl-convert's engine (0.3 s) starts on a thread while the parent plans and the pool starts.
+    charts_ready = warm_charts()
     try:
-        return _run(config, pool_ready)
+        return _run(config, pool, charts_ready)
     except (InputError, OutputError):
-        # A clean stop: the pool that warmed up during planning is shut down before exiting.
-        pool_ready()
-        stop_pool()
+        # A clean stop: what started during planning is shut down before exiting.
+        charts_ready.join()
+        pool.close()
         raise
+    finally:
+        if config.backend == "dask":
+            pool.close()
 
 
-def _run(config: PackConfig, pool_ready: Callable[[], None]) -> tuple[int, dict[str, Any]]:
+def _run(config: PackConfig, pool: Pool, charts_ready: threading.Thread) -> tuple[int, dict[str, Any]]:
     timings: dict[str, float] = {}
     start = time.perf_counter()
     taxonomy_path = config.label_taxonomy
@@ -90,7 +98,7 @@ def _run(config: PackConfig, pool_ready: Callable[[], None]) -> tuple[int, dict[
 
     # Inputs are valid: from here on, outputs are written.
     try:
-        return write_run(config, taxonomy, plan, state, ident, pins, progress, pool_ready, timings)
+        return write_run(config, taxonomy, plan, state, ident, pins, progress, pool, charts_ready, timings)
     except OSError as exc:
         where = exc.filename or config.output_dir
         raise OutputError(f"cannot write {where}: {exc.strerror or exc}; rerun the same command to resume") from None
@@ -119,7 +127,8 @@ def write_run(
     ident: dict[str, Any],
     pins: bytes | None,
     progress: Progress | None,
-    pool_ready: Callable[[], None],
+    pool: Pool,
+    charts_ready: threading.Thread,
     timings: dict[str, float],
 ) -> tuple[int, dict[str, Any]]:
     out_dir = config.stats.parent
@@ -141,23 +150,29 @@ def write_run(
         state.begin(ident, pins, keep_journal=True)
         print(f"packer: resuming: {progress.kept_shards} finished shards kept")
 
-    start = time.perf_counter()
-    charts_ready = warm_charts()
     settings = ImageSettings(config.image_size, config.jpeg_quality, config.max_image_pixels)
     total = samples_to_pack(plan.rows) - sum(len(o) for o in progress.outcomes.values())
-    pool_ready()
+    start = time.perf_counter()
+    pool.ready()
+    charts_ready.join()
+    cpu = time.process_time()
+    pool.check_images(plan.rows.filter(pl.col("status") == "ok")["image_path"].drop_nulls().to_list())
+    print(f"packer: image stage on {pool.describe()}")
     result = execute(
-        iter_chunks(plan.rows, guided_chunks(config.workers, config.chunk_size), progress.start),
+        iter_chunks(plan.rows, guided_chunks(pool.workers, config.chunk_size), progress.start),
         total,
         config.output_dir,
         settings,
-        config.workers,
+        pool,
         config.shard_maxcount,
         config.shard_maxsize,
         state,
         progress,
     )
     timings["images_and_shards"] = time.perf_counter() - start
+    # The parent's own CPU meanwhile (task specs, results, shard cutting, the journal): the work
+    # every worker shares, which bounds how many workers one parent can feed.
+    timings["images_and_shards_parent_cpu"] = time.process_time() - cpu
     for split in (*SPLITS, *([DIAGNOSTICS] if config.include_diagnostics else [])):
         listed = [(Path(s.path).name, s.examples) for s in result.shards if s.split == split]
         write_shard_index(config.output_dir / split, listed)
@@ -168,7 +183,6 @@ def write_run(
     splits_doc = write_json(config.splits, splits_document(rows))
     state.splits_written(text_digest(splits_doc))
     stats = build_stats(config, rows, result, plan.manifest_rows, plan.ocr_orphans, timings)
-    charts_ready.join()
     write_card(stats, taxonomy, config.output_dir, config.stats)
     build_report(out_dir, config.output_dir, config.report_sample, config.seed, stats)
     timings["report"] = time.perf_counter() - start

@@ -65,5 +65,6 @@ class ChunkResult:
     split: str
     index: int
     start: int
-    path: str
+    path: str | None  # the chunk file (loky), or None: the samples' bytes are in `data` (Dask)
     outcomes: tuple[SampleOutcome, ...] = field(default_factory=tuple)
+    data: bytes | None = None

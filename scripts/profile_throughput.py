@@ -195,16 +195,43 @@ def parent_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run_packer(manifest: Path, out: Path, workers: int) -> dict:
+def run_packer(manifest: Path, out: Path, workers: int, *extra: str) -> dict:
     args = ["--manifest", str(manifest), "--output-dir", str(out / "shards"), "--label-taxonomy", str(out / "t.json")]
-    args += ["--splits", str(out / "splits.json"), "--workers", str(workers)]
+    args += ["--splits", str(out / "splits.json"), "--workers", str(workers), *extra]
     shutil.rmtree(out, ignore_errors=True)
     with contextlib.redirect_stdout(io.StringIO()):
         code = pack(args)
     stats = json.loads((out / "stats.json").read_text())
     if code == 2 or not stats["packed_examples"]:
-        raise SystemExit(f"packer run failed (exit {code}, {stats['failed']} failed); see {out / 'stats.json'}")
+        raise SystemExit(
+            f"packer run failed (exit {code}, {stats['failed_examples']} failed); see {out / 'stats.json'}"
+        )
     return stats
+
+
+def run_dask(manifest: Path, repeat: int, workers: int) -> dict | None:
+    try:
+        from distributed import LocalCluster
+    except ImportError:
+        print("note: dask[distributed] is not installed: no Dask line (make install adds it)")
+        return None
+    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        with tempfile.TemporaryDirectory() as tmp:
+            runs = []
+            for _ in range(repeat + 1):
+                t0 = time.perf_counter()
+                stats = run_packer(manifest, Path(tmp) / "dask", workers, "--backend", "dask", "--scheduler",
+                                   cluster.scheduler_address)  # fmt: skip
+                runs.append((time.perf_counter() - t0, stats))
+    best, stats = min(runs[1:], key=lambda r: r[0])
+    return {
+        "workers": workers,
+        "seconds": round(best, 2),
+        "images_per_s": round(stats["packed_examples"] / best, 1),
+        "image_stage_images_per_s": round(stats["packed_examples"] / stats["seconds"]["images_and_shards"], 1),
+        "first_run_images_per_s": round(runs[0][1]["packed_examples"] / runs[0][0], 1),
+        "stage_seconds": stats["seconds"],
+    }
 
 
 def psnr(a: Image.Image, b: Image.Image) -> float:
@@ -250,6 +277,8 @@ def plot(results: dict, path: Path) -> None:
     bars = [("kernel (1 process)", results["kernel"]["images_per_s"])]
     bars += [(f"naive, {NAIVE_LABELS[name]}", naive["images_per_s"]) for name, naive in results["naive"].items()]
     bars += [(f"packer, {w} worker{'s' * (w > 1)}", r["images_per_s"]) for w, r in results["packer"].items()]
+    if results.get("dask"):
+        bars.append((f"packer on Dask, {results['dask']['workers']} workers", results["dask"]["images_per_s"]))
     width, row, left = 1000, 44, 330
     image = Image.new("RGB", (width, 90 + row * len(bars)), "white")
     draw = ImageDraw.Draw(image)
@@ -365,7 +394,15 @@ def main() -> None:
             if workers > 1:
                 # The parent's own CPU (plan, task specs, results, shard writing): what every
                 # worker count shares. It caps the run at 1000 / ms-per-image images/s.
-                results["packer"][workers]["parent_cpu_ms_per_image"] = round(1000 * cpu / stats["packed_examples"], 3)
+                entry = results["packer"][workers]
+                entry["parent_cpu_ms_per_image"] = round(1000 * cpu / stats["packed_examples"], 3)
+                # While the workers run (what they share); the whole run adds fixed costs (plan, report).
+                stage_cpu = stats["seconds"]["images_and_shards_parent_cpu"]
+                entry["parent_stage_cpu_ms_per_image"] = round(1000 * stage_cpu / stats["packed_examples"], 3)
+
+    # The same runs on Dask (--backend dask): a LocalCluster of 2 worker processes, started once and
+    # re-used, as a lab's cluster is; the first run is the one that connects and warms it.
+    results["dask"] = run_dask(manifest, args.repeat, min(2, args.max_workers))
 
     sample = paths[: min(60, n)]
     variants = {
@@ -412,10 +449,18 @@ def main() -> None:
         },
         "parallel_efficiency": {w: round(r["images_per_s"] / one / w, 2) for w, r in results["packer"].items()},
     }
-    parent_ms = [r["parent_cpu_ms_per_image"] for r in results["packer"].values() if "parent_cpu_ms_per_image" in r]
+    parent_ms = [
+        r["parent_stage_cpu_ms_per_image"] for r in results["packer"].values() if "parent_stage_cpu_ms_per_image" in r
+    ]
     if parent_ms:
         # How many workers, each as fast as the one-worker run, the parent could keep fed.
         ratios["workers_the_parent_can_feed"] = round(1000 / max(parent_ms) / one, 1)
+    if results["dask"]:
+        loky = results["packer"][results["dask"]["workers"]]
+        ratios["dask_vs_loky"] = round(results["dask"]["images_per_s"] / loky["images_per_s"], 3)
+        ratios["dask_vs_loky_image_stage"] = round(
+            results["dask"]["image_stage_images_per_s"] / loky["image_stage_images_per_s"], 3
+        )
     results["ratios"] = ratios
     (args.out / "profile.json").write_text(json.dumps(results, indent=2) + "\n")
     plot(results, args.out / "profile.png")
@@ -433,9 +478,18 @@ def report(results: dict) -> None:
         print(f"{f'packer, {w} worker(s), first run':<52}{r['first_run_images_per_s']:>10.1f}")
         print(f"{f'packer, {w} worker(s), whole run':<52}{r['images_per_s']:>10.1f}")
         print(f"{f'packer, {w} worker(s), image stage only':<52}{r['image_stage_images_per_s']:>10.1f}")
+    if results.get("dask"):
+        d = results["dask"]
+        name = f"packer on Dask, LocalCluster of {d['workers']}"
+        print(f"{name + ', first run':<52}{d['first_run_images_per_s']:>10.1f}")
+        print(f"{name + ', whole run':<52}{d['images_per_s']:>10.1f}")
+        print(f"{name + ', image stage only':<52}{d['image_stage_images_per_s']:>10.1f}")
     for w, r in results["packer"].items():
         if "parent_cpu_ms_per_image" in r:
-            print(f"packer, {w} workers: the parent's own CPU is {r['parent_cpu_ms_per_image']} ms per image")
+            print(
+                f"packer, {w} workers: the parent's own CPU is {r['parent_stage_cpu_ms_per_image']} ms per image "
+                f"during the image stage, {r['parent_cpu_ms_per_image']} over the whole run"
+            )
     print("\nkernel stages, ms per image:", results["stages_ms_per_image"])
     for fmt, entry in results["by_format"].items():
         line = f"{fmt}: {entry['images']} images, kernel {entry['kernel_images_per_s']}/s"
@@ -471,6 +525,12 @@ def report(results: dict) -> None:
     if "workers_the_parent_can_feed" in r:
         fed = r["workers_the_parent_can_feed"]
         checks.append(("parent (shared work) keeps >= 32 workers fed", fed, fed >= 32))
+    if "dask_vs_loky" in r:
+        d = results["dask"]["workers"]
+        checks.append(
+            (f"packer on Dask vs loky, {d} workers, whole run >= 0.9", r["dask_vs_loky"], r["dask_vs_loky"] >= 0.9)
+        )
+        checks.append((f"packer on Dask vs loky, {d} workers, image stage", r["dask_vs_loky_image_stage"], None))
     if "plan" in results:
         plan = results["plan"]
         ok = plan["seconds"] < 5 and plan["peak_rss_mb"] < 2048

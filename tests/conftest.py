@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -129,4 +130,79 @@ def packed(tmp_path_factory) -> Path:
     args += ["--splits", str(out / "splits.json"), "--workers", "2", "--include-diagnostics"]
     # Exit 1: the sample's 4 broken images are over 0.5% of so few examples (the one failing check).
     assert main([*args, "--shard-maxcount", "16"]) == 1
+    return out
+
+
+# -- a corpus whose image stage takes a few seconds (crash, resume and Dask tests) ----------------
+N_IMAGES = 160
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory) -> Path:
+    """A manifest of MAMI memes and OLID posts whose images take a few seconds to pack on 2 workers."""
+    root = tmp_path_factory.mktemp("corpus")
+    noise = Image.effect_noise((1400, 1000), 50).convert("RGB")
+    rows = []
+    for i in range(N_IMAGES):
+        path = root / "images" / f"m{i}.jpg"
+        path.parent.mkdir(exist_ok=True)
+        noise.rotate(i * 2.25).save(path, quality=90)
+        labels = MAMI if i % 3 else MAMI_NOT
+        rows.append(
+            {
+                "id": f"mami_train_{i}",
+                "dataset": "mami",
+                "split": "train",
+                "image_path": str(path),
+                "text_raw": f"meme {i}",
+                "labels_raw": labels,
+            }
+        )
+    for i in range(60):
+        rows.append(
+            {
+                "id": f"olid_train_{i}",
+                "dataset": "olid",
+                "split": "train",
+                "image_path": None,
+                "text_raw": f"@USER post {i}",
+                "labels_raw": {"subtask_a": "OFF" if i % 2 else "NOT"},
+            }
+        )
+    write_jsonl(root / "manifest.jsonl", rows)
+    return root
+
+
+def command(corpus: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "packer",
+        "--manifest",
+        str(corpus / "manifest.jsonl"),
+        "--output-dir",
+        str(out / "shards"),
+        "--label-taxonomy",
+        str(out / "label_taxonomy.json"),
+        "--splits",
+        str(out / "splits.json"),
+        "--workers",
+        "2",
+        "--shard-maxcount",
+        "8",
+        *extra,
+    ]
+
+
+def digests(folder: Path) -> dict[str, str]:
+    """Every file of an output folder by content; stats.json without its timings."""
+    out = {}
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            data = path.read_bytes()
+            if path.name == "stats.json":
+                doc = json.loads(data)
+                doc.pop("seconds")
+                data = json.dumps(doc).encode()  # key order kept: it is part of the bytes
+            out[str(path.relative_to(folder))] = hashlib.sha256(data).hexdigest()
     return out

@@ -5,6 +5,7 @@ their pixels are allocated."""
 from __future__ import annotations
 
 import io
+import os
 import json
 import struct
 import subprocess
@@ -61,7 +62,9 @@ def manifest_row(draw, index: int) -> dict:
 
 
 @settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+    max_examples=int(os.environ.get("FUZZ_EXAMPLES", "60")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(rows=st.integers(1, 6).flatmap(lambda n: st.tuples(*(manifest_row(i) for i in range(n)))))
 def test_hostile_manifest_rows_are_accounted_for_or_named(rows, tmp_path_factory, capsys):

@@ -327,3 +327,24 @@ def test_empty_string_is_missing_like_null():
     out = unify("hatecheck", {"label_gold": "non-hateful", "target_ident": "", "case_id": "7"})
     assert labels_of(out) == (0, None, "none", "") and out["other_targets"] is None
     assert out["aux"]["case_id"] == 7
+
+
+def test_a_list_field_of_the_wrong_element_shape_fails_only_its_row(ws):
+    good = [{"label": "normal", "annotator_id": 1, "target": ["None"]}] * 3
+    ws.add("hatexplain_train_1", "hatexplain", "train", {"annotators": good}, text="fine")
+    ws.add("hatexplain_train_2", "hatexplain", "train", {"annotators": [False]}, text="odd")
+    ws.add("hatexplain_train_3", "hatexplain", "train", {"annotators": [{"label": 7}]}, text="odder")
+    ws.add(
+        "hatexplain_train_4",
+        "hatexplain",
+        "train",
+        {"annotators": good},
+        text="also fine",
+        image="/no/such\x00path.jpg",
+    )
+    assert ws.run("--workers", "1") == 1
+    failed = {f["id"]: f["reason"] for f in ws.failures() if f["status"] == "failed"}
+    assert failed["hatexplain_train_2"] == "unreadable labels_raw.annotators: [false]"
+    assert failed["hatexplain_train_3"] == 'unreadable labels_raw.annotators: [{"label":7}]'
+    assert failed["hatexplain_train_4"].startswith("image_corrupt")
+    assert ws.stats["packed_examples"] == 1

@@ -3,91 +3,16 @@ stale looks valid meanwhile; workers die with the parent; output faults exit 3 a
 
 from __future__ import annotations
 
-import hashlib
 import json
 import resource
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from conftest import MAMI, MAMI_NOT, write_jsonl
+from conftest import MAMI, command, digests
 from PIL import Image
-
-N_IMAGES = 160
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    """A manifest of MAMI memes and OLID posts whose images take a few seconds to pack on 2 workers."""
-    root = tmp_path_factory.mktemp("corpus")
-    noise = Image.effect_noise((1400, 1000), 50).convert("RGB")
-    rows = []
-    for i in range(N_IMAGES):
-        path = root / "images" / f"m{i}.jpg"
-        path.parent.mkdir(exist_ok=True)
-        noise.rotate(i * 2.25).save(path, quality=90)
-        labels = MAMI if i % 3 else MAMI_NOT
-        rows.append(
-            {
-                "id": f"mami_train_{i}",
-                "dataset": "mami",
-                "split": "train",
-                "image_path": str(path),
-                "text_raw": f"meme {i}",
-                "labels_raw": labels,
-            }
-        )
-    for i in range(60):
-        rows.append(
-            {
-                "id": f"olid_train_{i}",
-                "dataset": "olid",
-                "split": "train",
-                "image_path": None,
-                "text_raw": f"@USER post {i}",
-                "labels_raw": {"subtask_a": "OFF" if i % 2 else "NOT"},
-            }
-        )
-    write_jsonl(root / "manifest.jsonl", rows)
-    return root
-
-
-def command(corpus: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "packer",
-        "--manifest",
-        str(corpus / "manifest.jsonl"),
-        "--output-dir",
-        str(out / "shards"),
-        "--label-taxonomy",
-        str(out / "label_taxonomy.json"),
-        "--splits",
-        str(out / "splits.json"),
-        "--workers",
-        "2",
-        "--shard-maxcount",
-        "8",
-        *extra,
-    ]
-
-
-def digests(folder: Path) -> dict[str, str]:
-    """Every file of an output folder by content; stats.json without its timings."""
-    out = {}
-    for path in sorted(folder.rglob("*")):
-        if path.is_file():
-            data = path.read_bytes()
-            if path.name == "stats.json":
-                doc = json.loads(data)
-                doc.pop("seconds")
-                data = json.dumps(doc, sort_keys=True).encode()
-            out[str(path.relative_to(folder))] = hashlib.sha256(data).hexdigest()
-    return out
 
 
 def children(pid: int) -> set[int]:

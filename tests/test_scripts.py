@@ -72,4 +72,8 @@ def test_profiler_on_a_folder_of_images_writes_profile_json(tmp_path):
     assert profile["packer"]["2"]["parent_cpu_ms_per_image"] > 0
     assert "parent_cpu_ms_per_image" not in profile["packer"]["1"]  # one worker runs in the parent
     assert profile["ratios"]["workers_the_parent_can_feed"] > 0  # tiny here: 3 images barely amortise the plan
+    # The Dask line: a LocalCluster of 2 processes (when dask[distributed] is installed).
+    if profile["dask"] is not None:
+        assert profile["dask"]["workers"] == 2 and profile["dask"]["images_per_s"] > 0
+        assert profile["ratios"]["dask_vs_loky"] > 0 and "packer on Dask vs loky" in child.stdout
     assert Image.open(tmp_path / "prof" / "profile.png").format == "PNG"

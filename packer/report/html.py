@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import markupsafe
 import vl_convert
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
@@ -146,8 +147,9 @@ def find_samples(index: ShardIndex, keys: set[str], budget: int = PAIR_SCAN_MEMB
 # -- charts -------------------------------------------------------------------------------------
 
 
-# Characters XML (hence SVG) cannot hold: vl-convert aborts the process on them.
-NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+# Characters XML (hence SVG) cannot hold: vl-convert aborts the process on them. Characters beyond
+# the BMP too: its label truncation can cut one in half (a lone surrogate), which fails the chart.
+NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff\U00010000-\U0010ffff]")
 
 
 def label(text: str, width: int = 40) -> str:
@@ -165,8 +167,13 @@ def warm_charts() -> threading.Thread:
 
 
 def vega_svg(spec: dict[str, Any]) -> str:
+    """The chart as inline SVG; a chart vl-convert cannot draw becomes a line saying so (the
+    numbers are in the tables beside it), never a failed run."""
     spec = {"$schema": "https://vega.github.io/schema/vega-lite/v5.json", "config": {"view": {"stroke": None}}, **spec}
-    return vl_convert.vegalite_to_svg(spec)
+    try:
+        return vl_convert.vegalite_to_svg(spec)
+    except ValueError as exc:
+        return str(markupsafe.escape(f"(this chart could not be drawn: {str(exc).splitlines()[0]})"))
 
 
 def class_share_rows(stats: dict[str, Any], field_name: str) -> list[dict[str, Any]]:

@@ -148,7 +148,7 @@ def build_stats(
             rows.filter(pl.col("status") == status)
             .group_by(reason_category())
             .len()
-            .sort("len", descending=True)
+            .sort(["len", "reason"], descending=[True, False])
             .iter_rows()
         )
         for status in ("dropped", "failed")
