@@ -5,8 +5,8 @@ their pixels are allocated."""
 from __future__ import annotations
 
 import io
-import os
 import json
+import os
 import struct
 import subprocess
 import sys
