@@ -155,16 +155,18 @@ def tune_malloc() -> None:
         pass
 
 
-def exit_with_parent(poll: float = 0.5) -> None:
+def exit_with_parent(parent: int | None = None, poll: float = 0.5) -> None:
     """In a pool worker: end this process when the parent dies, `kill -9` included (loky's workers
     would otherwise wait for work forever, and keep its resource trackers alive). The worker's
     parent changes when the parent dies (it is re-parented), so a daemon thread polls for that.
-    Does nothing in the parent itself (one worker runs the tasks in-process)."""
+    loky workers run it as they start, with the parent's pid (which may be dead already by the time
+    a worker has imported); Dask workers on their first task. Does nothing in the parent itself
+    (one worker runs the tasks in-process)."""
     global _watching
     if _watching or multiprocessing.parent_process() is None:
         return
     _watching = True
-    parent = os.getppid()
+    parent = parent if parent is not None else os.getppid()
 
     def watch() -> None:
         while os.getppid() == parent:
@@ -175,9 +177,17 @@ def exit_with_parent(poll: float = 0.5) -> None:
 
 
 def _ready() -> int:
-    exit_with_parent()
     time.sleep(0.02)  # long enough for every worker to take one of these
     return os.getpid()
+
+
+def loky_parallel(workers: int, **options: Any) -> Parallel:
+    """joblib on loky's re-usable executor, whose workers start with `exit_with_parent` (the same
+    initializer every time, so that the executor the warm-up started is the one re-used)."""
+    from joblib.parallel import parallel_config
+
+    with parallel_config(backend="loky", initializer=exit_with_parent, initargs=(os.getpid(),)):
+        return Parallel(n_jobs=workers, **options)
 
 
 def _readable(path: str) -> bool:
@@ -229,7 +239,7 @@ class Pool:
                     seen: set[int] = set()
                     for _ in range(10):
                         tasks = (delayed(_ready)() for _ in range(2 * self.workers))
-                        seen.update(Parallel(n_jobs=self.workers, backend="loky")(tasks))
+                        seen.update(loky_parallel(self.workers)(tasks))
                         if len(seen) >= self.workers:
                             break
                 return
@@ -276,7 +286,7 @@ class Pool:
 
     def parallel(self, pre_dispatch: str) -> Parallel:
         if self.backend == "loky":
-            return Parallel(n_jobs=self.workers, backend="loky", return_as="generator", pre_dispatch=pre_dispatch)
+            return loky_parallel(self.workers, return_as="generator", pre_dispatch=pre_dispatch)
         from joblib.parallel import parallel_config
 
         with parallel_config(backend="dask", client=self.client):

@@ -12,7 +12,6 @@ The corpus is `make profile`'s (600 meme-like images, cached in .cache/profile/c
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shutil
 import signal
@@ -25,6 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from profile_throughput import MAMI_SUBTYPES, make_corpus  # noqa: E402
+
+from packer.report.stats import output_digests as digests  # noqa: E402
 
 
 def manifest(path: Path, images: list[Path], repeat: int) -> int:
@@ -62,19 +63,6 @@ def consumed(out: Path) -> int:
             except ValueError:
                 pass
     return total
-
-
-def digests(folder: Path) -> dict[str, str]:
-    out = {}
-    for path in sorted(folder.rglob("*")):
-        if path.is_file():
-            data = path.read_bytes()
-            if path.name == "stats.json":
-                doc = json.loads(data)
-                doc.pop("seconds")
-                data = json.dumps(doc).encode()  # key order kept: it is part of the bytes
-            out[str(path.relative_to(folder))] = hashlib.sha256(data).hexdigest()
-    return out
 
 
 def main() -> None:

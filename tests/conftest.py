@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import subprocess
 import sys
@@ -12,6 +11,7 @@ import pytest
 from PIL import Image
 
 from packer.cli import main
+from packer.report.stats import output_digests
 
 ROOT = Path(__file__).resolve().parents[1]
 REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
@@ -195,14 +195,4 @@ def command(corpus: Path, out: Path, *extra: str) -> list[str]:
 
 
 def digests(folder: Path) -> dict[str, str]:
-    """Every file of an output folder by content; stats.json without its timings."""
-    out = {}
-    for path in sorted(folder.rglob("*")):
-        if path.is_file():
-            data = path.read_bytes()
-            if path.name == "stats.json":
-                doc = json.loads(data)
-                doc.pop("seconds")
-                data = json.dumps(doc).encode()  # key order kept: it is part of the bytes
-            out[str(path.relative_to(folder))] = hashlib.sha256(data).hexdigest()
-    return out
+    return output_digests(folder)

@@ -45,11 +45,11 @@ def alive(pids: set[int]) -> set[int]:
 
 
 def kill_when(cmd: list[str], cwd: Path, ready, timeout: float = 60) -> set[int]:
-    """Start `cmd`, SIGKILL it as soon as `ready()` is true; returns the workers it had."""
+    """Start `cmd`, SIGKILL it as soon as `ready(its pid)` is true; returns the workers it had."""
     proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + timeout
     workers: set[int] = set()
-    while not ready():
+    while not ready(proc.pid):
         assert proc.poll() is None, "the run ended before the kill point"
         assert time.monotonic() < deadline
         workers |= children(proc.pid)
@@ -74,10 +74,11 @@ def journal_lines(out: Path, kind: str) -> int:
 
 
 KILL_POINTS = {
-    "planning": lambda out: True,  # as soon as it runs: imports, loading, planning
-    "mid_shard": lambda out: any((out / "shards").glob("*/*.tar.tmp")),
-    "between_shards": lambda out: journal_lines(out, "shard") >= 5,
-    "writing_outputs": lambda out: (out / "failures.jsonl").exists(),
+    # Planning, while the pool's workers start (some still importing): before the run writes anything.
+    "planning": lambda out, pid: len(children(pid)) >= 2 and not (out / "shards" / ".run").exists(),
+    "mid_shard": lambda out, pid: any((out / "shards").glob("*/*.tar.tmp")),
+    "between_shards": lambda out, pid: journal_lines(out, "shard") >= 5,
+    "writing_outputs": lambda out, pid: (out / "failures.jsonl").exists(),
 }
 
 
@@ -86,10 +87,7 @@ def test_killed_run_resumes_to_identical_output(corpus, tmp_path, point):
     out = tmp_path / "Step_3"
     expected = reference(corpus, out)
     ready = KILL_POINTS[point]
-    if point == "planning":
-        started = time.monotonic()
-        ready = lambda _out: time.monotonic() - started > 0.8  # noqa: E731
-    workers = kill_when(command(corpus, out), tmp_path, lambda: ready(out))
+    workers = kill_when(command(corpus, out), tmp_path, lambda pid: ready(out, pid))
     # Nothing stale looks valid, and the workers die with the parent.
     assert not (out / "stats.json").exists()
     if out.exists() and point != "planning":
@@ -109,11 +107,11 @@ def test_killed_run_resumes_to_identical_output(corpus, tmp_path, point):
 def test_changed_input_or_flag_starts_fresh_and_says_why(corpus, tmp_path):
     out = tmp_path / "Step_3"
     expected = reference(corpus, out)
-    kill_when(command(corpus, out, "--seed", "5"), tmp_path, lambda: journal_lines(out, "shard") >= 3)
+    kill_when(command(corpus, out, "--seed", "5"), tmp_path, lambda _pid: journal_lines(out, "shard") >= 3)
     rerun = subprocess.run(command(corpus, out), cwd=tmp_path, capture_output=True, text=True)
     assert rerun.returncode == 0 and "packer: starting fresh: flags changed: --seed" in rerun.stdout
     assert digests(out) == expected
-    kill_when(command(corpus, out), tmp_path, lambda: journal_lines(out, "shard") >= 3)
+    kill_when(command(corpus, out), tmp_path, lambda _pid: journal_lines(out, "shard") >= 3)
     assert not (out / "stats.json").exists() and not (out / "README.md").exists()
     assert not (out / "report.html").exists()
     image = corpus / "images" / "m0.jpg"
@@ -124,7 +122,7 @@ def test_changed_input_or_flag_starts_fresh_and_says_why(corpus, tmp_path):
         assert "packer: starting fresh: image files changed" in rerun.stdout
     finally:
         image.write_bytes(original)
-    kill_when(command(corpus, out), tmp_path, lambda: journal_lines(out, "shard") >= 3)
+    kill_when(command(corpus, out), tmp_path, lambda _pid: journal_lines(out, "shard") >= 3)
     rerun = subprocess.run(command(corpus, out, "--fresh"), cwd=tmp_path, capture_output=True, text=True)
     assert rerun.returncode == 0 and "resuming" not in rerun.stdout
 

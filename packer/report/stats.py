@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import defaultdict
 from importlib import metadata
@@ -270,3 +271,18 @@ def write_json(path: Path, doc: Any) -> bytes:
     tmp.write_bytes(data)
     tmp.replace(path)
     return data
+
+
+def output_digests(folder: Path) -> dict[str, str]:
+    """SHA-256 of every file of an output folder, stats.json without its timings: what two runs of
+    the same inputs and flags share (any worker count, loky or Dask, resumed or not)."""
+    out = {}
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            data = path.read_bytes()
+            if path.name == "stats.json":
+                doc = json.loads(data)
+                doc.pop("seconds")
+                data = json.dumps(doc).encode()  # key order kept: it is part of the bytes
+            out[str(path.relative_to(folder))] = hashlib.sha256(data).hexdigest()
+    return out
