@@ -25,9 +25,10 @@ from .config import (
 )
 from .execute import ImageSettings, Pool, execute, fingerprint
 from .plan import Plan, build_plan, iter_chunks, read_pinned, samples_to_pack, splits_document
-from .report import build_stats, final_rows, summary, write_card, write_failures, write_json, write_stats
+from .report import build_stats, final_rows, summary, write_card, write_failures, write_stats
 from .report.card import card_path, check_card_path
 from .report.html import build_report, warm_charts
+from .report.stats import json_bytes, write_bytes
 from .shards import IMAGE_SERIES, TEXT_SERIES, write_shard_index
 from .state import Progress, RunState, difference, file_digest, identity, images_digest, text_digest
 
@@ -180,8 +181,11 @@ def write_run(
     start = time.perf_counter()
     rows = final_rows(plan.rows, result)
     write_failures(config, rows)
-    splits_doc = write_json(config.splits, splits_document(rows))
+    # The state learns what splits.json will hold before it is rewritten: a rerun that finds it
+    # there takes its input pins from the state, wherever the run died.
+    splits_doc = json_bytes(splits_document(rows))
     state.splits_written(text_digest(splits_doc))
+    write_bytes(config.splits, splits_doc)
     stats = build_stats(config, rows, result, plan.manifest_rows, plan.ocr_orphans, timings)
     write_card(stats, taxonomy, config.output_dir, config.stats)
     build_report(out_dir, config.output_dir, config.report_sample, config.seed, stats)

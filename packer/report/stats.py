@@ -263,14 +263,16 @@ def summary(stats: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_json(path: Path, doc: Any) -> bytes:
-    """Write `doc` atomically (temporary name, then rename); returns the bytes written."""
+def json_bytes(doc: Any) -> bytes:
+    return (json.dumps(doc, indent=1, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    """Write atomically: a temporary name, then rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = (json.dumps(doc, indent=1, ensure_ascii=False) + "\n").encode("utf-8")
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(data)
     tmp.replace(path)
-    return data
 
 
 def output_digests(folder: Path) -> dict[str, str]:
