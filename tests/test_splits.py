@@ -282,6 +282,8 @@ def test_a_group_that_swallows_a_dataset_fails_the_balance_check_and_is_named(ws
     assert (group["linking_text"], group["rows_sharing_text"]) == ("the same caption", 100)
     page = html.unescape((ws.out / "report.html").read_text())
     assert "got {'train': 1.0, 'val': 0.0} of 100 rows" in page and 'text "the same caption" (100 rows)' in page
+    ratios = page[page.index('id="split-ratios"') :].split("</table>")[0]
+    assert "train 90.0% val 10.0%" in ratios and "train 100.0% val 0.0%" in ratios and ">FAIL<" in ratios
 
 
 def test_split_ratios_are_judged_where_packer_assigns(ws):

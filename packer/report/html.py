@@ -329,6 +329,18 @@ def balance_rows(stats: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def ratio_rows(stats: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per dataset and pool packer assigned (val carved from a train, 80/10/10): the share each
+    split got against the share asked for."""
+    rows = []
+    for dataset, entry in stats["balance"]["datasets"].items():
+        for mode, check in entry.get("assigned", {}).get("split_ratio_check", {}).items():
+            rows.append(
+                {"dataset": dataset, "pool": "val carved from train" if mode == "carve" else "80/10/10", **check}
+            )
+    return rows
+
+
 def reasons_with_examples(failures_path: Path) -> list[dict[str, Any]]:
     """failures.jsonl grouped by status and reason (its part before ': '), with a few examples each."""
     groups: dict[tuple[str, str], dict[str, Any]] = {}
@@ -405,6 +417,7 @@ def build_report(
         split_chart=split_size_chart(stats),
         class_charts=[(f, class_share_chart(stats, f)) for f in UNIFIED_FIELDS],
         balance=balance_rows(stats),
+        ratios=ratio_rows(stats),
         reasons=reasons,
         reason_chart=reason_chart(reasons),
         leakage_pairs=leakage_pairs(stats, indexes),
