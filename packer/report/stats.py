@@ -180,7 +180,7 @@ def build_stats(
         "packed_examples": packed_n,
         "dropped_examples": dropped_n,
         "failed_examples": failed_n,
-        "failure_rate": round(failure_rate, 6),
+        "failure_rate": failure_rate,  # failed_examples / total_examples, unrounded (OUTPUTS.md)
         "manifest_rows": manifest_rows,
         "reasons": reasons,
         "splits": {s: per_split.get(s, empty_split()) for s in (*SPLITS, *sorted(set(per_split) - set(SPLITS)))},
