@@ -201,6 +201,15 @@ def _missing(paths: list[str]) -> list[str]:
     return [p for p in paths if not _readable(p)]
 
 
+def _build() -> dict[str, str]:
+    """What decides the encoded bytes besides the inputs: packer's and Pillow's versions."""
+    from PIL import __version__ as pil
+
+    from . import __version__ as packer
+
+    return {"packer": packer, "Pillow": pil}
+
+
 class Pool:
     """Where the image stage runs: loky's process pool on this machine (default), or a Dask
     cluster through joblib's dask backend. Started in the background while the parent plans.
@@ -265,9 +274,19 @@ class Pool:
                 raise InputError(f"--scheduler {self.scheduler}: cannot connect: {self.error}") from None
             raise self.error
 
-    def check_images(self, paths: list[str]) -> None:
-        """Every Dask worker can read a sample of the images the parent reads, or an InputError."""
-        if self.backend != "dask" or not paths:
+    def check_workers(self, paths: list[str]) -> None:
+        """Every Dask worker runs the same packer and Pillow as the parent (the JPEG bytes depend on
+        them) and can read a sample of the images the parent reads; else an InputError."""
+        if self.backend != "dask":
+            return
+        mine = _build()
+        for worker, theirs in self.client.run(_build).items():
+            if theirs != mine:
+                raise InputError(
+                    f"dask worker {worker} runs {theirs}, this machine {mine}: start the workers from the same "
+                    "environment (the encoded bytes depend on it)"
+                )
+        if not paths:
             return
         sample = [p for p in paths[:: max(1, len(paths) // 5)][:5] if _readable(p)]
         for worker, missing in self.client.run(_missing, sample).items():

@@ -157,7 +157,7 @@ def write_run(
     pool.ready()
     charts_ready.join()
     cpu = time.process_time()
-    pool.check_images(plan.rows.filter(pl.col("status") == "ok")["image_path"].drop_nulls().to_list())
+    pool.check_workers(plan.rows.filter(pl.col("status") == "ok")["image_path"].drop_nulls().to_list())
     print(f"packer: image stage on {pool.describe()}")
     result = execute(
         iter_chunks(plan.rows, guided_chunks(pool.workers, config.chunk_size), progress.start),
