@@ -28,8 +28,8 @@ from .plan import Plan, build_plan, iter_chunks, read_pinned, samples_to_pack, s
 from .report import build_stats, final_rows, summary, write_card, write_failures, write_stats
 from .report.card import card_path, check_card_path
 from .report.html import build_report, warm_charts
-from .report.stats import json_bytes, write_bytes
-from .shards import IMAGE_SERIES, TEXT_SERIES, write_shard_index
+from .report.stats import json_bytes
+from .shards import IMAGE_SERIES, TEXT_SERIES, write_atomic, write_shard_index
 from .state import Progress, RunState, difference, file_digest, identity, images_digest, text_digest
 
 
@@ -185,7 +185,7 @@ def write_run(
     # there takes its input pins from the state, wherever the run died.
     splits_doc = json_bytes(splits_document(rows))
     state.splits_written(text_digest(splits_doc))
-    write_bytes(config.splits, splits_doc)
+    write_atomic(config.splits, splits_doc)
     stats = build_stats(config, rows, result, plan.manifest_rows, plan.ocr_orphans, timings)
     write_card(stats, taxonomy, config.output_dir, config.stats)
     build_report(out_dir, config.output_dir, config.report_sample, config.seed, stats)

@@ -68,11 +68,20 @@ class ShardWriter:
         self.tmp.unlink(missing_ok=True)
 
 
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write a whole file under a temporary name, then rename it: a reader (or a resumed run) sees
+    the old file or the new one, never half of one. Every output but the shards is written so."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
 def write_shard_index(directory: Path, shards: list[tuple[str, int]]) -> None:
     """`<split>/index.json` in the layout webdataset's `wids` reads: each shard's url (relative to
     the index) and its number of samples, image series first, then text series."""
-    directory.mkdir(parents=True, exist_ok=True)
     doc = {"wids_version": 1, "shardlist": [{"url": url, "nsamples": n} for url, n in shards]}
-    tmp = directory / "index.json.tmp"
-    tmp.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, directory / "index.json")
+    write_atomic(directory / "index.json", (json.dumps(doc, indent=1) + "\n").encode("utf-8"))

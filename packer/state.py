@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .shards import write_atomic
 from .specs import SampleOutcome
 
 FORMAT = 1
@@ -205,16 +206,16 @@ class RunState:
             shutil.rmtree(self.dir, ignore_errors=True)
         self.dir.mkdir(parents=True, exist_ok=True)
         if pins is not None and not (keep_journal and (self.dir / "pins.json").is_file()):
-            atomic_write(self.dir / "pins.json", pins)
+            write_atomic(self.dir / "pins.json", pins)
         state = self.load() if keep_journal else None
         doc = {"identity": ident, "splits_written": (state or {}).get("splits_written")}
-        atomic_write(self.dir / "state.json", json.dumps(doc, indent=1, sort_keys=True).encode("utf-8"))
+        write_atomic(self.dir / "state.json", json.dumps(doc, indent=1, sort_keys=True).encode("utf-8"))
 
     def splits_written(self, digest: str) -> None:
         """splits.json now holds this run's output: a rerun reads its input pins from pins.json."""
         doc = self.load() or {}
         doc["splits_written"] = digest
-        atomic_write(self.dir / "state.json", json.dumps(doc, indent=1, sort_keys=True).encode("utf-8"))
+        write_atomic(self.dir / "state.json", json.dumps(doc, indent=1, sort_keys=True).encode("utf-8"))
 
     def _append(self, record: dict[str, Any]) -> None:
         if self._journal is None:
@@ -240,12 +241,3 @@ class RunState:
     def remove(self) -> None:
         self.close()
         shutil.rmtree(self.dir, ignore_errors=True)
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)

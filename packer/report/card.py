@@ -17,7 +17,7 @@ import yaml
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from ..config import DIAGNOSTICS, SPLITS, UNIFIED_FIELDS, InputError, Taxonomy
-from ..shards import IMAGE_SERIES, TEXT_SERIES
+from ..shards import IMAGE_SERIES, TEXT_SERIES, write_atomic
 
 # The card's first body line: a README.md without it is somebody else's and is never overwritten.
 MARKER = "<!-- written by packer: a Hugging Face dataset card for WebDataset shards -->"
@@ -190,7 +190,5 @@ def render_card(stats: dict[str, Any], taxonomy: Taxonomy, shard_root: Path, car
 def write_card(stats: dict[str, Any], taxonomy: Taxonomy, shard_root: Path, stats_path: Path) -> Path:
     path = card_path(stats_path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(render_card(stats, taxonomy, shard_root, path.parent), encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomic(path, render_card(stats, taxonomy, shard_root, path.parent).encode("utf-8"))
     return path

@@ -29,6 +29,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from ..audit import BALANCE_POINTS
 from ..config import DIAGNOSTICS, SPLITS, UNIFIED_FIELDS
+from ..shards import write_atomic
 
 KEY_MAX = 80  # as plan.safe_key
 SHEET_SHARDS = 6  # a contact sheet draws from at most this many shards of a split
@@ -427,9 +428,7 @@ def build_report(
         dataset_rows=dataset_split_counts(stats),
     )
     path = out_dir / "report.html"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(html, encoding="utf-8")
-    tmp.replace(path)
+    write_atomic(path, html.encode("utf-8"))
     return path
 
 

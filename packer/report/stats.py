@@ -14,7 +14,7 @@ import polars as pl
 from ..audit import assigned_leaks, balance, largest_groups, leakage
 from ..config import SPLITS, UNIFIED_FIELDS, PackConfig
 from ..execute import ExecutionResult
-from ..shards import IMAGE_SERIES
+from ..shards import IMAGE_SERIES, write_atomic
 from ..splits import HASH_NAME
 
 MAX_FAILURE_RATE = 0.005
@@ -208,11 +208,8 @@ def build_stats(
 def write_failures(config: PackConfig, rows: pl.DataFrame) -> None:
     """failures.jsonl: one line per dropped or failed example, in manifest order."""
     problems = rows.filter(pl.col("status") != "packed").sort("row")
-    tmp = config.failures_log.with_name(config.failures_log.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as out:
-        for r in problems.select("id", "status", "stage", "reason", "detail").iter_rows(named=True):
-            out.write(jsonl_line(r))
-    tmp.replace(config.failures_log)
+    lines = (jsonl_line(r) for r in problems.select("id", "status", "stage", "reason", "detail").iter_rows(named=True))
+    write_atomic(config.failures_log, "".join(lines).encode("utf-8"))
 
 
 # Line separators that JSON leaves raw but line-based readers (str.splitlines) split on.
@@ -226,9 +223,7 @@ def jsonl_line(doc: Any) -> str:
 
 def write_stats(config: PackConfig, stats: dict[str, Any]) -> None:
     """stats.json, to a temporary name and renamed: the mark of a complete run, written last."""
-    tmp = config.stats.with_name(config.stats.name + ".tmp")
-    tmp.write_text(json.dumps(stats, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(config.stats)
+    write_atomic(config.stats, (json.dumps(stats, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
 
 
 def summary(stats: dict[str, Any]) -> str:
@@ -265,14 +260,6 @@ def summary(stats: dict[str, Any]) -> str:
 
 def json_bytes(doc: Any) -> bytes:
     return (json.dumps(doc, indent=1, ensure_ascii=False) + "\n").encode("utf-8")
-
-
-def write_bytes(path: Path, data: bytes) -> None:
-    """Write atomically: a temporary name, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
 
 
 def output_digests(folder: Path) -> dict[str, str]:
