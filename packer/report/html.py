@@ -30,6 +30,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from ..audit import BALANCE_POINTS
 from ..config import DIAGNOSTICS, SPLITS, UNIFIED_FIELDS
 from ..shards import write_atomic
+from .card import dataset_counts
 
 KEY_MAX = 80  # as plan.safe_key
 SHEET_SHARDS = 6  # a contact sheet draws from at most this many shards of a split
@@ -425,19 +426,9 @@ def build_report(
         sheets=[(split, contact_sheet(index, sample_size, seed)) for split, index in indexes.items()],
         sample_size=sample_size,
         seed=seed,
-        dataset_rows=dataset_split_counts(stats),
+        dataset_rows=dataset_counts(stats),
     )
     path = out_dir / "report.html"
     write_atomic(path, html.encode("utf-8"))
     return path
 
-
-def dataset_split_counts(stats: dict[str, Any]) -> list[dict[str, Any]]:
-    rows = []
-    for dataset, entry in stats["datasets"].items():
-        per_split = {
-            split: sum(stats["labels"].get(split, {}).get(dataset, {}).get("abuse_hate", {}).values())
-            for split in stats["splits"]
-        }
-        rows.append({"dataset": dataset, "per_split": per_split, **entry})
-    return rows
