@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from .config import InputError
 from .images import ImageFailure, encode_image, file_digest
-from .shards import IMAGE_SERIES, SERIES, TEXT_SERIES, ShardWriter, sample_bytes
+from .shards import SERIES, ShardWriter, sample_bytes, series_of
 from .specs import ChunkResult, ChunkSpec, SampleOutcome, SampleSpec
 from .state import ClosedShard, Progress, RunState
 
@@ -438,10 +438,10 @@ def execute(
                             state.shard_closed,
                         )
                 for position, outcome, data in _read_samples(chunk_result):
-                    series = IMAGE_SERIES if outcome.image is not None else TEXT_SERIES
+                    series = series_of(outcome.image)
                     # A resumed run encodes again from the earliest unfinished sample of the split;
                     # a series keeps the samples that are already in its complete shards.
-                    if position >= progress.series_end.get((split, series), 0):
+                    if position >= progress.end(split, series):
                         cutters[split, series].add(data, position)
                 if chunk_result.path:
                     os.remove(chunk_result.path)

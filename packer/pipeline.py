@@ -29,7 +29,7 @@ from .report import build_stats, final_rows, summary, write_card, write_failures
 from .report.card import card_path, check_card_path
 from .report.html import build_report, warm_charts
 from .report.stats import json_bytes
-from .shards import IMAGE_SERIES, TEXT_SERIES, write_atomic, write_shard_index
+from .shards import write_atomic, write_shard_index
 from .state import Progress, RunState, difference, file_digest, identity, images_digest, text_digest
 
 
@@ -112,7 +112,7 @@ def resume_point(state: RunState, previous: dict[str, Any] | None, ident: dict[s
     if previous is None:
         return None
     why = difference(previous["identity"], ident)
-    progress = None if why else state.progress(IMAGE_SERIES, TEXT_SERIES)
+    progress = None if why else state.progress()
     if why is None and progress is None:
         why = "a shard the previous run finished is missing or was changed"
     if why:

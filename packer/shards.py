@@ -40,6 +40,11 @@ TEXT_SERIES = "text"
 SERIES = (IMAGE_SERIES, TEXT_SERIES)
 
 
+def series_of(image: dict | None) -> str:
+    """The series a packed sample goes to, by its image metadata (None: text-only)."""
+    return IMAGE_SERIES if image is not None else TEXT_SERIES
+
+
 class ShardWriter:
     """Appends sample bytes to `<dir>/<series>-NNNNN.tar.tmp`; `close()` ends the archive and renames it."""
 

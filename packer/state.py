@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .shards import write_atomic
+from .shards import series_of, write_atomic
 from .specs import SampleOutcome
 
 FORMAT = 1
@@ -124,15 +124,19 @@ class Progress:
 
     Per split, `start` is the first position to encode again: every earlier sample is in a
     complete shard of its series or in no shard (failed). Samples from `start` on are encoded
-    again, but a series only takes those at or after its own `series_end` (the rest are in its
-    complete shards already).
+    again, but a series only takes those at or after its own `end` (the rest are in its complete
+    shards already).
     """
 
     done_splits: set[str] = field(default_factory=set)
     start: dict[str, int] = field(default_factory=dict)
-    series_end: dict[tuple[str, str], int] = field(default_factory=dict)
     closed: dict[tuple[str, str], list[ClosedShard]] = field(default_factory=lambda: defaultdict(list))
     outcomes: dict[str, list[SampleOutcome]] = field(default_factory=dict)  # per split, positions < start
+
+    def end(self, split: str, series: str) -> int:
+        """The position after the last sample in a complete shard of this series (0: none yet)."""
+        shards = self.closed.get((split, series))
+        return shards[-1].end if shards else 0
 
     @property
     def kept_shards(self) -> int:
@@ -159,7 +163,7 @@ class RunState:
         path = self.dir / "pins.json"
         return path.read_bytes() if path.is_file() else None
 
-    def progress(self, image_series: str, text_series: str) -> Progress | None:
+    def progress(self) -> Progress | None:
         """The journal read back; None when a shard it lists is gone or altered (start fresh)."""
         records = []
         if self.journal_path.is_file():
@@ -182,7 +186,6 @@ class RunState:
                 if not path.is_file() or path.stat().st_size != shard.bytes:
                     return None
                 progress.closed[shard.split, shard.series].append(shard)
-                progress.series_end[shard.split, shard.series] = shard.end
             elif "split_done" in record:
                 progress.done_splits.add(record["split_done"])
         for split, seen in consumed.items():
@@ -191,12 +194,11 @@ class RunState:
             if split not in progress.done_splits:
                 # The first packed sample that is not in a complete shard of its series.
                 for pos, outcome in by_position.items():
-                    series = image_series if outcome.image is not None else text_series
-                    if outcome.status == "packed" and pos >= progress.series_end.get((split, series), 0):
+                    if outcome.status == "packed" and pos >= progress.end(split, series_of(outcome.image)):
                         start = pos
                         break
             progress.start[split] = start
-            progress.outcomes[split] = [o for p, o in sorted(by_position.items()) if p < start]
+            progress.outcomes[split] = [o for p, o in by_position.items() if p < start]
         return progress
 
     # -- writing --------------------------------------------------------------------------------

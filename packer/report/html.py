@@ -431,4 +431,3 @@ def build_report(
     path = out_dir / "report.html"
     write_atomic(path, html.encode("utf-8"))
     return path
-
