@@ -99,7 +99,7 @@ def _run(config: PackConfig, pool: Pool, charts_ready: threading.Thread) -> tupl
 
     # Inputs are valid: from here on, outputs are written.
     try:
-        return write_run(config, taxonomy, plan, state, ident, pins, progress, pool, charts_ready, timings)
+        return write_run(config, taxonomy, plan, image_paths, state, ident, pins, progress, pool, charts_ready, timings)
     except OSError as exc:
         where = exc.filename or config.output_dir
         raise OutputError(f"cannot write {where}: {exc.strerror or exc}; rerun the same command to resume") from None
@@ -124,6 +124,7 @@ def write_run(
     config: PackConfig,
     taxonomy: Taxonomy,
     plan: Plan,
+    image_paths: list[str],
     state: RunState,
     ident: dict[str, Any],
     pins: bytes | None,
@@ -157,7 +158,7 @@ def write_run(
     pool.ready()
     charts_ready.join()
     cpu = time.process_time()
-    pool.check_workers(plan.rows.filter(pl.col("status") == "ok")["image_path"].drop_nulls().to_list())
+    pool.check_workers(image_paths)
     print(f"packer: image stage on {pool.describe()}")
     result = execute(
         iter_chunks(plan.rows, guided_chunks(pool.workers, config.chunk_size), progress.start),

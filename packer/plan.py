@@ -287,7 +287,8 @@ def iter_chunks(
         .sort("split_rank", "order", "id")
         .select(*SAMPLE_COLUMNS, *UNIFIED_FIELDS)
     )
-    remaining = todo.height - sum(min(n, todo.filter(pl.col("split") == s).height) for s, n in start.items())
+    sizes = dict(todo.group_by("split").len().iter_rows())
+    remaining = sum(max(0, n - start.get(split, 0)) for split, n in sizes.items())
     for (split,), part in todo.group_by("split", maintain_order=True):
         position, index = start.get(split, 0), 0
         while position < part.height:
