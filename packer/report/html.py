@@ -11,7 +11,6 @@ every shard.
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import random
 import re
@@ -24,28 +23,21 @@ from pathlib import Path
 from typing import Any
 
 import markupsafe
+import polars as pl
 import vl_convert
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from ..audit import BALANCE_POINTS
 from ..config import DIAGNOSTICS, SPLITS, UNIFIED_FIELDS
+from ..plan import safe_key
 from ..shards import write_atomic
 from .card import dataset_counts
 
-KEY_MAX = 80  # as plan.safe_key
 SHEET_SHARDS = 6  # a contact sheet draws from at most this many shards of a split
 PAIRS_SHOWN = 4  # leakage pairs shown side by side, per kind
 PAIR_SCAN_MEMBERS = 300_000  # tar members read at most to find those pairs
 REASON_EXAMPLES = 3
 SPLIT_COLOURS = {"train": "#4c78a8", "val": "#f58518", "test": "#54a24b", DIAGNOSTICS: "#b279a2"}
-
-
-def sample_key(example_id: str) -> str:
-    """The shard key of an id (plan.safe_key, in Python: the report finds leakage pairs by it)."""
-    sanitized = re.sub(r"[^A-Za-z0-9_\-]", "_", example_id)
-    if sanitized == example_id and len(example_id) <= KEY_MAX:
-        return example_id
-    return f"{sanitized[:KEY_MAX]}_{hashlib.sha256(example_id.encode('utf-8')).hexdigest()[:12]}"
 
 
 @dataclass
@@ -375,18 +367,18 @@ def leakage_pairs(stats: dict[str, Any], indexes: dict[str, ShardIndex]) -> list
                         {"kind": title, "pair": pair, "dataset": dataset, "a": (split_a, id_a), "b": (split_b, id_b)}
                     )
         pairs.extend(listed[:PAIRS_SHOWN])
+    ids = sorted({example_id for p in pairs for _, example_id in (p["a"], p["b"])})
+    key_of = dict(zip(ids, pl.DataFrame({"id": ids}, schema={"id": pl.String}).select(safe_key())[:, 0]))
     wanted: dict[str, set[str]] = defaultdict(set)
     for p in pairs:
         for split, example_id in (p["a"], p["b"]):
-            wanted[split].add(sample_key(example_id))
+            wanted[split].add(key_of[example_id])
     found: dict[str, Sample] = {}
     for split, keys in wanted.items():
         if split in indexes:
             found.update(find_samples(indexes[split], keys))
     for p in pairs:
-        p["samples"] = [
-            (split, example_id, found.get(sample_key(example_id))) for split, example_id in (p["b"], p["a"])
-        ]
+        p["samples"] = [(split, example_id, found.get(key_of[example_id])) for split, example_id in (p["b"], p["a"])]
     return pairs
 
 
