@@ -113,9 +113,14 @@ def leakage(rows: pl.DataFrame, near_bits: int) -> dict[str, Any]:
     }
 
 
+def assigned_by_packer() -> pl.Expr:
+    """Rows whose split packer chose (val carved from a train, or 80/10/10), not the dataset."""
+    return pl.col("assign_mode").is_in(["carve", "assign"])
+
+
 def assigned_leaks(rows: pl.DataFrame) -> int:
     """Images or texts that sit in two splits among the rows packer assigned, within a dataset."""
-    assigned = rows.filter((pl.col("status") == "packed") & pl.col("assign_mode").is_in(["carve", "assign"]))
+    assigned = rows.filter((pl.col("status") == "packed") & assigned_by_packer())
     leaks = 0
     for key in ("image_key", "norm_text"):
         present = assigned.filter(pl.col(key).is_not_null() & (pl.col(key) != ""))
@@ -182,7 +187,7 @@ def balance(packed: pl.DataFrame, val_ratio: float, split_ratios: tuple[float, f
         "ratio_failures": [],
         "datasets": {},
     }
-    assigned = pl.col("assign_mode").is_in(["carve", "assign"])
+    assigned = assigned_by_packer()
     expected = {
         "carve": {"train": round(1 - val_ratio, 4), "val": val_ratio},
         "assign": dict(zip(SPLITS, split_ratios)),
@@ -207,7 +212,7 @@ def largest_groups(rows: pl.DataFrame, top: int = 5) -> list[dict[str, Any]]:
     """The largest groups of rows packer assigned (rows linked by shared images and texts, which
     must share a split), with the text and the image that link most of their members: the usual
     cause of a split that got too few rows."""
-    assigned = rows.filter((pl.col("status") == "packed") & pl.col("assign_mode").is_in(["carve", "assign"]))
+    assigned = rows.filter((pl.col("status") == "packed") & assigned_by_packer())
     if assigned.height == 0:
         return []
     sizes = (
