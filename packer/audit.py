@@ -13,7 +13,7 @@ from typing import Any
 import polars as pl
 
 from .config import SPLITS, UNIFIED_FIELDS
-from .splits import split_priority
+from .splits import assigned_by_packer, split_priority
 
 MAX_EXAMPLES = 20
 BANDS = 4  # dHash split into 4 bands of 16 bits: two hashes within 3 bits agree on at least one band
@@ -111,11 +111,6 @@ def leakage(rows: pl.DataFrame, near_bits: int) -> dict[str, Any]:
         "exact_duplicates_dropped": dropped,
         "cross_split_copies_dropped": rows.filter(pl.col("reason").str.starts_with("cross_split_copy")).height,
     }
-
-
-def assigned_by_packer() -> pl.Expr:
-    """Rows whose split packer chose (val carved from a train, or 80/10/10), not the dataset."""
-    return pl.col("assign_mode").is_in(["carve", "assign"])
 
 
 def assigned_leaks(rows: pl.DataFrame) -> int:

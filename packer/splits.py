@@ -60,6 +60,11 @@ def dataset_split(name: str, block: dict[str, Any] | None) -> list[pl.Expr]:
     return [mapped.alias("split"), mode.alias("assign_mode"), error.alias("split_error")]
 
 
+def assigned_by_packer() -> pl.Expr:
+    """Rows whose split packer chose (val carved from a train, or 80/10/10), not the dataset."""
+    return pl.col("assign_mode").is_in(["carve", "assign"])
+
+
 def pool() -> pl.Expr:
     """The source split a row's split is assigned within ("~" where the dataset has none)."""
     return pl.coalesce(pl.col("source_split"), pl.lit("~"))
@@ -147,7 +152,7 @@ def assign_splits(frame: pl.DataFrame, seed: int, val_ratio: float, ratios: tupl
     )
     if frame["pinned_split"].null_count() < frame.height:
         pinned_group = pl.col("pinned_split").drop_nulls().first().over(pl.col("dataset"), pool(), pl.col("group"))
-        movable = pl.col("assign_mode").is_in(["carve", "assign"])
+        movable = assigned_by_packer()
         assigned = (
             pl.when(pl.col("pinned_split").is_not_null())
             .then(pl.col("pinned_split"))
