@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -196,3 +197,13 @@ def command(corpus: Path, out: Path, *extra: str) -> list[str]:
 
 def digests(folder: Path) -> dict[str, str]:
     return output_digests(folder)
+
+
+def run_aside(cmd: list[str], out: Path) -> tuple[dict[str, str], subprocess.CompletedProcess]:
+    """Run a pack into `out` (exit 0 or 1), then move the folder aside so that the next run writes
+    the same paths (stats.json records them); returns its digests and the finished process."""
+    done = subprocess.run(cmd, cwd=out.parent, capture_output=True, text=True)
+    assert done.returncode in (0, 1), done.stderr
+    result = digests(out), done
+    out.rename(out.with_name(f"done-{time.monotonic_ns()}"))
+    return result

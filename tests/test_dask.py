@@ -11,7 +11,7 @@ import sys
 import time
 
 import pytest
-from conftest import ROOT, command, digests
+from conftest import command, digests, run_aside
 
 distributed = pytest.importorskip("distributed", reason="dask[distributed] is not installed (make install adds it)")
 
@@ -24,12 +24,9 @@ def cluster():
 
 
 @pytest.fixture(scope="module")
-def sample(tmp_path_factory):
-    """The built-in sample: all eight datasets, some broken images."""
-    step2 = tmp_path_factory.mktemp("dask-sample") / "Step_2"
-    make = [sys.executable, str(ROOT / "scripts/make_sample_data.py"), "--out", str(step2), "--per-dataset", "24"]
-    subprocess.run(make, check=True, capture_output=True)
-    return step2
+def sample(packed):
+    """The built-in sample's Step_2 (all eight datasets, some broken images), as conftest made it."""
+    return packed.parent / "Step_2"
 
 
 def sample_command(step2, out, *extra):
@@ -39,19 +36,10 @@ def sample_command(step2, out, *extra):
     return [sys.executable, "-m", "packer", *inputs, *outputs, *flags, *extra]
 
 
-def run_at(cmd, out):
-    """Run a pack into `out`; its digests, and the folder moved aside so the next run uses the same paths."""
-    done = subprocess.run(cmd, cwd=out.parent, capture_output=True, text=True)
-    assert done.returncode in (0, 1), done.stderr
-    result = digests(out), done
-    out.rename(out.with_name(f"done-{time.monotonic_ns()}"))
-    return result
-
-
 def test_dask_cluster_output_is_byte_identical_to_loky(sample, cluster, tmp_path):
     out = tmp_path / "Step_3"
-    loky, _ = run_at(sample_command(sample, out), out)
-    on_cluster, done = run_at(
+    loky, _ = run_aside(sample_command(sample, out), out)
+    on_cluster, done = run_aside(
         sample_command(sample, out, "--backend", "dask", "--scheduler", cluster[0].scheduler_address), out
     )
     assert "packer: image stage on dask, 2 worker thread(s)" in done.stdout
@@ -65,7 +53,7 @@ def test_dask_cluster_output_is_byte_identical_to_loky(sample, cluster, tmp_path
 
 def test_dask_without_an_address_starts_a_local_cluster(sample, tmp_path):
     out = tmp_path / "Step_3"
-    loky, _ = run_at(sample_command(sample, out), out)
+    loky, _ = run_aside(sample_command(sample, out), out)
     env = {k: v for k, v in os.environ.items() if k != "DASK_SCHEDULER_ADDRESS"}
     done = subprocess.run(
         sample_command(sample, out, "--backend", "dask"), cwd=tmp_path, capture_output=True, text=True, env=env
@@ -77,7 +65,7 @@ def test_dask_without_an_address_starts_a_local_cluster(sample, tmp_path):
 def test_a_killed_dask_worker_costs_a_retry_not_the_run(corpus, cluster, tmp_path):
     c, client = cluster
     out = tmp_path / "Step_3"
-    expected, _ = run_at(command(corpus, out), out)
+    expected, _ = run_aside(command(corpus, out), out)
     proc = subprocess.Popen(command(corpus, out, "--backend", "dask", "--scheduler", c.scheduler_address),
                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     journal = out / "shards" / ".run" / "journal.jsonl"

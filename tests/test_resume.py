@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import MAMI, command, digests
+from conftest import MAMI, command, digests, run_aside
 from PIL import Image
 
 
@@ -60,12 +60,11 @@ def kill_when(cmd: list[str], cwd: Path, ready, timeout: float = 60) -> set[int]
     return workers
 
 
-def reference(corpus: Path, out: Path, *extra: str) -> dict[str, str]:
-    """The output of an uninterrupted run at `out` (stats.json records its paths), moved aside."""
-    subprocess.run(command(corpus, out, *extra), cwd=out.parent, check=True, capture_output=True)
-    done = digests(out)
-    out.rename(out.with_name("reference"))
-    return done
+def reference(corpus: Path, out: Path) -> dict[str, str]:
+    """The output of an uninterrupted run at `out` (every check passing), moved aside."""
+    expected, done = run_aside(command(corpus, out), out)
+    assert done.returncode == 0, done.stderr
+    return expected
 
 
 def journal_lines(out: Path, kind: str) -> int:
