@@ -126,12 +126,17 @@ def packed(tmp_path_factory) -> Path:
         capture_output=True,
     )
     out = root / "Step_3"
-    args = ["--manifest", str(step2 / "data_manifest.jsonl"), "--ocr", str(step2 / "ocr.jsonl")]
-    args += ["--output-dir", str(out / "shards"), "--label-taxonomy", str(out / "label_taxonomy.json")]
-    args += ["--splits", str(out / "splits.json"), "--workers", "2", "--include-diagnostics"]
     # Exit 1: the sample's 4 broken images are over 0.5% of so few examples (the one failing check).
-    assert main([*args, "--shard-maxcount", "16"]) == 1
+    assert main(sample_args(step2, out)) == 1
     return out
+
+
+def sample_args(step2: Path, out: Path, *extra: str) -> list[str]:
+    """The flags that pack the built-in sample's Step_2 into `out`, with small shards."""
+    inputs = ["--manifest", str(step2 / "data_manifest.jsonl"), "--ocr", str(step2 / "ocr.jsonl")]
+    outputs = ["--output-dir", str(out / "shards"), "--label-taxonomy", str(out / "label_taxonomy.json")]
+    flags = ["--splits", str(out / "splits.json"), "--workers", "2", "--include-diagnostics", "--shard-maxcount", "16"]
+    return [*inputs, *outputs, *flags, *extra]
 
 
 # -- a corpus whose image stage takes a few seconds (crash, resume and Dask tests) ----------------

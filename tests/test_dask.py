@@ -11,7 +11,7 @@ import sys
 import time
 
 import pytest
-from conftest import command, digests, run_aside
+from conftest import command, digests, run_aside, sample_args
 
 distributed = pytest.importorskip("distributed", reason="dask[distributed] is not installed (make install adds it)")
 
@@ -30,10 +30,7 @@ def sample(packed):
 
 
 def sample_command(step2, out, *extra):
-    inputs = ["--manifest", str(step2 / "data_manifest.jsonl"), "--ocr", str(step2 / "ocr.jsonl")]
-    outputs = ["--output-dir", str(out / "shards"), "--label-taxonomy", str(out / "label_taxonomy.json")]
-    flags = ["--splits", str(out / "splits.json"), "--workers", "2", "--include-diagnostics", "--shard-maxcount", "16"]
-    return [sys.executable, "-m", "packer", *inputs, *outputs, *flags, *extra]
+    return [sys.executable, "-m", "packer", *sample_args(step2, out, *extra)]
 
 
 def test_dask_cluster_output_is_byte_identical_to_loky(sample, cluster, tmp_path):
