@@ -12,6 +12,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from .config import InputError, OutputError, PackConfig
+from .guard import inert
 
 
 def positive_int(text: str) -> int:
@@ -116,10 +117,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code, _ = run(config_from_args(args))
     except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {inert(exc)}", file=sys.stderr)
         return 2
     except OutputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {inert(exc)}", file=sys.stderr)
         return 3
     return code
 

@@ -103,6 +103,8 @@ def load_taxonomy(path: Path | None) -> Taxonomy:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
         raise InputError(f"{source}: line {exc.lineno}: not valid JSON: {exc.msg}") from None
+    except RecursionError:
+        raise InputError(f"{source}: not valid JSON: nested too deeply") from None
     return validate_taxonomy(doc, source)
 
 

@@ -12,6 +12,7 @@ import io
 import json
 import multiprocessing
 import os
+import stat
 import sys
 import threading
 import time
@@ -26,6 +27,7 @@ from joblib import Parallel, delayed
 from tqdm import tqdm
 
 from .config import InputError
+from .guard import create_exclusive
 from .images import ImageFailure, encode_image, file_digest
 from .shards import SERIES, ShardWriter, sample_bytes, series_of
 from .specs import ChunkResult, ChunkSpec, SampleOutcome, SampleSpec
@@ -79,7 +81,7 @@ def pack_chunk(chunk: ChunkSpec, chunk_path: str | None, settings: ImageSettings
     exit_with_parent()
     tune_malloc()
     outcomes = []
-    with open(chunk_path, "wb") if chunk_path else io.BytesIO() as out:
+    with os.fdopen(create_exclusive(Path(chunk_path)), "wb") if chunk_path else io.BytesIO() as out:
         for spec in chunk.samples():
             members = {"txt": spec.text.encode("utf-8")}
             image = near_hash = None
@@ -123,10 +125,13 @@ def fingerprint(paths: list[str], workers: int) -> dict[str, str | None]:
 
 
 def file_size(path: str) -> int | None:
+    """The size of a regular file; None for anything else (missing, a FIFO, a device, a folder),
+    which is never opened here: reading a named pipe would block the run."""
     try:
-        return os.stat(path).st_size
+        st = os.stat(path)
     except (OSError, ValueError):  # ValueError: a NUL in the path
         return None
+    return st.st_size if stat.S_ISREG(st.st_mode) else None
 
 
 _watching = False

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
+import stat
 import time
 import warnings
 from dataclasses import dataclass
@@ -91,6 +93,29 @@ def on_white(image: Image.Image) -> Image.Image:
     return background
 
 
+def open_regular(path: str) -> io.BufferedReader:
+    """`path` opened for reading if it is a regular file; anything else (a FIFO a download tool
+    left, a socket, a device, a folder) fails as `image_not_a_file` and is never read, since a read
+    from a pipe would block the run. Opened non-blocking and checked again on the open file, so
+    that a path swapped for a pipe in between cannot block either."""
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise ImageFailure("image_not_a_file", f"{_kind(path)}: {path}")
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise ImageFailure("image_not_a_file", f"{_kind(path)}: {path}")
+    return os.fdopen(fd, "rb")
+
+
+def _kind(path: str) -> str:
+    mode = os.stat(path).st_mode
+    for test, name in ((stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder")):
+        if test(mode):
+            return name
+    return "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file"
+
+
 class Clock:
     """Seconds per stage, summed over calls (the profiler's stage breakdown); a no-op when off."""
 
@@ -137,7 +162,7 @@ def encode_image(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
+            with open_regular(path) as handle, Image.open(handle) as image:
                 orig_format = image.format or "unknown"
                 image.seek(0)  # first frame of a GIF / animated WebP
                 orientation = image.getexif().get(EXIF_ORIENTATION, 1)

@@ -407,7 +407,7 @@ def fits(text: str, dtype: pl.DataType) -> bool:
     """Whether a JSON text decodes to `dtype` (lists, structs, strings, integers; null anywhere)."""
     try:
         value = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         return False
 
     def check(v: Any, t: pl.DataType) -> bool:

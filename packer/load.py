@@ -59,6 +59,8 @@ def locate_bad_line(path: Path, required: dict[str, type], optional: tuple[str, 
                 continue
             try:
                 obj = json.loads(raw)
+            except RecursionError:
+                return f"{path}: line {number}: not valid JSON: nested too deeply"
             except (json.JSONDecodeError, UnicodeDecodeError) as exc:
                 hint = " (the file starts with a UTF-8 BOM)" if number == 1 and raw.startswith(b"\xef\xbb\xbf") else ""
                 return f"{path}: line {number}: not valid JSON: {exc}{hint}"
@@ -98,7 +100,7 @@ def replace_lone_surrogates(path: Path, copy: Path) -> tuple[Path, dict[int, str
                 if LONE_SURROGATE.search(raw):
                     try:
                         fields = _surrogate_fields(json.loads(raw))
-                    except (ValueError, UnicodeDecodeError):
+                    except (ValueError, UnicodeDecodeError, RecursionError):
                         fields = []
                     if fields:
                         bad[row] = f"invalid_unicode: field '{fields[0]}' holds a lone UTF-16 surrogate"

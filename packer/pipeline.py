@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -24,9 +23,23 @@ from .config import (
     load_taxonomy,
 )
 from .execute import ImageSettings, Pool, execute, fingerprint
+from .guard import (
+    INCOMPLETE,
+    INCOMPLETE_TEXT,
+    SPLIT_DIRS,
+    SPLIT_FILE,
+    WORK_FILE,
+    OutputLock,
+    check_images_outside,
+    check_no_overlap,
+    check_owned_file,
+    check_shard_folder,
+    inert,
+    remove_owned,
+)
 from .plan import Plan, build_plan, iter_chunks, read_pinned, samples_to_pack, splits_document
 from .report import build_stats, final_rows, summary, write_card, write_failures, write_stats
-from .report.card import card_path, check_card_path
+from .report.card import card_path
 from .report.html import build_report, warm_charts
 from .report.stats import json_bytes
 from .shards import write_atomic, write_shard_index
@@ -41,11 +54,35 @@ def guided_chunks(workers: int, largest: int) -> Callable[[int], int]:
     return lambda remaining: max(4, min(largest, remaining // (4 * workers)))
 
 
-INCOMPLETE = "RUN_INCOMPLETE"
-INCOMPLETE_TEXT = (
-    "packer is writing this folder, or a run writing it was interrupted: nothing here is a complete\n"
-    "pack until stats.json exists. Rerun the same command to resume (--fresh starts over).\n"
-)
+def output_paths(config: PackConfig) -> dict[str, Path]:
+    """Every path a run writes, by what it is (the split and taxonomy files are read and rewritten)."""
+    out_dir = config.stats.parent
+    return {
+        "output folder": config.output_dir,
+        "stats file": config.stats,
+        "dataset card": card_path(config.stats),
+        "report": out_dir / "report.html",
+        "failures log": config.failures_log,
+        "incomplete note": out_dir / INCOMPLETE,
+        "splits file": config.splits,
+        "label taxonomy": config.label_taxonomy,
+    }
+
+
+def check_outputs(config: PackConfig) -> None:
+    """Before anything changes: the run may write every output path (guard.py), or InputError."""
+    check_shard_folder(config.output_dir)
+    outputs = output_paths(config)
+    for name, kind, flag in (
+        ("stats file", "stats", "--stats"),
+        ("dataset card", "card", "--stats / --output-dir"),
+        ("report", "report", "--stats"),
+        ("failures log", "failures", "--stats"),
+        ("incomplete note", "incomplete", "--stats"),
+    ):
+        check_owned_file(outputs[name], kind, flag)
+    inputs = {"manifest": config.manifest, **({"OCR file": config.ocr} if config.ocr else {})}
+    check_no_overlap(outputs, inputs)
 
 
 def run(config: PackConfig) -> tuple[int, dict[str, Any]]:
@@ -55,14 +92,21 @@ def run(config: PackConfig) -> tuple[int, dict[str, Any]]:
     pool = Pool(config.backend, config.workers, scheduler if config.backend == "dask" else None)
     # vl-convert's engine (0.3 s) starts on a thread while the parent plans and the pool starts.
     charts_ready = warm_charts()
+    lock = OutputLock(config.output_dir)
     try:
+        check_outputs(config)
+        lock.acquire()
         return _run(config, pool, charts_ready)
-    except (InputError, OutputError):
-        # A clean stop: what started during planning is shut down before exiting.
+    except (InputError, OutputError) as exc:
+        # A clean stop: what started during planning is shut down before exiting, and an input
+        # error leaves nothing behind that this run created.
+        if isinstance(exc, InputError):
+            lock.undo()
         charts_ready.join()
         pool.close()
         raise
     finally:
+        lock.release()
         if config.backend == "dask":
             pool.close()
 
@@ -80,12 +124,12 @@ def _run(config: PackConfig, pool: Pool, charts_ready: threading.Thread) -> tupl
         # The interrupted run had already rewritten splits.json: its input pins are in the state.
         pins = state.saved_pins()
     pinned = read_pinned(config.splits, pins)
-    check_card_path(card_path(config.stats))
     timings["load"] = time.perf_counter() - start
 
     start = time.perf_counter()
     plan = build_plan(config, taxonomy, pinned, partial(fingerprint, workers=config.workers))
     image_paths = plan.rows.filter(pl.col("status") == "ok")["image_path"].drop_nulls().to_list()
+    check_images_outside(output_paths(config), image_paths)
     ident = identity(
         config.to_json(),
         file_digest(config.manifest),
@@ -116,7 +160,7 @@ def resume_point(state: RunState, previous: dict[str, Any] | None, ident: dict[s
     if why is None and progress is None:
         why = "a shard the previous run finished is missing or was changed"
     if why:
-        print(f"packer: starting fresh: {why}")
+        print(f"packer: starting fresh: {inert(why)}")
     return progress
 
 
@@ -136,15 +180,14 @@ def write_run(
     out_dir = config.stats.parent
     out_dir.mkdir(parents=True, exist_ok=True)
     # Nothing stale looks valid: a previous run's verdict goes first, and the folder says it is incomplete.
-    (out_dir / INCOMPLETE).write_text(INCOMPLETE_TEXT, encoding="utf-8")
+    write_atomic(out_dir / INCOMPLETE, INCOMPLETE_TEXT.encode("utf-8"))
     for stale in (config.stats, card_path(config.stats), out_dir / "report.html", config.failures_log):
         stale.unlink(missing_ok=True)
     if not config.label_taxonomy.is_file():
-        config.label_taxonomy.parent.mkdir(parents=True, exist_ok=True)
-        config.label_taxonomy.write_text(default_taxonomy_text(), encoding="utf-8")
+        write_atomic(config.label_taxonomy, default_taxonomy_text().encode("utf-8"))
     if progress is None:
-        for split in (*SPLITS, DIAGNOSTICS):
-            shutil.rmtree(config.output_dir / split, ignore_errors=True)
+        for split in SPLIT_DIRS:
+            remove_owned(config.output_dir / split, SPLIT_FILE)
         state.begin(ident, pins, keep_journal=False)
         progress = Progress()
     else:
@@ -204,10 +247,6 @@ def drop_unfinished(shard_root: Path, progress: Progress) -> None:
     """Before a resume: remove what the dead run left half-written (temporary shards and chunk
     files) and shards it renamed but did not journal (they are written again, byte for byte)."""
     kept = {Path(s.path).name for shards in progress.closed.values() for s in shards}
-    shutil.rmtree(shard_root / ".chunks", ignore_errors=True)
-    for split in (*SPLITS, DIAGNOSTICS):
-        folder = shard_root / split
-        if folder.is_dir():
-            for path in folder.iterdir():
-                if path.name not in kept:
-                    path.unlink()
+    remove_owned(shard_root / ".chunks", WORK_FILE)
+    for split in SPLIT_DIRS:
+        remove_owned(shard_root / split, SPLIT_FILE, keep=kept)

@@ -73,6 +73,8 @@ def read_pinned(path: Path, data: bytes | None) -> dict[str, str]:
         raise InputError(f"{path}: not UTF-8: {exc.reason}") from None
     except json.JSONDecodeError as exc:
         raise InputError(f"{path}: line {exc.lineno}: not valid JSON: {exc.msg}") from None
+    except RecursionError:
+        raise InputError(f"{path}: not valid JSON: nested too deeply") from None
     if isinstance(doc, dict) and doc and set(doc) <= set(SPLITS) and all(isinstance(v, list) for v in doc.values()):
         return {i: split for split, ids in doc.items() for i in ids}
     if isinstance(doc, dict):

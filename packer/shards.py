@@ -8,6 +8,8 @@ import os
 import tarfile
 from pathlib import Path
 
+from .guard import create_exclusive
+
 BLOCK = tarfile.BLOCKSIZE
 END_OF_ARCHIVE = b"\0" * (2 * BLOCK)
 
@@ -52,7 +54,7 @@ class ShardWriter:
         directory.mkdir(parents=True, exist_ok=True)
         self.path = directory / f"{series}-{index:05d}.tar"
         self.tmp = self.path.with_name(self.path.name + ".tmp")
-        self.handle = open(self.tmp, "wb")
+        self.handle = os.fdopen(create_exclusive(self.tmp), "wb")
         self.count = 0
         self.size = 0
 
@@ -75,10 +77,12 @@ class ShardWriter:
 
 def write_atomic(path: Path, data: bytes) -> None:
     """Write a whole file under a temporary name, then rename it: a reader (or a resumed run) sees
-    the old file or the new one, never half of one. Every output but the shards is written so."""
+    the old file or the new one, never half of one. Every output but the shards is written so. The
+    temporary is created exclusively, never through a link (guard.create_exclusive); the rename
+    replaces a link standing at `path` itself, never its target."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as handle:
+    with os.fdopen(create_exclusive(tmp), "wb") as handle:
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import InputError
+from .guard import inert
 
 csv.field_size_limit(sys.maxsize)
 
@@ -40,6 +41,8 @@ def read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise SourceError(f"{path}: line {number}: not valid JSON: {exc.msg}") from None
+            except RecursionError:
+                raise SourceError(f"{path}: line {number}: not valid JSON: nested too deeply") from None
             if not isinstance(obj, dict):
                 raise SourceError(f"{path}: line {number}: expected a JSON object")
             yield number, obj
@@ -50,6 +53,8 @@ def read_json(path: Path) -> Any:
         return json.loads(path.read_text(encoding="utf-8-sig"))
     except json.JSONDecodeError as exc:
         raise SourceError(f"{path}: line {exc.lineno}: not valid JSON: {exc.msg}") from None
+    except RecursionError:
+        raise SourceError(f"{path}: not valid JSON: nested too deeply") from None
 
 
 @dataclass
@@ -539,17 +544,18 @@ def main(argv: list[str] | None = None) -> int:
         options = Options(fine_grained=args.fine_grained, test_labels=args.test_labels)
         result = convert(args.dataset, args.raw_dir, args.images, options)
     except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {inert(exc)}", file=sys.stderr)
         return 2
     write_jsonl(args.output, result.rows)
     splits = Counter(str(r["split"]) for r in result.rows)
-    print(f"{args.dataset}: {len(result.rows)} rows -> {args.output} ({dict(sorted(splits.items()))})", file=sys.stderr)
+    wrote = f"{args.dataset}: {len(result.rows)} rows -> {args.output} ({dict(sorted(splits.items()))})"
+    print(inert(wrote), file=sys.stderr)
     if result.ocr:
         ocr_out = args.ocr_out or args.output.with_name("ocr.jsonl")
         write_jsonl(ocr_out, result.ocr)
         print(f"{args.dataset}: {len(result.ocr)} OCR rows -> {ocr_out}", file=sys.stderr)
     for note in result.notes:
-        print(f"  {note}", file=sys.stderr)
+        print(f"  {inert(note)}", file=sys.stderr)
     return 0
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .guard import WORK_FILE, remove_owned
 from .shards import series_of, write_atomic
 from .specs import SampleOutcome
 
@@ -205,7 +205,7 @@ class RunState:
     def begin(self, ident: dict[str, Any], pins: bytes | None, keep_journal: bool) -> None:
         """Record the run's identity (a fresh run also clears the journal)."""
         if not keep_journal:
-            shutil.rmtree(self.dir, ignore_errors=True)
+            remove_owned(self.dir, WORK_FILE)
         self.dir.mkdir(parents=True, exist_ok=True)
         if pins is not None and not (keep_journal and (self.dir / "pins.json").is_file()):
             write_atomic(self.dir / "pins.json", pins)
@@ -221,7 +221,8 @@ class RunState:
 
     def _append(self, record: dict[str, Any]) -> None:
         if self._journal is None:
-            self._journal = open(self.journal_path, "a", encoding="utf-8")
+            fd = os.open(self.journal_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+            self._journal = os.fdopen(fd, "a", encoding="utf-8")
         self._journal.write(json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n")
         self._journal.flush()
 
@@ -242,4 +243,4 @@ class RunState:
 
     def remove(self) -> None:
         self.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        remove_owned(self.dir, WORK_FILE)

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..config import InputError
+from ..guard import check_owned_file, inert
 from .html import build_report
 
 
@@ -17,7 +19,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     if not (args.folder / "stats.json").is_file():
-        print(f"error: {args.folder / 'stats.json'}: not found (is this a packer output folder?)", file=sys.stderr)
+        where = inert(args.folder / "stats.json")
+        print(f"error: {where}: not found (is this a packer output folder?)", file=sys.stderr)
+        return 2
+    try:
+        check_owned_file(args.folder / "report.html", "report", "folder")
+    except InputError as exc:
+        print(f"error: {inert(exc)}", file=sys.stderr)
         return 2
     print(build_report(args.folder, args.shards, args.sample, args.seed))
     return 0

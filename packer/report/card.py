@@ -9,14 +9,18 @@ integer from a list). Below the YAML, for people: what the data is, its counts a
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 import yaml
 from jinja2 import Environment, PackageLoader, StrictUndefined
+from markupsafe import Markup
 
 from ..config import DIAGNOSTICS, SPLITS, UNIFIED_FIELDS, InputError, Taxonomy
+from ..guard import inert
 from ..shards import IMAGE_SERIES, TEXT_SERIES, write_atomic
 
 # The card's first body line: a README.md without it is somebody else's and is never overwritten.
@@ -164,6 +168,36 @@ def dataset_counts(stats: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+# A value that renders as itself in markdown: words of letters and digits joined by _ or -, or a number.
+PLAIN = re.compile(r"[A-Za-z0-9]+(?:[_-][A-Za-z0-9]+)*|[0-9]+(?:\.[0-9]+)?")
+CARD_TEXT_SHOWN = 300
+
+
+def md_inert(value: Any) -> Any:
+    """The card's finalize: every value the template prints that does not render as itself (a
+    reason quoting an input value, a dataset or class name) goes into a code span, where markdown
+    makes no HTML, link, image, heading or emphasis; control characters are shown escaped, a `|`
+    cannot end a table cell, and the text is cut to CARD_TEXT_SHOWN characters."""
+    if isinstance(value, (Markup, bool, int, float)) or value is None:
+        return value
+    text = str(value)
+    if PLAIN.fullmatch(text):
+        return text
+    if len(text) > CARD_TEXT_SHOWN:
+        text = f"{text[:CARD_TEXT_SHOWN]}... [{len(text) - CARD_TEXT_SHOWN} more characters]"
+    text = inert(text).replace("|", "\\|")
+    fence = "`" * (max((len(run) for run in re.findall("`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") or not text.strip(" ") else ""
+    return Markup(f"{fence}{pad}{text}{pad}{fence}")
+
+
+def literal(value: Any) -> Markup:
+    """A value inside a code block's Python string literal: escaped as Python reads it back, with no
+    backtick (which could close the fence) or pipe (which could end a table cell) left raw."""
+    body = json.dumps(str(value), ensure_ascii=True)[1:-1]
+    return Markup(body.replace("`", "\\u0060").replace("|", "\\u007c"))
+
+
 def render_card(stats: dict[str, Any], taxonomy: Taxonomy, shard_root: Path, card_dir: Path) -> str:
     env = Environment(
         loader=PackageLoader("packer", "templates"),
@@ -171,19 +205,22 @@ def render_card(stats: dict[str, Any], taxonomy: Taxonomy, shard_root: Path, car
         keep_trailing_newline=True,
         trim_blocks=True,
         lstrip_blocks=True,
+        finalize=md_inert,
     )
+    env.filters["literal"] = literal
     meta = card_metadata(stats, taxonomy, shard_root, card_dir)
     shards = stats["splits"]["train"]["image_shards"]
     return env.get_template("dataset_card.md.j2").render(
-        yaml_header=yaml.dump(meta, Dumper=PlainDumper, sort_keys=False, allow_unicode=True, width=1000),
+        yaml_header=Markup(yaml.dump(meta, Dumper=PlainDumper, sort_keys=False, allow_unicode=True, width=1000)),
         train_image_shards="shard-00000.tar" if shards <= 1 else f"shard-{{00000..{shards - 1:05d}}}.tar",
-        marker=MARKER,
+        marker=Markup(MARKER),
         stats=stats,
         configs=[c["config_name"] for c in meta.get("configs", [])],
         shard_dir=relative(shard_root, card_dir),
         card_dir=card_dir.name or str(card_dir),
         class_tables=class_tables(stats),
         datasets=dataset_counts(stats),
+        dataset_names=Markup(", ".join(str(md_inert(d)) for d in stats["datasets"])),
     )
 
 

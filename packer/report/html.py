@@ -29,6 +29,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from ..audit import BALANCE_POINTS
 from ..config import DIAGNOSTICS, SPLITS, UNIFIED_FIELDS
+from ..guard import REPORT_MARKER
 from ..plan import safe_key
 from ..shards import write_atomic
 from .card import dataset_counts
@@ -38,6 +39,19 @@ PAIRS_SHOWN = 4  # leakage pairs shown side by side, per kind
 PAIR_SCAN_MEMBERS = 300_000  # tar members read at most to find those pairs
 REASON_EXAMPLES = 3
 SPLIT_COLOURS = {"train": "#4c78a8", "val": "#f58518", "test": "#54a24b", DIAGNOSTICS: "#b279a2"}
+
+
+# Every text the page shows is cut to this many characters, with the number left out said: the
+# shards keep the whole text, and the page stays bounded whatever the input holds.
+TEXT_SHOWN = 2000
+
+
+def bounded(value: Any) -> Any:
+    """The template's finalize: every value it prints, cut to TEXT_SHOWN characters (markup the
+    code built itself, the charts and image URIs, is exempt)."""
+    if isinstance(value, str) and not isinstance(value, markupsafe.Markup) and len(value) > TEXT_SHOWN:
+        return f"{value[:TEXT_SHOWN]}\u2026 [{len(value) - TEXT_SHOWN} more characters]"
+    return value
 
 
 @dataclass
@@ -51,8 +65,11 @@ class Sample:
     doc: dict[str, Any]
 
     @property
-    def image_uri(self) -> str | None:
-        return None if self.jpg is None else "data:image/jpeg;base64," + base64.b64encode(self.jpg).decode("ascii")
+    def image_uri(self) -> markupsafe.Markup | None:
+        """The packed JPEG as a data URI (base64 only: safe markup, exempt from the text bound)."""
+        if self.jpg is None:
+            return None
+        return markupsafe.Markup("data:image/jpeg;base64," + base64.b64encode(self.jpg).decode("ascii"))
 
     @property
     def labels(self) -> str:
@@ -403,8 +420,14 @@ def build_report(
         if (shard_root / split / "index.json").is_file()
     }
     reasons = reasons_with_examples(out_dir / "failures.jsonl")
-    env = Environment(loader=PackageLoader("packer", "templates"), undefined=StrictUndefined, autoescape=True)
+    env = Environment(
+        loader=PackageLoader("packer", "templates"),
+        undefined=StrictUndefined,
+        autoescape=True,
+        finalize=bounded,
+    )
     html = env.get_template("report.html.j2").render(
+        marker=markupsafe.Markup(REPORT_MARKER),
         stats=stats,
         verdict=verdict(stats),
         passed=all(stats["checks"].values()),

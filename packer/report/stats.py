@@ -14,6 +14,7 @@ import polars as pl
 from ..audit import assigned_leaks, balance, largest_groups, leakage
 from ..config import SPLITS, UNIFIED_FIELDS, PackConfig
 from ..execute import ExecutionResult
+from ..guard import inert
 from ..shards import IMAGE_SERIES, write_atomic
 from ..splits import HASH_NAME
 
@@ -255,7 +256,8 @@ def summary(stats: dict[str, Any]) -> str:
     )
     for name, ok in stats["checks"].items():
         lines.append(f"  check {name}: {'PASS' if ok else 'FAIL'}")
-    return "\n".join(lines)
+    # Reasons quote input values: every control character is shown escaped, never sent to the terminal.
+    return "\n".join(inert(line) for line in lines)
 
 
 def json_bytes(doc: Any) -> bytes:
