@@ -71,7 +71,7 @@ def _check_tree(folder: Path, names: re.Pattern[str], owner: Path) -> None:
     """Every entry of a folder packer writes into is a regular file with one of packer's names."""
     for entry in sorted(folder.iterdir()):
         if entry.is_symlink():
-            raise _refuse(entry, "is a symbolic link", "packer never writes through a link: remove it")
+            check_no_link(entry)
         if not (entry.is_file() and names.fullmatch(entry.name)):
             raise _foreign(entry, owner)
 
@@ -97,7 +97,7 @@ def check_shard_folder(root: Path) -> None:
             pattern = SPLIT_FILE if entry.name in SPLIT_DIRS else META_FILE if entry.name in ROOT_DIRS else WORK_FILE
             _check_tree(entry, pattern, root)
         elif entry.is_symlink():
-            raise _refuse(entry, "is a symbolic link", "packer never writes through a link: remove it")
+            check_no_link(entry)
         elif not (entry.is_file() and ROOT_FILE.fullmatch(entry.name)):
             raise _foreign(entry, root)
 
@@ -142,16 +142,20 @@ INCOMPLETE_TEXT = (
 )
 
 
+def check_no_link(path: Path) -> None:
+    if path.is_symlink():
+        raise _refuse(path, "is a symbolic link", "packer never writes through a link: remove it")
+
+
 def check_owned_file(path: Path, kind: str, flag: str) -> None:
     """A file packer is about to replace (and its temporary name) must be absent or packer's own."""
     for candidate in (path, path.with_name(path.name + ".tmp")):
-        if candidate.is_symlink():
-            raise _refuse(candidate, "is a symbolic link", "packer never writes through a link: remove it")
+        check_no_link(candidate)
     if os.path.lexists(path) and not (path.is_file() and _is_packer_file(path, kind)):
         raise _refuse(
             path,
             f"exists and is not a packer {OWNED_KINDS[kind]}",
-            f"packer writes its {OWNED_KINDS[kind]} there (beside stats.json): move that file or choose another {flag}",
+            f"packer writes its {OWNED_KINDS[kind]} there: move that file or choose another {flag}",
         )
 
 

@@ -31,6 +31,7 @@ from .guard import (
     WORK_FILE,
     OutputLock,
     check_images_outside,
+    check_no_link,
     check_no_overlap,
     check_owned_file,
     check_shard_folder,
@@ -71,8 +72,10 @@ def output_paths(config: PackConfig) -> dict[str, Path]:
 
 def check_outputs(config: PackConfig) -> None:
     """Before anything changes: the run may write every output path (guard.py), or InputError."""
-    check_shard_folder(config.output_dir)
     outputs = output_paths(config)
+    inputs = {"manifest": config.manifest, **({"OCR file": config.ocr} if config.ocr else {})}
+    check_no_overlap(outputs, inputs)
+    check_shard_folder(config.output_dir)
     for name, kind, flag in (
         ("stats file", "stats", "--stats"),
         ("dataset card", "card", "--stats / --output-dir"),
@@ -81,8 +84,8 @@ def check_outputs(config: PackConfig) -> None:
         ("incomplete note", "incomplete", "--stats"),
     ):
         check_owned_file(outputs[name], kind, flag)
-    inputs = {"manifest": config.manifest, **({"OCR file": config.ocr} if config.ocr else {})}
-    check_no_overlap(outputs, inputs)
+    for name in ("splits file", "label taxonomy"):  # the user's files, read and rewritten by design
+        check_no_link(outputs[name].with_name(outputs[name].name + ".tmp"))
 
 
 def run(config: PackConfig) -> tuple[int, dict[str, Any]]:
