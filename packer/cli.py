@@ -49,6 +49,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--include-diagnostics", action="store_true", help="pack HateCheck into <dir>/diagnostics/")
     p.add_argument("--keep-unlabelled", action="store_true", help="pack examples with no label at all")
     p.add_argument("--shard-maxcount", type=positive_int, default=5000)
+    p.add_argument(
+        "--min-shards",
+        type=positive_int,
+        default=16,
+        help="at least this many shards of equal size per series of every split (as far as its examples go): "
+        "world_size x DataLoader workers, so that every rank and worker reads",
+    )
     p.add_argument("--shard-maxsize", type=positive_int, default=1_000_000_000, help="bytes")
     p.add_argument("--image-size", type=positive_int, default=384)
     p.add_argument("--jpeg-quality", type=int, choices=range(1, 101), metavar="1..100", default=95)

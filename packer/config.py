@@ -44,6 +44,7 @@ class PackConfig:
     include_diagnostics: bool = False
     keep_unlabelled: bool = False
     shard_maxcount: int = 5000
+    min_shards: int = 16  # per series of every split (as far as its examples go): every rank and worker gets data
     shard_maxsize: int = 1_000_000_000
     image_size: int = 384
     jpeg_quality: int = 95
@@ -117,6 +118,10 @@ def validate_taxonomy(doc: Any, source: str) -> Taxonomy:
     vocab = doc.get("target_vocabulary")
     if not isinstance(vocab, list) or not all(isinstance(v, str) for v in vocab) or "other" not in vocab:
         raise fail("target_vocabulary", "needs a list of strings including 'other'")
+    # The class list of target_type (its order gives a model's class indices); optional in older files.
+    kinds = doc.get("target_types", list(TARGET_TYPES))
+    if not isinstance(kinds, list) or sorted(map(str, kinds)) != sorted(TARGET_TYPES) or len(kinds) != 4:
+        raise fail("target_types", f"needs the four target types {list(TARGET_TYPES)} in any order")
     raw_kinds: dict[str, tuple[str, str]] = {}
     aux_types: dict[str, tuple[Any, str]] = {}  # aux name -> (its type, the dataset that set it)
     for name, block in doc["datasets"].items():

@@ -8,6 +8,7 @@ depend on how many workers there were. This module and those it imports never im
 
 from __future__ import annotations
 
+import bisect
 import io
 import json
 import multiprocessing
@@ -336,8 +337,11 @@ class Pool:
 class ShardCutter:
     """Cuts one series of one split (its image or its text-only examples) into shards, in order.
 
-    A resumed run hands it the shards that were complete (`closed`); it goes on with the next index.
-    Each shard, once complete under its final name, is reported to `on_close`."""
+    A new shard starts at each of the plan's `starts` (positions in the split's order, from
+    plan.shard_starts: equal shards, at least --min-shards), and wherever --shard-maxcount or
+    --shard-maxsize would be passed. A resumed run hands it the shards that were complete
+    (`closed`); it goes on with the next index. Each shard, once complete under its final name, is
+    reported to `on_close`."""
 
     def __init__(
         self,
@@ -346,6 +350,7 @@ class ShardCutter:
         series: str,
         maxcount: int,
         maxsize: int,
+        starts: list[int],
         closed: list[ClosedShard],
         on_close: Callable[[ClosedShard], None],
     ):
@@ -354,15 +359,22 @@ class ShardCutter:
         self.series = series
         self.maxcount = maxcount
         self.maxsize = maxsize
+        self.starts = starts
         self.writer: ShardWriter | None = None
         self.done: list[ClosedShard] = list(closed)
         self.index = len(self.done)
         self.on_close = on_close
-        self.end = 0
+        self.end = self.done[-1].end if self.done else 0
+        self.next_start = bisect.bisect_left(starts, self.end)  # the starts the closed shards passed
 
     def add(self, data: bytes, position: int) -> None:
+        boundary = False
+        while self.next_start < len(self.starts) and self.starts[self.next_start] <= position:
+            boundary, self.next_start = True, self.next_start + 1
         w = self.writer
-        if w is not None and (w.count >= self.maxcount or (w.count and w.size + len(data) > self.maxsize)):
+        if w is not None and (
+            boundary or w.count >= self.maxcount or (w.count and w.size + len(data) > self.maxsize)
+        ):
             self.finish()
         if self.writer is None:
             self.writer = ShardWriter(self.directory, self.index, self.series)
@@ -397,6 +409,7 @@ def execute(
     pool: Pool,
     maxcount: int,
     maxsize: int,
+    starts: dict[tuple[str, str], list[int]],
     state: RunState,
     progress: Progress,
 ) -> ExecutionResult:
@@ -439,6 +452,7 @@ def execute(
                             series,
                             maxcount,
                             maxsize,
+                            starts.get((split, series), []),
                             progress.closed.get((split, series), []),
                             state.shard_closed,
                         )

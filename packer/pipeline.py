@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -38,7 +39,7 @@ from .guard import (
     inert,
     remove_owned,
 )
-from .plan import Plan, build_plan, iter_chunks, read_pinned, samples_to_pack, splits_document
+from .plan import Plan, build_plan, iter_chunks, read_pinned, samples_to_pack, shard_starts, splits_document
 from .report import build_stats, final_rows, summary, write_card, write_failures, write_stats
 from .report.card import card_path
 from .report.html import build_report, warm_charts
@@ -91,22 +92,28 @@ def check_outputs(config: PackConfig) -> None:
 def run(config: PackConfig) -> tuple[int, dict[str, Any]]:
     """Pack; returns (exit code, stats). Raises InputError (exit 2) before writing anything, and
     OutputError (exit 3) when the output cannot be written."""
-    scheduler = config.scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS") or None
-    pool = Pool(config.backend, config.workers, scheduler if config.backend == "dask" else None)
+    # Before anything starts or changes: the outputs are packer's to write, and this run is the
+    # folder's only writer.
+    check_outputs(config)
+    lock = OutputLock(config.output_dir)
+    lock.acquire()
+    try:
+        scheduler = config.scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS") or None
+        pool = Pool(config.backend, config.workers, scheduler if config.backend == "dask" else None)
+    except InputError:
+        lock.undo()
+        raise
     # vl-convert's engine (0.3 s) starts on a thread while the parent plans and the pool starts.
     charts_ready = warm_charts()
-    lock = OutputLock(config.output_dir)
     try:
-        check_outputs(config)
-        lock.acquire()
         return _run(config, pool, charts_ready)
     except (InputError, OutputError) as exc:
         # A clean stop: what started during planning is shut down before exiting, and an input
         # error leaves nothing behind that this run created.
-        if isinstance(exc, InputError):
-            lock.undo()
         charts_ready.join()
         pool.close()
+        if isinstance(exc, InputError):
+            lock.undo()
         raise
     finally:
         lock.release()
@@ -214,6 +221,7 @@ def write_run(
         pool,
         config.shard_maxcount,
         config.shard_maxsize,
+        shard_starts(plan.rows, config.min_shards, config.shard_maxcount),
         state,
         progress,
     )
@@ -234,7 +242,8 @@ def write_run(
     state.splits_written(text_digest(splits_doc))
     write_atomic(config.splits, splits_doc)
     stats = build_stats(config, rows, result, plan.manifest_rows, plan.ocr_orphans, timings)
-    write_card(stats, taxonomy, config.output_dir, config.stats)
+    fingerprint = text_digest(json.dumps(ident, sort_keys=True))[:16]
+    write_card(stats, taxonomy, config.output_dir, config.stats, fingerprint)
     build_report(out_dir, config.output_dir, config.report_sample, config.seed, stats)
     timings["report"] = time.perf_counter() - start
     stats["seconds"]["report"] = round(timings["report"], 3)

@@ -32,6 +32,7 @@ from .load import (
     scan_manifest,
     scan_ocr,
 )
+from .shards import IMAGE_SERIES, TEXT_SERIES
 from .specs import SAMPLE_COLUMNS, ChunkSpec
 from .splits import assign_splits, connected_groups, cross_split_copy, dataset_split, duplicate_of_kept, stable_hash
 from .text import clean_text, combined_text, normalized_text, ocr_text
@@ -272,6 +273,38 @@ def samples_to_pack(rows: pl.DataFrame) -> int:
     return rows.filter(pl.col("status") == "ok").height
 
 
+def ordered_samples(rows: pl.DataFrame) -> pl.DataFrame:
+    """The samples to pack, split after split, each split in its seeded-hash order: a sample's
+    position in its split is its index here, counted from the split's first row."""
+    order = {s: i for i, s in enumerate((*SPLITS, DIAGNOSTICS))}
+    return (
+        rows.filter(pl.col("status") == "ok")
+        .with_columns(split_rank=pl.col("split").replace_strict(order, return_dtype=pl.Int32))
+        .sort("split_rank", "order", "id")
+    )
+
+
+def shard_starts(rows: pl.DataFrame, min_shards: int, maxcount: int) -> dict[tuple[str, str], list[int]]:
+    """Per (split, series), the positions in the split's order at which a new shard starts (the
+    first shard's start left out).
+
+    A series of n planned examples is cut into k = max(min(min_shards, n), ceil(n / maxcount))
+    shards of equal size, within one example: shard i holds its examples floor(i*n/k) up to
+    floor((i+1)*n/k). Cut by plan position, the shards are the same whatever the workers, backend
+    or resumes; an image that then fails to decode leaves its shard one example short.
+    """
+    samples = ordered_samples(rows).select(
+        "split", image=pl.col("image_path").is_not_null(), position=pl.int_range(pl.len()).over("split")
+    )
+    starts: dict[tuple[str, str], list[int]] = {}
+    for (split, has_image), part in samples.group_by("split", "image", maintain_order=True):
+        positions = part["position"].to_list()
+        n = len(positions)
+        k = max(min(min_shards, n), -(-n // maxcount))
+        starts[split, IMAGE_SERIES if has_image else TEXT_SERIES] = [positions[i * n // k] for i in range(1, k)]
+    return starts
+
+
 def iter_chunks(
     rows: pl.DataFrame, chunk_size: Callable[[int], int], start: dict[str, int] | None = None
 ) -> Iterator[ChunkSpec]:
@@ -282,13 +315,7 @@ def iter_chunks(
     plan never holds a Python object per sample, and the work overlaps with the image stage.
     """
     start = start or {}
-    order = {s: i for i, s in enumerate((*SPLITS, DIAGNOSTICS))}
-    todo = (
-        rows.filter(pl.col("status") == "ok")
-        .with_columns(split_rank=pl.col("split").replace_strict(order, return_dtype=pl.Int32))
-        .sort("split_rank", "order", "id")
-        .select(*SAMPLE_COLUMNS, *UNIFIED_FIELDS)
-    )
+    todo = ordered_samples(rows).select(*SAMPLE_COLUMNS, *UNIFIED_FIELDS)
     sizes = dict(todo.group_by("split").len().iter_rows())
     remaining = sum(max(0, n - start.get(split, 0)) for split, n in sizes.items())
     for (split,), part in todo.group_by("split", maintain_order=True):

@@ -89,8 +89,16 @@ def write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+# The index files of a split: both series (image shards first), and each series alone.
+INDEXES = {"index.json": SERIES, "index.images.json": (IMAGE_SERIES,), "index.text.json": (TEXT_SERIES,)}
+
+
 def write_shard_index(directory: Path, shards: list[tuple[str, int]]) -> None:
-    """`<split>/index.json` in the layout webdataset's `wids` reads: each shard's url (relative to
-    the index) and its number of samples, image series first, then text series."""
-    doc = {"wids_version": 1, "shardlist": [{"url": url, "nsamples": n} for url, n in shards]}
-    write_atomic(directory / "index.json", (json.dumps(doc, indent=1) + "\n").encode("utf-8"))
+    """`<split>/index.json`, `index.images.json` and `index.text.json` in the layout of webdataset's
+    `wids`: each shard's url (relative to the index) and its number of samples. An index that would
+    list no shard is not written (wids refuses an empty shardlist); a split with none has no index."""
+    for name, series in INDEXES.items():
+        listed = [{"url": url, "nsamples": n} for url, n in shards if url.split("-", 1)[0] in series]
+        if listed:
+            doc = {"wids_version": 1, "shardlist": listed}
+            write_atomic(directory / name, (json.dumps(doc, indent=1) + "\n").encode("utf-8"))

@@ -186,7 +186,7 @@ def test_an_output_folder_that_is_itself_a_link_keeps_working(dataset, tmp_path)
     dataset.out.mkdir(parents=True)
     (dataset.out / "shards").symlink_to(real, target_is_directory=True)
     assert pack(dataset.args(), tmp_path).returncode == 0
-    assert sorted(p.name for p in (real / "train").glob("*.tar")) == ["shard-00000.tar"]
+    assert sorted(p.name for p in (real / "train").glob("*.tar")) == [f"shard-0000{i}.tar" for i in range(3)]
 
 
 # -- 4. one writer per folder ----------------------------------------------------------------------
@@ -343,8 +343,10 @@ def test_report_texts_are_cut_and_the_shard_keeps_them_whole(tmp_path):
     report = (ws.out / "report.html").read_text(encoding="utf-8")
     assert len(report.encode()) < 1_500_000
     assert report.count("more characters]") >= 3
-    with tarfile.open(ws.out / "shards" / "train" / "shard-00000.tar") as tar:
-        texts = [tar.extractfile(m).read().decode() for m in tar if m.name.endswith(".txt")]
+    texts = []
+    for shard in sorted((ws.out / "shards" / "train").glob("shard-*.tar")):
+        with tarfile.open(shard) as tar:
+            texts += [tar.extractfile(m).read().decode() for m in tar if m.name.endswith(".txt")]
     assert len(texts) == 3 and all(len(t) > 2_000_000 for t in texts)
 
 

@@ -109,7 +109,9 @@ def sample_features(taxonomy: Taxonomy, with_image: bool) -> list[dict[str, Any]
     return [_feature(name, spec) for name, spec in members.items()]
 
 
-def card_metadata(stats: dict[str, Any], taxonomy: Taxonomy, shard_root: Path, card_dir: Path) -> dict[str, Any]:
+def card_metadata(
+    stats: dict[str, Any], taxonomy: Taxonomy, shard_root: Path, card_dir: Path, fingerprint: str
+) -> dict[str, Any]:
     """The YAML header: a config per shard series that has shards, a data-files pattern per split."""
     counts = stats["splits"]
     configs, infos = [], []
@@ -123,7 +125,20 @@ def card_metadata(stats: dict[str, Any], taxonomy: Taxonomy, shard_root: Path, c
         if not files:
             continue
         configs.append({"config_name": name, "data_files": files, **({"default": True} if name == "images" else {})})
-        infos.append({"config_name": name, "features": sample_features(taxonomy, series == IMAGE_SERIES)})
+        infos.append(
+            {
+                "config_name": name,
+                # `datasets` keys its cache by the card's configs and dataset_info, never by the files the
+                # patterns match: the pack's fingerprint (its inputs and flags) makes another pack, in this
+                # folder or another one of the same name, another cache entry, never stale rows.
+                "description": f"packer pack {fingerprint}",
+                "features": sample_features(taxonomy, series == IMAGE_SERIES),
+                # Checked by `datasets` once it has read the shards (a changed file cannot load silently).
+                "splits": [
+                    {"name": f["split"], "num_examples": counts[f["split"]][f"{kind}_examples"]} for f in files
+                ],
+            }
+        )
     meta: dict[str, Any] = {
         "pretty_name": "packer shards",
         "language": ["en"],
@@ -198,7 +213,7 @@ def literal(value: Any) -> Markup:
     return Markup(body.replace("`", "\\u0060").replace("|", "\\u007c"))
 
 
-def render_card(stats: dict[str, Any], taxonomy: Taxonomy, shard_root: Path, card_dir: Path) -> str:
+def render_card(stats: dict[str, Any], taxonomy: Taxonomy, shard_root: Path, card_dir: Path, fingerprint: str) -> str:
     env = Environment(
         loader=PackageLoader("packer", "templates"),
         undefined=StrictUndefined,
@@ -208,7 +223,7 @@ def render_card(stats: dict[str, Any], taxonomy: Taxonomy, shard_root: Path, car
         finalize=md_inert,
     )
     env.filters["literal"] = literal
-    meta = card_metadata(stats, taxonomy, shard_root, card_dir)
+    meta = card_metadata(stats, taxonomy, shard_root, card_dir, fingerprint)
     shards = stats["splits"]["train"]["image_shards"]
     return env.get_template("dataset_card.md.j2").render(
         yaml_header=Markup(yaml.dump(meta, Dumper=PlainDumper, sort_keys=False, allow_unicode=True, width=1000)),
@@ -224,8 +239,11 @@ def render_card(stats: dict[str, Any], taxonomy: Taxonomy, shard_root: Path, car
     )
 
 
-def write_card(stats: dict[str, Any], taxonomy: Taxonomy, shard_root: Path, stats_path: Path) -> Path:
+def write_card(
+    stats: dict[str, Any], taxonomy: Taxonomy, shard_root: Path, stats_path: Path, fingerprint: str
+) -> Path:
+    """The card; `fingerprint` names the pack (a digest of the run's identity: inputs and flags)."""
     path = card_path(stats_path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, render_card(stats, taxonomy, shard_root, path.parent).encode("utf-8"))
+    write_atomic(path, render_card(stats, taxonomy, shard_root, path.parent, fingerprint).encode("utf-8"))
     return path

@@ -235,8 +235,9 @@ def summary(stats: dict[str, Any]) -> str:
     ]
     for split, entry in stats["splits"].items():
         lines.append(
-            f"  {split:<12} {entry['examples']:>8} examples  {entry['shards']:>4} shards  {entry['bytes']:>12} bytes"
-            f"  ({entry['image_examples']} with an image, {entry['text_examples']} text-only)"
+            f"  {split:<12} {entry['examples']:>8} examples ({entry['image_examples']} with an image in "
+            f"{entry['image_shards']} image shards, {entry['text_examples']} text-only in {entry['text_shards']} "
+            f"text shards)  {entry['bytes']:>12} bytes"
         )
     for status in ("dropped", "failed"):
         for reason, n in stats["reasons"][status].items():
