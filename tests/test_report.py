@@ -171,3 +171,41 @@ def test_report_renders_in_headless_chromium_offline(packed, tmp_path):
     assert {r[0]: int(r[1]) for r in rows} == {s: e["examples"] for s, e in stats["splits"].items()}
     assert errors == []
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
+
+
+def test_report_warns_blurs_and_keeps_wide_charts_inside_the_page(packed):
+    browser = chromium_driver()
+    try:
+        browser.get((packed / "report.html").resolve().as_uri())
+        note = browser.find_element("id", "content-note")
+        note_shown, note_text = note.is_displayed(), note.text
+        first_image = "document.querySelector('#sheet-train img')"
+        blurred = browser.execute_script(f"return getComputedStyle({first_image}).filter;")
+        browser.execute_script(f"{first_image}.click();")
+        clicked = browser.execute_script(f"return getComputedStyle({first_image}).filter;")
+        others = browser.execute_script(
+            "return Array.from(document.querySelectorAll('img.sensitive')).slice(1)"
+            ".map(i => getComputedStyle(i).filter);"
+        )
+        browser.find_element("id", "reveal-all").click()
+        revealed = browser.execute_script(
+            "return Array.from(document.querySelectorAll('img.sensitive')).map(i => getComputedStyle(i).filter);"
+        )
+        page_width = browser.execute_script("return document.documentElement.clientWidth;")
+        boxes = browser.execute_script(
+            "return Array.from(document.querySelectorAll('figure.chart'))"
+            ".map(f => [f.getBoundingClientRect().right, f.scrollWidth, f.clientWidth]);"
+        )
+        cards = browser.execute_script(
+            "return Array.from(document.querySelectorAll('#sheet-val .card')).map(c =>"
+            " [c.querySelector('.split').textContent, c.querySelector('.source-split').textContent]);"
+        )
+    finally:
+        browser.quit()
+    assert note_shown and "hateful" in note_text
+    assert blurred.startswith("blur(") and clicked == "none"
+    assert others and all(f.startswith("blur(") for f in others)
+    assert revealed and set(revealed) == {"none"}
+    assert boxes and all(right <= page_width + 1 for right, _, _ in boxes), (page_width, boxes)
+    assert any(scroll > client for _, scroll, client in boxes)  # the wide target_group chart scrolls in its box
+    assert cards and all(split == "val" and source.startswith("(source split: ") for split, source in cards)

@@ -1,0 +1,212 @@
+"""Read the manifest and the OCR file as LazyFrames with explicit schemas.
+
+Polars reads the JSON lines; when it refuses a file, `locate_bad_line` reads it again in Python to
+name the line and the field, so the fast path pays nothing for the error messages.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from .config import InputError, Taxonomy
+
+REQUIRED = {"id": str, "dataset": str, "labels_raw": dict}
+OPTIONAL_STR = ("split", "image_path", "text_raw", "lang")
+
+OCR_LINE = pl.Struct({"text": pl.String, "conf": pl.Float64, "bbox": pl.String})
+OCR_SCHEMA = {"id": pl.String, "ocr": pl.Struct({"lines": pl.List(OCR_LINE)})}
+
+
+def manifest_schema(taxonomy: Taxonomy) -> dict[str, pl.DataType]:
+    # labels_raw is read as its JSON text (4x faster than a struct of every dataset's fields);
+    # each dataset extracts its own fields from it (labels.DatasetCompiler.apply).
+    raw = pl.String
+    return {
+        "id": pl.String,
+        "dataset": pl.String,
+        "split": pl.String,
+        "image_path": pl.String,
+        "text_raw": pl.String,
+        "labels_raw": raw,
+        "lang": pl.String,
+    }
+
+
+def _check_line(obj: Any, required: dict[str, type], optional: tuple[str, ...]) -> str | None:
+    if not isinstance(obj, dict):
+        return f"expected a JSON object, got {type(obj).__name__}"
+    for name, kind in required.items():
+        if obj.get(name) is None:
+            return f"field '{name}': missing (required)"
+        if not isinstance(obj[name], kind):
+            return f"field '{name}': expected {kind.__name__}, got {type(obj[name]).__name__}"
+    for name in optional:
+        if obj.get(name) is not None and not isinstance(obj[name], str):
+            return f"field '{name}': expected string or null, got {type(obj[name]).__name__}"
+    return None
+
+
+def locate_bad_line(path: Path, required: dict[str, type], optional: tuple[str, ...], checks=None) -> str:
+    """The first line of `path` that is not a valid record, as 'file: line N: problem'."""
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if not raw.strip():
+                continue
+            try:
+                obj = json.loads(raw)
+            except RecursionError:
+                return f"{path}: line {number}: not valid JSON: nested too deeply"
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                hint = " (the file starts with a UTF-8 BOM)" if number == 1 and raw.startswith(b"\xef\xbb\xbf") else ""
+                return f"{path}: line {number}: not valid JSON: {exc}{hint}"
+            problem = _check_line(obj, required, optional) or (checks(obj) if checks else None)
+            if problem:
+                return f"{path}: line {number}: {problem}"
+    return f"{path}: could not be read as JSON lines"
+
+
+# A \\uXXXX escape of a high surrogate not followed by a low one, or of a low one not preceded by a high one.
+LONE_SURROGATE = re.compile(
+    rb"(?<!\\)\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
+    rb"|(?<!\\u[dD][89abAB][0-9a-fA-F]{2})(?<!\\)\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+)
+
+
+def _surrogate_fields(obj: Any, where: str = "") -> list[str]:
+    if isinstance(obj, str):
+        return [where] if any("\ud800" <= c <= "\udfff" for c in obj) else []
+    if isinstance(obj, dict):
+        found = [where or "(a key)"] if any(_surrogate_fields(k) for k in obj) else []
+        return found + [f for k, v in obj.items() for f in _surrogate_fields(v, f"{where}.{k}" if where else k)]
+    if isinstance(obj, list):
+        return [f for i, v in enumerate(obj) for f in _surrogate_fields(v, f"{where}[{i}]")]
+    return []
+
+
+def replace_lone_surrogates(path: Path, copy: Path) -> tuple[Path, dict[int, str]]:
+    """`path`, or where it holds lone surrogate escapes, a `copy` with each replaced by U+FFFD;
+    and per row (as Polars counts them) the reason it fails: the fields that held one."""
+    bad: dict[int, str] = {}
+    changed = False
+    row = 0
+    with open(path, "rb") as src, open(copy, "wb") as dst:
+        for raw in src:
+            if raw.strip():
+                if LONE_SURROGATE.search(raw):
+                    try:
+                        fields = _surrogate_fields(json.loads(raw))
+                    except (ValueError, UnicodeDecodeError, RecursionError):
+                        fields = []
+                    if fields:
+                        bad[row] = f"invalid_unicode: field '{fields[0]}' holds a lone UTF-16 surrogate"
+                        raw = LONE_SURROGATE.sub(rb"\\ufffd", raw)
+                        changed = True
+                row += 1
+            dst.write(raw)
+    return (copy if changed else path), bad
+
+
+def line_numbers(path: Path, rows: list[int]) -> dict[int, int]:
+    """Row index (as Polars counts rows: blank lines skipped) -> 1-based line number."""
+    wanted = set(rows)
+    found: dict[int, int] = {}
+    row = 0
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if not raw.strip():
+                continue
+            if row in wanted:
+                found[row] = number
+            row += 1
+    return found
+
+
+def _labels_raw_check(taxonomy: Taxonomy):
+    kinds = taxonomy.raw_fields()
+
+    def check(obj: dict) -> str | None:
+        for name, value in obj["labels_raw"].items():
+            kind = kinds.get(name)
+            if kind is None or value is None:
+                continue
+            if kind == "scalar" and isinstance(value, (dict, list)):
+                return f"field 'labels_raw.{name}': expected a single value, got {type(value).__name__}"
+            if kind in ("list", "annotators") and not isinstance(value, (list, str)):
+                return f"field 'labels_raw.{name}': expected a list, got {type(value).__name__}"
+        return None
+
+    return check
+
+
+def scan_manifest(path: Path, taxonomy: Taxonomy) -> pl.LazyFrame:
+    """The manifest with `row` (for line numbers); `labels_raw` stays JSON text."""
+    if not path.is_file():
+        raise InputError(f"{path}: manifest not found")
+    frame = pl.scan_ndjson(path, schema=manifest_schema(taxonomy)).with_row_index("row")
+    return frame.with_columns(pl.col("labels_raw").str.starts_with("{").fill_null(False).alias("has_labels_raw"))
+
+
+def scan_ocr(path: Path | None) -> pl.LazyFrame:
+    """OCR rows: id and its list of lines (text, conf, bbox as JSON text)."""
+    if path is None:
+        return pl.LazyFrame(schema={"id": pl.String, "lines": pl.List(OCR_LINE), "ocr_row": pl.UInt32})
+    if not path.is_file():
+        raise InputError(f"{path}: OCR file not found")
+    frame = pl.scan_ndjson(path, schema=OCR_SCHEMA).with_row_index("ocr_row")
+    return frame.select("id", pl.col("ocr").struct.field("lines"), "ocr_row")
+
+
+READ_ERRORS = (pl.exceptions.ComputeError, pl.exceptions.SchemaError, pl.exceptions.InvalidOperationError)
+
+
+def explain_read_error(manifest: Path, ocr: Path | None, taxonomy: Taxonomy) -> InputError:
+    """Polars refused an input file: find which one, and its first bad line."""
+    message = locate_bad_line(manifest, REQUIRED, OPTIONAL_STR, _labels_raw_check(taxonomy))
+    if ocr is not None and message.endswith("could not be read as JSON lines"):
+        message = locate_bad_line(ocr, {"id": str}, (), _ocr_check)
+    return InputError(message)
+
+
+def check_manifest(frame: pl.DataFrame, path: Path) -> None:
+    """Required fields present, or an InputError naming the line."""
+    bad = frame.filter(pl.col("id").is_null() | pl.col("dataset").is_null() | ~pl.col("has_labels_raw"))
+    if bad.height:
+        raise InputError(locate_bad_line(path, REQUIRED, OPTIONAL_STR))
+
+
+def check_unique_ids(frame: pl.DataFrame, path: Path) -> None:
+    """Ids unique, or an InputError naming the lines of every copy. `frame` may be any subset that
+    holds every row whose id could be repeated (the plan passes the rows whose key is repeated)."""
+    dupes = frame.filter(pl.col("id").is_duplicated()).sort("row")
+    if dupes.height:
+        lines = line_numbers(path, dupes["row"].to_list())
+        shown = ", ".join(f"'{i}' (line {lines[r]})" for i, r in zip(dupes["id"], dupes["row"]))
+        count = dupes["id"].n_unique()
+        raise InputError(f"{path}: field 'id': {count} id(s) appear more than once: {shown[:2000]}")
+
+
+def check_ocr(frame: pl.DataFrame, path: Path | None) -> None:
+    if path is not None and frame["id"].null_count():
+        raise InputError(locate_bad_line(path, {"id": str}, (), _ocr_check))
+
+
+def _ocr_check(obj: dict) -> str | None:
+    ocr = obj.get("ocr")
+    if ocr is None:
+        return None
+    if not isinstance(ocr, dict) or not isinstance(ocr.get("lines", []), list):
+        return "field 'ocr.lines': expected a list of {text, conf, bbox}"
+    for i, line in enumerate(ocr.get("lines") or []):
+        if not isinstance(line, dict):
+            return f"field 'ocr.lines[{i}]': expected an object"
+        if line.get("text") is not None and not isinstance(line["text"], str):
+            return f"field 'ocr.lines[{i}].text': expected a string"
+        conf = line.get("conf")
+        if conf is not None and (isinstance(conf, bool) or not isinstance(conf, (int, float))):
+            return f"field 'ocr.lines[{i}].conf': expected a number"
+    return None

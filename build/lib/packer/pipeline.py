@@ -1,0 +1,264 @@
+"""One way through: load -> plan -> execute -> report."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from .config import (
+    DIAGNOSTICS,
+    SPLITS,
+    InputError,
+    OutputError,
+    PackConfig,
+    Taxonomy,
+    default_taxonomy_text,
+    load_taxonomy,
+)
+from .execute import ImageSettings, Pool, execute, fingerprint
+from .guard import (
+    INCOMPLETE,
+    INCOMPLETE_TEXT,
+    SPLIT_DIRS,
+    SPLIT_FILE,
+    WORK_FILE,
+    OutputLock,
+    check_images_outside,
+    check_no_link,
+    check_no_overlap,
+    check_owned_file,
+    check_shard_folder,
+    inert,
+    remove_owned,
+)
+from .plan import Plan, build_plan, iter_chunks, read_pinned, samples_to_pack, shard_starts, splits_document
+from .report import build_stats, final_rows, summary, write_card, write_failures, write_stats
+from .report.card import card_path
+from .report.html import build_report, warm_charts
+from .report.stats import json_bytes
+from .shards import write_atomic, write_shard_index
+from .state import Progress, RunState, difference, file_digest, identity, images_digest, text_digest
+
+
+def guided_chunks(workers: int, largest: int) -> Callable[[int], int]:
+    """Samples per pool task, given how many are still to hand out ("guided" scheduling): a quarter
+    of each worker's share of the rest, at most `largest`, at least 4 (below that the per-task
+    cost, pickling and a chunk file, would start to show). Tasks shrink towards the end, so the
+    cores finish within a few images of each other, a pilot of a few hundred examples included."""
+    return lambda remaining: max(4, min(largest, remaining // (4 * workers)))
+
+
+def output_paths(config: PackConfig) -> dict[str, Path]:
+    """Every path a run writes, by what it is (the split and taxonomy files are read and rewritten)."""
+    out_dir = config.stats.parent
+    return {
+        "output folder": config.output_dir,
+        "stats file": config.stats,
+        "dataset card": card_path(config.stats),
+        "report": out_dir / "report.html",
+        "failures log": config.failures_log,
+        "incomplete note": out_dir / INCOMPLETE,
+        "splits file": config.splits,
+        "label taxonomy": config.label_taxonomy,
+    }
+
+
+def check_outputs(config: PackConfig) -> None:
+    """Before anything changes: the run may write every output path (guard.py), or InputError."""
+    outputs = output_paths(config)
+    inputs = {"manifest": config.manifest, **({"OCR file": config.ocr} if config.ocr else {})}
+    check_no_overlap(outputs, inputs)
+    check_shard_folder(config.output_dir)
+    for name, kind, flag in (
+        ("stats file", "stats", "--stats"),
+        ("dataset card", "card", "--stats / --output-dir"),
+        ("report", "report", "--stats"),
+        ("failures log", "failures", "--stats"),
+        ("incomplete note", "incomplete", "--stats"),
+    ):
+        check_owned_file(outputs[name], kind, flag)
+    for name in ("splits file", "label taxonomy"):  # the user's files, read and rewritten by design
+        check_no_link(outputs[name].with_name(outputs[name].name + ".tmp"))
+
+
+def run(config: PackConfig) -> tuple[int, dict[str, Any]]:
+    """Pack; returns (exit code, stats). Raises InputError (exit 2) before writing anything, and
+    OutputError (exit 3) when the output cannot be written."""
+    # Before anything starts or changes: the outputs are packer's to write, and this run is the
+    # folder's only writer.
+    check_outputs(config)
+    lock = OutputLock(config.output_dir)
+    lock.acquire()
+    try:
+        scheduler = config.scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS") or None
+        pool = Pool(config.backend, config.workers, scheduler if config.backend == "dask" else None)
+    except InputError:
+        lock.undo()
+        raise
+    # vl-convert's engine (0.3 s) starts on a thread while the parent plans and the pool starts.
+    charts_ready = warm_charts()
+    try:
+        return _run(config, pool, charts_ready)
+    except (InputError, OutputError) as exc:
+        # A clean stop: what started during planning is shut down before exiting, and an input
+        # error leaves nothing behind that this run created.
+        charts_ready.join()
+        pool.close()
+        if isinstance(exc, InputError):
+            lock.undo()
+        raise
+    finally:
+        lock.release()
+        if config.backend == "dask":
+            pool.close()
+
+
+def _run(config: PackConfig, pool: Pool, charts_ready: threading.Thread) -> tuple[int, dict[str, Any]]:
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    taxonomy_path = config.label_taxonomy
+    taxonomy_text = taxonomy_path.read_bytes() if taxonomy_path.is_file() else default_taxonomy_text().encode()
+    taxonomy = load_taxonomy(taxonomy_path if taxonomy_path.is_file() else None)
+    state = RunState(config.output_dir)
+    previous = None if config.fresh else state.load()
+    pins = config.splits.read_bytes() if config.splits.is_file() else None
+    if previous and pins is not None and previous.get("splits_written") == text_digest(pins):
+        # The interrupted run had already rewritten splits.json: its input pins are in the state.
+        pins = state.saved_pins()
+    pinned = read_pinned(config.splits, pins)
+    timings["load"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    plan = build_plan(config, taxonomy, pinned, partial(fingerprint, workers=config.workers))
+    image_paths = plan.rows.filter(pl.col("status") == "ok")["image_path"].drop_nulls().to_list()
+    check_images_outside(output_paths(config), image_paths)
+    ident = identity(
+        config.to_json(),
+        file_digest(config.manifest),
+        file_digest(config.ocr),
+        text_digest(taxonomy_text),
+        text_digest(pins),
+        images_digest(image_paths, config.workers),
+    )
+    progress = resume_point(state, previous, ident)
+    timings["plan"] = time.perf_counter() - start
+
+    # Inputs are valid: from here on, outputs are written.
+    try:
+        return write_run(config, taxonomy, plan, image_paths, state, ident, pins, progress, pool, charts_ready, timings)
+    except OSError as exc:
+        where = exc.filename or config.output_dir
+        raise OutputError(f"cannot write {where}: {exc.strerror or exc}; rerun the same command to resume") from None
+    finally:
+        state.close()
+
+
+def resume_point(state: RunState, previous: dict[str, Any] | None, ident: dict[str, Any]) -> Progress | None:
+    """What an interrupted run of the same identity finished; None (and one line why) to start fresh."""
+    if previous is None:
+        return None
+    why = difference(previous["identity"], ident)
+    progress = None if why else state.progress()
+    if why is None and progress is None:
+        why = "a shard the previous run finished is missing or was changed"
+    if why:
+        print(f"packer: starting fresh: {inert(why)}")
+    return progress
+
+
+def write_run(
+    config: PackConfig,
+    taxonomy: Taxonomy,
+    plan: Plan,
+    image_paths: list[str],
+    state: RunState,
+    ident: dict[str, Any],
+    pins: bytes | None,
+    progress: Progress | None,
+    pool: Pool,
+    charts_ready: threading.Thread,
+    timings: dict[str, float],
+) -> tuple[int, dict[str, Any]]:
+    out_dir = config.stats.parent
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # Nothing stale looks valid: a previous run's verdict goes first, and the folder says it is incomplete.
+    write_atomic(out_dir / INCOMPLETE, INCOMPLETE_TEXT.encode("utf-8"))
+    for stale in (config.stats, card_path(config.stats), out_dir / "report.html", config.failures_log):
+        stale.unlink(missing_ok=True)
+    if not config.label_taxonomy.is_file():
+        write_atomic(config.label_taxonomy, default_taxonomy_text().encode("utf-8"))
+    if progress is None:
+        for split in SPLIT_DIRS:
+            remove_owned(config.output_dir / split, SPLIT_FILE)
+        state.begin(ident, pins, keep_journal=False)
+        progress = Progress()
+    else:
+        drop_unfinished(config.output_dir, progress)
+        state.begin(ident, pins, keep_journal=True)
+        print(f"packer: resuming: {progress.kept_shards} finished shards kept")
+
+    settings = ImageSettings(config.image_size, config.jpeg_quality, config.max_image_pixels)
+    total = samples_to_pack(plan.rows) - sum(len(o) for o in progress.outcomes.values())
+    start = time.perf_counter()
+    pool.ready()
+    charts_ready.join()
+    cpu = time.process_time()
+    pool.check_workers(image_paths)
+    print(f"packer: image stage on {pool.describe()}")
+    result = execute(
+        iter_chunks(plan.rows, guided_chunks(pool.workers, config.chunk_size), progress.start),
+        total,
+        config.output_dir,
+        settings,
+        pool,
+        config.shard_maxcount,
+        config.shard_maxsize,
+        shard_starts(plan.rows, config.min_shards, config.shard_maxcount),
+        state,
+        progress,
+    )
+    timings["images_and_shards"] = time.perf_counter() - start
+    # The parent's own CPU meanwhile (task specs, results, shard cutting, the journal): the work
+    # every worker shares, which bounds how many workers one parent can feed.
+    timings["images_and_shards_parent_cpu"] = time.process_time() - cpu
+    for split in (*SPLITS, *([DIAGNOSTICS] if config.include_diagnostics else [])):
+        listed = [(Path(s.path).name, s.examples) for s in result.shards if s.split == split]
+        write_shard_index(config.output_dir / split, listed)
+
+    start = time.perf_counter()
+    rows = final_rows(plan.rows, result)
+    write_failures(config, rows)
+    # The state learns what splits.json will hold before it is rewritten: a rerun that finds it
+    # there takes its input pins from the state, wherever the run died.
+    splits_doc = json_bytes(splits_document(rows))
+    state.splits_written(text_digest(splits_doc))
+    write_atomic(config.splits, splits_doc)
+    stats = build_stats(config, rows, result, plan.manifest_rows, plan.ocr_orphans, timings)
+    fingerprint = text_digest(json.dumps(ident, sort_keys=True))[:16]
+    write_card(stats, taxonomy, config.output_dir, config.stats, fingerprint)
+    build_report(out_dir, config.output_dir, config.report_sample, config.seed, stats)
+    timings["report"] = time.perf_counter() - start
+    stats["seconds"]["report"] = round(timings["report"], 3)
+    # The very last step marks the run complete: stats.json renamed into place.
+    (out_dir / INCOMPLETE).unlink(missing_ok=True)
+    write_stats(config, stats)
+    state.remove()
+    print(summary(stats))
+    return (0 if all(stats["checks"].values()) else 1), stats
+
+
+def drop_unfinished(shard_root: Path, progress: Progress) -> None:
+    """Before a resume: remove what the dead run left half-written (temporary shards and chunk
+    files) and shards it renamed but did not journal (they are written again, byte for byte)."""
+    kept = {Path(s.path).name for shards in progress.closed.values() for s in shards}
+    remove_owned(shard_root / ".chunks", WORK_FILE)
+    for split in SPLIT_DIRS:
+        remove_owned(shard_root / split, SPLIT_FILE, keep=kept)

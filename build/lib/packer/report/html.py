@@ -1,0 +1,448 @@
+"""Step_3/report.html: one self-contained page to judge a pack by eye.
+
+The verdict (every check of stats.json, and why), the class shares per split and dataset as
+Vega-Lite charts rendered to SVG, failures and drops by reason with examples, OCR coverage, the
+leakage audit with the pairs side by side, and a contact sheet per split: a seeded sample of
+packed examples read back from the shards themselves. Built from an output folder alone, so
+`python -m packer.report Step_3` rebuilds it for any earlier pack. It samples; it never reads
+every shard.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import random
+import re
+import tarfile
+import threading
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import markupsafe
+import polars as pl
+import vl_convert
+from jinja2 import Environment, PackageLoader, StrictUndefined
+
+from ..audit import BALANCE_POINTS
+from ..config import DIAGNOSTICS, SPLITS, UNIFIED_FIELDS
+from ..guard import REPORT_MARKER
+from ..plan import safe_key
+from ..shards import write_atomic
+from .card import dataset_counts
+
+SHEET_SHARDS = 6  # a contact sheet draws from at most this many shards of a split
+PAIRS_SHOWN = 4  # leakage pairs shown side by side, per kind
+PAIR_SCAN_MEMBERS = 300_000  # tar members read at most to find those pairs
+REASON_EXAMPLES = 3
+SPLIT_COLOURS = {"train": "#4c78a8", "val": "#f58518", "test": "#54a24b", DIAGNOSTICS: "#b279a2"}
+
+
+# Every text the page shows is cut to this many characters, with the number left out said: the
+# shards keep the whole text, and the page stays bounded whatever the input holds.
+TEXT_SHOWN = 2000
+
+
+def bounded(value: Any) -> Any:
+    """The template's finalize: every value it prints, cut to TEXT_SHOWN characters (markup the
+    code built itself, the charts and image URIs, is exempt)."""
+    if isinstance(value, str) and not isinstance(value, markupsafe.Markup) and len(value) > TEXT_SHOWN:
+        return f"{value[:TEXT_SHOWN]}\u2026 [{len(value) - TEXT_SHOWN} more characters]"
+    return value
+
+
+@dataclass
+class Sample:
+    """One packed example as read back from a shard."""
+
+    key: str
+    shard: str
+    jpg: bytes | None
+    txt: str
+    doc: dict[str, Any]
+
+    @property
+    def image_uri(self) -> markupsafe.Markup | None:
+        """The packed JPEG as a data URI (base64 only: safe markup, exempt from the text bound)."""
+        if self.jpg is None:
+            return None
+        return markupsafe.Markup("data:image/jpeg;base64," + base64.b64encode(self.jpg).decode("ascii"))
+
+    @property
+    def labels(self) -> str:
+        return json.dumps(self.doc.get("labels", {}), ensure_ascii=False)
+
+    @property
+    def aux(self) -> str:
+        return json.dumps(self.doc.get("aux", {}), ensure_ascii=False)
+
+
+@dataclass
+class ShardIndex:
+    split: str
+    folder: Path
+    shards: list[tuple[str, int]] = field(default_factory=list)  # (url, nsamples)
+
+    @classmethod
+    def read(cls, folder: Path, split: str) -> ShardIndex:
+        path = folder / "index.json"
+        if not path.is_file():
+            return cls(split, folder)
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        return cls(split, folder, [(e["url"], int(e["nsamples"])) for e in doc.get("shardlist", [])])
+
+
+def shard_samples(path: Path, keep: Callable[[int, str], bool]) -> Iterator[tuple[int, Sample]]:
+    """The samples of one shard whose (position, key) `keep` accepts. Only tar headers are read for
+    the others: tarfile seeks past their data."""
+
+    def build(key: str, members: list[tarfile.TarInfo], tar: tarfile.TarFile) -> Sample:
+        data = {m.name.split(".", 1)[1]: tar.extractfile(m).read() for m in members}  # type: ignore[union-attr]
+        return Sample(key, path.name, data.get("jpg"), data.get("txt", b"").decode("utf-8"), json.loads(data["json"]))
+
+    with tarfile.open(path, "r:") as tar:
+        position, key, members = -1, None, []
+        for info in tar:
+            name = info.name.rsplit("/", 1)[-1]
+            this = name.split(".", 1)[0]
+            if this != key:
+                if key is not None and keep(position, key):
+                    yield position, build(key, members, tar)
+                position, key, members = position + 1, this, []
+            members.append(info)
+        if key is not None and keep(position, key):
+            yield position, build(key, members, tar)
+
+
+def contact_sheet(index: ShardIndex, size: int, seed: int) -> list[Sample]:
+    """A seeded random sample of `size` packed examples of a split: up to SHEET_SHARDS shards are
+    drawn (weighted by their sample counts), then samples uniformly among theirs."""
+    rng = random.Random(f"{seed}:{index.split}")
+    shards = [s for s in index.shards if s[1] > 0]
+    chosen: list[tuple[str, int]] = []
+    while shards and len(chosen) < SHEET_SHARDS:
+        pick = rng.choices(range(len(shards)), weights=[n for _, n in shards])[0]
+        chosen.append(shards.pop(pick))
+    slots = [(url, pos) for url, n in sorted(chosen) for pos in range(n)]
+    wanted: dict[str, set[int]] = defaultdict(set)
+    for url, pos in rng.sample(slots, min(size, len(slots))):
+        wanted[url].add(pos)
+    samples = []
+    for url in sorted(wanted):
+        positions = wanted[url]
+        last = max(positions)
+        for position, sample in shard_samples(index.folder / url, lambda p, _k, w=positions: p in w):
+            samples.append(sample)
+            if position == last:
+                break
+    return samples
+
+
+def find_samples(index: ShardIndex, keys: set[str], budget: int = PAIR_SCAN_MEMBERS) -> dict[str, Sample]:
+    """The samples with these keys, found by scanning the split's shards in order (headers only),
+    until all are found or `budget` examples were passed over."""
+    found: dict[str, Sample] = {}
+    passed = 0
+    for url, n in index.shards:
+        if len(found) == len(keys) or passed > budget:
+            break
+        for _, sample in shard_samples(index.folder / url, lambda _p, k: k in keys):
+            found[sample.key] = sample
+        passed += n
+    return found
+
+
+# -- charts -------------------------------------------------------------------------------------
+
+
+# Characters XML (hence SVG) cannot hold: vl-convert aborts the process on them. Characters beyond
+# the BMP too: its label truncation can cut one in half (a lone surrogate), which fails the chart.
+NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff\U00010000-\U0010ffff]")
+
+
+def label(text: str, width: int = 40) -> str:
+    """A chart label: a dataset, class or reason name as any input may spell it, made safe for SVG."""
+    text = NOT_XML.sub("\ufffd", text)
+    return text if len(text) <= width else text[: width - 1] + "\u2026"
+
+
+def warm_charts() -> threading.Thread:
+    """Start vl-convert's JavaScript engine (0.3 s) on a thread, while the pool encodes images."""
+    spec = {"data": {"values": [{"a": 1}]}, "mark": "bar", "encoding": {"x": {"field": "a", "type": "quantitative"}}}
+    thread = threading.Thread(target=vl_convert.vegalite_to_svg, args=(spec,), name="warm-charts", daemon=True)
+    thread.start()
+    return thread
+
+
+def vega_svg(spec: dict[str, Any]) -> str:
+    """The chart as inline SVG; a chart vl-convert cannot draw becomes a line saying so (the
+    numbers are in the tables beside it), never a failed run."""
+    spec = {"$schema": "https://vega.github.io/schema/vega-lite/v5.json", "config": {"view": {"stroke": None}}, **spec}
+    try:
+        return vl_convert.vegalite_to_svg(spec)
+    except ValueError as exc:
+        return str(markupsafe.escape(f"(this chart could not be drawn: {str(exc).splitlines()[0]})"))
+
+
+def class_share_rows(stats: dict[str, Any], field_name: str) -> list[dict[str, Any]]:
+    rows = []
+    for split, datasets in stats["labels"].items():
+        for dataset, fields in datasets.items():
+            counts = fields.get(field_name, {})
+            total = sum(counts.values())
+            for value, n in counts.items():
+                share = 100 * n / total if total else 0.0
+                rows.append(
+                    {
+                        "split": label(split),
+                        "dataset": label(dataset),
+                        "class": label(value),
+                        "share": round(share, 2),
+                        "n": n,
+                    }
+                )
+    return rows
+
+
+def class_share_chart(stats: dict[str, Any], field_name: str) -> str:
+    """One small bar chart per dataset: each class's share of the split (nulls are a class of their own)."""
+    rows = class_share_rows(stats, field_name)
+    splits = [label(s) for s in stats["splits"] if any(r["split"] == label(s) for r in rows)]
+    return vega_svg(
+        {
+            "title": f"{field_name}: share of each class per split (%)",
+            "data": {"values": rows},
+            "facet": {"field": "dataset", "type": "nominal", "title": None},
+            "columns": 4,
+            "spec": {
+                "width": {"step": 12},
+                "height": 110,
+                "mark": {"type": "bar", "tooltip": True},
+                "encoding": {
+                    "x": {"field": "class", "type": "nominal", "title": None, "axis": {"labelAngle": -40}},
+                    "xOffset": {"field": "split", "type": "nominal", "sort": splits},
+                    "y": {"field": "share", "type": "quantitative", "title": "%", "scale": {"domain": [0, 100]}},
+                    "color": {
+                        "field": "split",
+                        "sort": splits,
+                        "scale": {"domain": splits, "range": [SPLIT_COLOURS.get(s, "#999") for s in splits]},
+                    },
+                },
+            },
+            "resolve": {"scale": {"x": "independent"}},
+        }
+    )
+
+
+def split_size_chart(stats: dict[str, Any]) -> str:
+    rows = [
+        {"split": label(split), "kind": kind, "examples": entry[f"{kind}_examples"]}
+        for split, entry in stats["splits"].items()
+        for kind in ("image", "text")
+    ]
+    return vega_svg(
+        {
+            "title": "examples per split",
+            "data": {"values": rows},
+            "width": 420,
+            "height": 140,
+            "mark": {"type": "bar", "tooltip": True},
+            "encoding": {
+                "y": {"field": "split", "type": "nominal", "sort": [label(s) for s in stats["splits"]], "title": None},
+                "x": {"field": "examples", "type": "quantitative", "stack": "zero"},
+                "color": {"field": "kind", "scale": {"domain": ["image", "text"], "range": ["#4c78a8", "#9ecae9"]}},
+            },
+        }
+    )
+
+
+def reason_chart(reasons: list[dict[str, Any]]) -> str | None:
+    if not reasons:
+        return None
+    return vega_svg(
+        {
+            "title": "dropped and failed examples by reason",
+            "data": {
+                "values": [{"reason": label(r["reason"], 60), "status": r["status"], "n": r["n"]} for r in reasons]
+            },
+            "width": 420,
+            "height": {"step": 18},
+            "mark": {"type": "bar", "tooltip": True},
+            "encoding": {
+                "y": {"field": "reason", "type": "nominal", "sort": "-x", "title": None},
+                "x": {"field": "n", "type": "quantitative", "title": "examples"},
+                "color": {
+                    "field": "status",
+                    "scale": {"domain": ["dropped", "failed"], "range": ["#bab0ac", "#e45756"]},
+                },
+            },
+        }
+    )
+
+
+# -- sections -----------------------------------------------------------------------------------
+
+
+def verdict(stats: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every check of stats.json with a line saying why it passed or failed."""
+    leak = stats["leakage"]
+    bal = stats["balance"]
+    why = {
+        "failure_rate_below_0.5%": f"{stats['failed_examples']} of {stats['total_examples']} examples failed "
+        f"({100 * stats['failure_rate']:.2f}%; the limit is 0.5%)",
+        "no_id_in_two_splits": f"{stats['packed_examples']} packed ids, each checked to sit in one split",
+        "assigned_splits_balanced_within_5_points": f"largest class-share deviation {bal['max_deviation_points']} "
+        f"points over {bal['judged']} judged classes, and {bal.get('ratios_judged', 0)} split ratios judged, in the "
+        f"splits packer assigned (the limit is 5 points)"
+        + "".join(
+            f"; {f['dataset']}: asked {f['expected']}, got {f['got']} of {f['rows']} rows"
+            for f in bal.get("ratio_failures", [])
+        ),
+        "no_image_or_text_in_two_assigned_splits": f"{leak['images_in_two_splits']} images and "
+        f"{leak['texts_in_two_splits']} texts in two splits overall (dataset-defined splits included)",
+    }
+    return [{"name": name, "ok": ok, "why": why.get(name, "")} for name, ok in stats["checks"].items()]
+
+
+def balance_rows(stats: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per dataset and field: the largest deviation of a class share from its overall share, judged or not."""
+    rows = []
+    for dataset, entry in stats["balance"]["datasets"].items():
+        for scope in ("assigned", "all_splits"):
+            block = entry.get(scope)
+            if not block:
+                continue
+            judged_splits = block.get("judged_splits", [])
+            for field_name in UNIFIED_FIELDS:
+                classes = block.get(field_name, {})
+                worst = max((d for per_split in classes.values() for d in per_split.values()), default=0.0)
+                worst_judged = max(
+                    (d for per_split in classes.values() for s, d in per_split.items() if s in judged_splits),
+                    default=0.0,
+                )
+                rows.append(
+                    {
+                        "dataset": dataset,
+                        "scope": scope,
+                        "judged": bool(judged_splits),
+                        "judged_splits": judged_splits,
+                        "field": field_name,
+                        "worst": worst,
+                        "worst_judged": worst_judged,
+                        "ok": worst_judged <= BALANCE_POINTS,
+                        "ratio": block["split_ratio"],
+                        "sizes": block.get("split_sizes", {}),
+                    }
+                )
+    return rows
+
+
+def ratio_rows(stats: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per dataset and pool packer assigned (val carved from a train, 80/10/10): the share each
+    split got against the share asked for."""
+    rows = []
+    for dataset, entry in stats["balance"]["datasets"].items():
+        for mode, check in entry.get("assigned", {}).get("split_ratio_check", {}).items():
+            rows.append(
+                {"dataset": dataset, "pool": "val carved from train" if mode == "carve" else "80/10/10", **check}
+            )
+    return rows
+
+
+def reasons_with_examples(failures_path: Path) -> list[dict[str, Any]]:
+    """failures.jsonl grouped by status and reason (its part before ': '), with a few examples each."""
+    groups: dict[tuple[str, str], dict[str, Any]] = {}
+    if failures_path.is_file():
+        with open(failures_path, encoding="utf-8") as handle:
+            for line in handle:
+                row = json.loads(line)
+                reason = (row.get("reason") or "").split(": ")[0]
+                entry = groups.setdefault((row["status"], reason), {"n": 0, "examples": []})
+                entry["n"] += 1
+                if len(entry["examples"]) < REASON_EXAMPLES:
+                    entry["examples"].append(row)
+    ordered = sorted(groups.items(), key=lambda item: (item[0][0], -item[1]["n"], item[0][1]))
+    return [{"status": s, "reason": r, **entry} for (s, r), entry in ordered]
+
+
+def leakage_pairs(stats: dict[str, Any], indexes: dict[str, ShardIndex]) -> list[dict[str, Any]]:
+    """Up to PAIRS_SHOWN pairs per kind (same image, same text, near-duplicate image), with both samples."""
+    leak = stats["leakage"]
+    pairs = []
+    for kind, title in (("images", "same image"), ("texts", "same text"), ("near_duplicate_images", "near-duplicate")):
+        listed = []
+        for pair, entry in leak.get(kind, {}).items():
+            if not isinstance(entry, dict) or "by_dataset" not in entry:
+                continue
+            split_b, split_a = pair.split("/")
+            for dataset, sub in entry["by_dataset"].items():
+                for id_b, id_a in sub["examples"]:
+                    listed.append(
+                        {"kind": title, "pair": pair, "dataset": dataset, "a": (split_a, id_a), "b": (split_b, id_b)}
+                    )
+        pairs.extend(listed[:PAIRS_SHOWN])
+    ids = sorted({example_id for p in pairs for _, example_id in (p["a"], p["b"])})
+    key_of = dict(zip(ids, pl.DataFrame({"id": ids}, schema={"id": pl.String}).select(safe_key())[:, 0]))
+    wanted: dict[str, set[str]] = defaultdict(set)
+    for p in pairs:
+        for split, example_id in (p["a"], p["b"]):
+            wanted[split].add(key_of[example_id])
+    found: dict[str, Sample] = {}
+    for split, keys in wanted.items():
+        if split in indexes:
+            found.update(find_samples(indexes[split], keys))
+    for p in pairs:
+        p["samples"] = [(split, example_id, found.get(key_of[example_id])) for split, example_id in (p["b"], p["a"])]
+    return pairs
+
+
+def build_report(
+    out_dir: Path,
+    shard_root: Path | None = None,
+    sample_size: int = 48,
+    seed: int = 0,
+    stats: dict[str, Any] | None = None,
+) -> Path:
+    """Write `<out_dir>/report.html` from the output folder: stats.json (or `stats`, during a run,
+    before stats.json is written last), failures.jsonl and the shards."""
+    if stats is None:
+        stats = json.loads((out_dir / "stats.json").read_text(encoding="utf-8"))
+    if shard_root is None:
+        shard_root = out_dir / "shards"
+        if not shard_root.is_dir():
+            shard_root = Path(stats["config"]["output_dir"])
+    indexes = {
+        split: ShardIndex.read(shard_root / split, split)
+        for split in (*SPLITS, DIAGNOSTICS)
+        if (shard_root / split / "index.json").is_file()
+    }
+    reasons = reasons_with_examples(out_dir / "failures.jsonl")
+    env = Environment(
+        loader=PackageLoader("packer", "templates"),
+        undefined=StrictUndefined,
+        autoescape=True,
+        finalize=bounded,
+    )
+    html = env.get_template("report.html.j2").render(
+        marker=markupsafe.Markup(REPORT_MARKER),
+        stats=stats,
+        verdict=verdict(stats),
+        passed=all(stats["checks"].values()),
+        split_chart=split_size_chart(stats),
+        class_charts=[(f, class_share_chart(stats, f)) for f in UNIFIED_FIELDS],
+        balance=balance_rows(stats),
+        ratios=ratio_rows(stats),
+        reasons=reasons,
+        reason_chart=reason_chart(reasons),
+        leakage_pairs=leakage_pairs(stats, indexes),
+        sheets=[(split, contact_sheet(index, sample_size, seed)) for split, index in indexes.items()],
+        sample_size=sample_size,
+        seed=seed,
+        dataset_rows=dataset_counts(stats),
+    )
+    path = out_dir / "report.html"
+    write_atomic(path, html.encode("utf-8"))
+    return path

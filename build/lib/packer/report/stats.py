@@ -1,0 +1,280 @@
+"""stats.json, failures.jsonl, the acceptance checks and the human summary."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import defaultdict
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from ..audit import assigned_leaks, balance, largest_groups, leakage
+from ..config import SPLITS, UNIFIED_FIELDS, PackConfig
+from ..execute import ExecutionResult
+from ..guard import inert
+from ..shards import IMAGE_SERIES, write_atomic
+from ..splits import HASH_NAME
+
+MAX_FAILURE_RATE = 0.005
+
+
+def final_rows(rows: pl.DataFrame, result: ExecutionResult) -> pl.DataFrame:
+    """Every selected row with its final status: packed, dropped or failed, and why."""
+    outcomes = pl.DataFrame(
+        {
+            "id": [o.id for o in result.outcomes],
+            "w_status": [o.status for o in result.outcomes],
+            "w_reason": [o.reason for o in result.outcomes],
+            "w_detail": [o.detail for o in result.outcomes],
+            "dhash": [o.dhash for o in result.outcomes],
+        },
+        schema={
+            "id": pl.String,
+            "w_status": pl.String,
+            "w_reason": pl.String,
+            "w_detail": pl.String,
+            "dhash": pl.UInt64,
+        },
+    )
+    joined = rows.join(outcomes, on="id", how="left", maintain_order="left")
+    ok = pl.col("status") == "ok"
+    return joined.with_columns(
+        status=pl.when(ok).then(pl.col("w_status").fill_null("failed")).otherwise("status"),
+        reason=pl.when(ok).then(pl.col("w_reason")).otherwise("reason"),
+        detail=pl.when(ok).then(pl.col("w_detail")),
+        stage=pl.when(ok & (pl.col("w_status") == "failed")).then(pl.lit("image")).otherwise("stage"),
+    ).drop("w_status", "w_reason", "w_detail")
+
+
+def reason_category() -> pl.Expr:
+    return pl.col("reason").str.split(": ").list.first()
+
+
+def label_counts(packed: pl.DataFrame) -> dict[str, Any]:
+    """split -> dataset -> field -> value -> count, nulls counted as "null", [] as "[]"."""
+    out: dict[str, Any] = defaultdict(lambda: defaultdict(dict))
+    for field in UNIFIED_FIELDS:
+        if field == "target_group":
+            value = (
+                pl.when(pl.col(field).is_null())
+                .then(pl.lit(["null"]))
+                .when(pl.col(field) == "")
+                .then(pl.lit(["[]"]))
+                .otherwise(pl.col(field).str.split("|"))
+            )
+            table = packed.select("split", "dataset", value.alias("v")).explode("v")
+        else:
+            table = packed.select("split", "dataset", pl.col(field).cast(pl.String).fill_null("null").alias("v"))
+        counts = table.group_by("split", "dataset", "v").len().sort("split", "dataset", "v")
+        for split, dataset, v, n in counts.iter_rows():
+            out[split][dataset].setdefault(field, {})[v] = n
+    return json.loads(json.dumps(out))
+
+
+def list_value_counts(rows: pl.DataFrame, column: str, by: str | None = None) -> dict[str, dict[str, Any]]:
+    """dataset -> value [-> `by` value] -> how many rows list that value in a List(String) column."""
+    keys = ["dataset", "value"] + ([by] if by else [])
+    table = (
+        rows.filter(pl.col(column).list.len() > 0)
+        .select("dataset", pl.col(column).alias("value"), *([pl.col(by).fill_null("null")] if by else []))
+        .explode("value")
+        .group_by(keys)
+        .len()
+        .sort(keys)
+    )
+    out: dict[str, dict[str, Any]] = defaultdict(dict)
+    for *key, n in table.iter_rows():
+        if by:
+            out[key[0]].setdefault(key[1], {})[key[2]] = n
+        else:
+            out[key[0]][key[1]] = n
+    return out
+
+
+def dataset_report(rows: pl.DataFrame) -> dict[str, Any]:
+    """Per dataset, what it contributed: row outcomes, nulls per unified field among the packed
+    examples, source targets that fell back to `other`, and the source oddities of the taxonomy's
+    `counts` per source split (over every input row of the dataset, packed or not)."""
+    other = list_value_counts(rows, "other_targets")
+    quirks = list_value_counts(rows, "quirks", by="source_split")
+    report: dict[str, Any] = {}
+    for (dataset,), part in rows.sort("dataset").group_by("dataset", maintain_order=True):
+        packed = part.filter(pl.col("status") == "packed")
+        outcomes = dict(part.group_by("status").len().iter_rows())
+        report[dataset] = {
+            "rows": part.height,
+            **{k: outcomes.get(k, 0) for k in ("packed", "dropped", "failed")},
+            "null_counts": {f: int(packed[f].null_count()) for f in UNIFIED_FIELDS},
+            "other_targets": other.get(dataset, {}),
+            "counts": quirks.get(dataset, {}),
+        }
+    return report
+
+
+def library_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {}
+    for dist in ("polars", "polars-hash", "pyarrow", "webdataset", "joblib", "tqdm", "pillow-simd", "Pillow"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[dist] = None
+    from PIL import __version__ as pil_version
+
+    versions["PIL (imported)"] = pil_version
+    return versions
+
+
+def empty_split() -> dict[str, int]:
+    """A split's shard totals: all of them, then per series (shard-*.tar with images, text-*.tar)."""
+    kinds = ("image_examples", "image_shards", "text_examples", "text_shards")
+    return {"examples": 0, "shards": 0, "bytes": 0, **dict.fromkeys(kinds, 0)}
+
+
+def build_stats(
+    config: PackConfig,
+    rows: pl.DataFrame,
+    result: ExecutionResult,
+    manifest_rows: int,
+    ocr_orphans: int,
+    timings: dict[str, float],
+) -> dict[str, Any]:
+    total = rows.height
+    counts = dict(rows.group_by("status").len().iter_rows())
+    packed_n, dropped_n, failed_n = (counts.get(k, 0) for k in ("packed", "dropped", "failed"))
+    packed = rows.filter(pl.col("status") == "packed")
+    reasons = {
+        status: dict(
+            rows.filter(pl.col("status") == status)
+            .group_by(reason_category())
+            .len()
+            .sort(["len", "reason"], descending=[True, False])
+            .iter_rows()
+        )
+        for status in ("dropped", "failed")
+    }
+    per_split: dict[str, Any] = {}
+    for shard in result.shards:
+        entry = per_split.setdefault(shard.split, empty_split())
+        entry["examples"] += shard.examples
+        entry["shards"] += 1
+        entry["bytes"] += shard.bytes
+        kind = "image" if shard.series == IMAGE_SERIES else "text"
+        entry[f"{kind}_examples"] += shard.examples
+        entry[f"{kind}_shards"] += 1
+    image_rows = rows.filter(pl.col("image_path").is_not_null())
+    splits_of_id = packed.group_by("id").agg(pl.col("split").n_unique()).filter(pl.col("split") > 1).height
+    failure_rate = failed_n / total if total else 0.0
+    bal = balance(packed, config.val_ratio, config.split_ratios)
+    if not bal["ok"]:
+        bal["largest_groups"] = largest_groups(rows)
+    checks = {
+        "failure_rate_below_0.5%": failure_rate < MAX_FAILURE_RATE,
+        "no_id_in_two_splits": splits_of_id == 0,
+        "assigned_splits_balanced_within_5_points": bal["ok"],
+        "no_image_or_text_in_two_assigned_splits": assigned_leaks(rows) == 0,
+    }
+    return {
+        "total_examples": total,
+        "packed_examples": packed_n,
+        "dropped_examples": dropped_n,
+        "failed_examples": failed_n,
+        "failure_rate": failure_rate,  # failed_examples / total_examples, unrounded (OUTPUTS.md)
+        "manifest_rows": manifest_rows,
+        "reasons": reasons,
+        "splits": {s: per_split.get(s, empty_split()) for s in (*SPLITS, *sorted(set(per_split) - set(SPLITS)))},
+        "labels": label_counts(packed),
+        "datasets": dataset_report(rows),
+        "ocr": {
+            "image_examples": image_rows.height,
+            "with_ocr": int(image_rows["has_ocr"].sum()),
+            "without_ocr": int((~image_rows["has_ocr"]).sum()),
+            "lines_kept": int(rows["ocr_lines_kept"].sum()),
+            "lines_low_confidence": int(rows["ocr_lines_low_conf"].sum()),
+            "ocr_rows_without_manifest_row": ocr_orphans,
+        },
+        "duplicates_dropped": int(rows.filter(pl.col("reason") == "duplicate").height),
+        "leakage": leakage(rows, config.near_dup_bits),
+        "balance": bal,
+        "checks": checks,
+        "split_hash": HASH_NAME,
+        "config": config.to_json(),
+        "versions": library_versions(),
+        "seconds": {k: round(v, 3) for k, v in timings.items()},
+    }
+
+
+def write_failures(config: PackConfig, rows: pl.DataFrame) -> None:
+    """failures.jsonl: one line per dropped or failed example, in manifest order."""
+    problems = rows.filter(pl.col("status") != "packed").sort("row")
+    lines = (jsonl_line(r) for r in problems.select("id", "status", "stage", "reason", "detail").iter_rows(named=True))
+    write_atomic(config.failures_log, "".join(lines).encode("utf-8"))
+
+
+# Line separators that JSON leaves raw but line-based readers (str.splitlines) split on.
+LINE_BREAKS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
+
+def jsonl_line(doc: Any) -> str:
+    """One JSON line, UTF-8 kept readable but with every character a reader may take for a line end escaped."""
+    return json.dumps(doc, ensure_ascii=False).translate(LINE_BREAKS) + "\n"
+
+
+def write_stats(config: PackConfig, stats: dict[str, Any]) -> None:
+    """stats.json, to a temporary name and renamed: the mark of a complete run, written last."""
+    write_atomic(config.stats, (json.dumps(stats, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+
+
+def summary(stats: dict[str, Any]) -> str:
+    lines = [
+        f"packed {stats['packed_examples']} / {stats['total_examples']} examples "
+        f"(dropped {stats['dropped_examples']}, failed {stats['failed_examples']}, "
+        f"failure rate {100 * stats['failure_rate']:.2f}%)",
+    ]
+    for split, entry in stats["splits"].items():
+        lines.append(
+            f"  {split:<12} {entry['examples']:>8} examples ({entry['image_examples']} with an image in "
+            f"{entry['image_shards']} image shards, {entry['text_examples']} text-only in {entry['text_shards']} "
+            f"text shards)  {entry['bytes']:>12} bytes"
+        )
+    for status in ("dropped", "failed"):
+        for reason, n in stats["reasons"][status].items():
+            lines.append(f"  {status} {n:>6}  {reason}")
+    ocr = stats["ocr"]
+    lines.append(
+        f"  OCR: {ocr['with_ocr']}/{ocr['image_examples']} image examples, {ocr['lines_kept']} lines kept, "
+        f"{ocr['lines_low_confidence']} low-confidence, "
+        f"{ocr['ocr_rows_without_manifest_row']} OCR rows without manifest row"
+    )
+    leak = stats["leakage"]
+    by_pair = ", ".join(f"{pair} {entry['shared']}" for pair, entry in leak["images"].items())
+    lines.append(
+        f"  leakage: {leak['images_in_two_splits']} images ({by_pair or 'none'}), "
+        f"{leak['texts_in_two_splits']} texts and {leak['near_duplicate_images_across_splits']} near-duplicate "
+        f"images in two splits; {leak['cross_split_copies_dropped']} cross-split copies dropped"
+    )
+    for name, ok in stats["checks"].items():
+        lines.append(f"  check {name}: {'PASS' if ok else 'FAIL'}")
+    # Reasons quote input values: every control character is shown escaped, never sent to the terminal.
+    return "\n".join(inert(line) for line in lines)
+
+
+def json_bytes(doc: Any) -> bytes:
+    return (json.dumps(doc, indent=1, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def output_digests(folder: Path) -> dict[str, str]:
+    """SHA-256 of every file of an output folder, stats.json without its timings: what two runs of
+    the same inputs and flags share (any worker count, loky or Dask, resumed or not)."""
+    out = {}
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            data = path.read_bytes()
+            if path.name == "stats.json":
+                doc = json.loads(data)
+                doc.pop("seconds")
+                data = json.dumps(doc).encode()  # key order kept: it is part of the bytes
+            out[str(path.relative_to(folder))] = hashlib.sha256(data).hexdigest()
+    return out
