@@ -49,6 +49,7 @@ class ShardInfo:
     path: str
     examples: int
     bytes: int
+    sha256: str  # of the shard's bytes
 
 
 @dataclass
@@ -386,7 +387,8 @@ class ShardCutter:
         if self.writer is not None:
             count = self.writer.count
             size = self.writer.close()
-            shard = ClosedShard(self.split, self.series, self.index - 1, str(self.writer.path), count, size, self.end)
+            path, sha256 = str(self.writer.path), self.writer.sha256()
+            shard = ClosedShard(self.split, self.series, self.index - 1, path, count, size, self.end, sha256)
             self.done.append(shard)
             self.on_close(shard)
             self.writer = None
@@ -481,5 +483,5 @@ def execute(
         for series in SERIES:
             cutter = cutters.get((split, series))
             shards = cutter.done if cutter is not None else progress.closed.get((split, series), [])
-            result.shards.extend(ShardInfo(split, series, s.path, s.count, s.bytes) for s in shards)
+            result.shards.extend(ShardInfo(split, series, s.path, s.count, s.bytes, s.sha256) for s in shards)
     return result

@@ -51,6 +51,11 @@ def _check_line(obj: Any, required: dict[str, type], optional: tuple[str, ...]) 
     return None
 
 
+def _not_json(name: str) -> Any:
+    """Python's json reads NaN and Infinity; JSON (and Polars) do not."""
+    raise ValueError(f"{name} is not a JSON value")
+
+
 def locate_bad_line(path: Path, required: dict[str, type], optional: tuple[str, ...], checks=None) -> str:
     """The first line of `path` that is not a valid record, as 'file: line N: problem'."""
     with open(path, "rb") as handle:
@@ -58,10 +63,10 @@ def locate_bad_line(path: Path, required: dict[str, type], optional: tuple[str, 
             if not raw.strip():
                 continue
             try:
-                obj = json.loads(raw)
+                obj = json.loads(raw, parse_constant=_not_json)
             except RecursionError:
                 return f"{path}: line {number}: not valid JSON: nested too deeply"
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError included
                 hint = " (the file starts with a UTF-8 BOM)" if number == 1 and raw.startswith(b"\xef\xbb\xbf") else ""
                 return f"{path}: line {number}: not valid JSON: {exc}{hint}"
             problem = _check_line(obj, required, optional) or (checks(obj) if checks else None)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import time
@@ -242,7 +241,9 @@ def write_run(
     state.splits_written(text_digest(splits_doc))
     write_atomic(config.splits, splits_doc)
     stats = build_stats(config, rows, result, plan.manifest_rows, plan.ocr_orphans, timings)
-    fingerprint = text_digest(json.dumps(ident, sort_keys=True))[:16]
+    # The pack's fingerprint: a digest of every shard's name and bytes (hashed as they were written).
+    listing = "".join(f"{Path(s.path).parent.name}/{Path(s.path).name} {s.sha256}\n" for s in result.shards)
+    fingerprint = text_digest(listing)[:16]
     write_card(stats, taxonomy, config.output_dir, config.stats, fingerprint)
     build_report(out_dir, config.output_dir, config.report_sample, config.seed, stats)
     timings["report"] = time.perf_counter() - start

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -57,18 +58,24 @@ class ShardWriter:
         self.handle = os.fdopen(create_exclusive(self.tmp), "wb")
         self.count = 0
         self.size = 0
+        self.digest = hashlib.sha256()  # of the bytes as written: names the pack's content (the card)
 
     def add(self, data: bytes) -> None:
         self.handle.write(data)
+        self.digest.update(data)
         self.count += 1
         self.size += len(data)
 
     def close(self) -> int:
-        """Finish the archive; returns the shard's size in bytes."""
+        """Finish the archive; returns the shard's size in bytes (`sha256()` its digest)."""
         self.handle.write(END_OF_ARCHIVE)
+        self.digest.update(END_OF_ARCHIVE)
         self.handle.close()
         os.replace(self.tmp, self.path)
         return self.size + len(END_OF_ARCHIVE)
+
+    def sha256(self) -> str:
+        return self.digest.hexdigest()
 
     def abort(self) -> None:
         self.handle.close()

@@ -55,7 +55,7 @@ def dataset_split(name: str, block: dict[str, Any] | None) -> list[pl.Expr]:
     )
     known = ", ".join(sorted(names)) or "none"
     error = pl.when(src.is_not_null() & mapped.is_null()).then(
-        pl.format(f"unknown split '{{}}' for dataset {name} (known: {known})", src)
+        pl.format(f"unknown split '{{}}' for dataset {name}; known splits {known}", src)
     )
     return [mapped.alias("split"), mode.alias("assign_mode"), error.alias("split_error")]
 

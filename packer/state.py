@@ -29,7 +29,7 @@ from .guard import WORK_FILE, remove_owned
 from .shards import series_of, write_atomic
 from .specs import SampleOutcome
 
-FORMAT = 1
+FORMAT = 2
 STATE_DIR = ".run"
 # Flags that do not change a byte of the output: a rerun may change them and still resume.
 NEUTRAL_FLAGS = ("stats",)  # besides config.EXECUTION_ONLY, which PackConfig.to_json leaves out
@@ -116,6 +116,7 @@ class ClosedShard:
     count: int
     bytes: int
     end: int  # position (in the split's sample order) after the shard's last sample
+    sha256: str  # of the shard's bytes (the card's fingerprint of the pack is made of these)
 
 
 @dataclass

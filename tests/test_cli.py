@@ -6,6 +6,7 @@ import glob
 import hashlib
 import io
 import json
+import tarfile
 
 import pytest
 import webdataset as wds
@@ -65,6 +66,32 @@ def build_mixed(ws, n_mami: int = 40) -> None:
     ws.ocr_rows.append({"id": "nobody", "ocr": {"lines": []}})
 
 
+def expected_key(example_id: str) -> str:
+    """The README's key rule, written out here: [A-Za-z0-9_-] kept, anything else `_`; an id that
+    was changed or is over 80 characters: its first 80 (after the change), `_`, 12 hex of SHA-256."""
+    safe = "".join(c if (c.isascii() and c.isalnum()) or c in "_-" else "_" for c in example_id)
+    if safe == example_id and len(example_id) <= 80:
+        return example_id
+    return f"{safe[:80]}_{hashlib.sha256(example_id.encode()).hexdigest()[:12]}"
+
+
+@pytest.mark.parametrize(
+    "example_id",
+    ["olid_train_plain-1", "olid_train_a.b/c d", "olid_train_é", "o" * 80, "o" * 81, "olid_" + "x.y" * 40],
+)
+def test_sample_keys_follow_the_documented_rule(ws, example_id):
+    ws.add(example_id, "olid", "train", {"subtask_a": "OFF"}, text="words")
+    assert ws.run() == 0
+    (shard,) = (ws.out / "shards" / "train").glob("text-*.tar")
+    with tarfile.open(shard) as tar:
+        names = tar.getnames()
+        doc = json.loads(tar.extractfile(f"{expected_key(example_id)}.json").read())
+    key = expected_key(example_id)
+    assert names == [f"{key}.json", f"{key}.txt"]
+    assert doc["key"] == key and doc["id"] == example_id
+    assert len(key) <= 80 + 13 and all(c.isascii() and (c.isalnum() or c in "_-") for c in key)
+
+
 def test_end_to_end_labels_text_and_images(ws):
     build_mixed(ws)
     assert ws.run("--workers", "2", "--include-diagnostics") == 0
@@ -74,7 +101,7 @@ def test_end_to_end_labels_text_and_images(ws):
     assert txt == "[OCR] TOP BOTTOM [/OCR] [CAP] meme number 1 [/CAP] <lang=en>"
     assert js["labels"] == {"abuse_hate": 1, "offensive": None, "target_type": "group", "target_group": ["women"]}
     assert js["aux"] == {"misogyny": {"shaming": 0, "stereotype": 1, "objectification": 0, "violence": 0}}
-    assert js["key"] == js["key"].replace(".", "_") and "." not in js["key"]
+    assert js["key"] == "mami_train_1_jpg_" + hashlib.sha256(b"mami_train_1.jpg").hexdigest()[:12]
     assert js["image"] == {"orig_width": 600, "orig_height": 400, "orig_format": "JPEG"}
     assert js["source_split"] == "train" and js["split"] in ("train", "val")
     assert samples["mami_test_0.jpg"][2]["split"] == "test"
@@ -124,7 +151,7 @@ def test_every_row_is_packed_dropped_or_failed(ws):
         "image_unreadable": 1,
         "unmapped label mami.misogynous": 1,
         "unknown dataset 'reddit'": 1,
-        "unknown split 'dev' for dataset mami (known": 1,
+        "unknown split 'dev' for dataset mami; known splits test, train": 1,
     }
     assert stats["reasons"]["dropped"] == {"unlabelled": 1, "diagnostics (not requested)": 1}
     assert stats["checks"]["failure_rate_below_0.5%"] is False
@@ -320,13 +347,20 @@ def test_user_taxonomy_changes_mapping_without_code(ws):
     assert js["labels"]["offensive"] == 1
 
 
-def test_console_script_entry_point_is_declared():
+def test_the_installed_pack_examples_command_packs(ws):
+    """The console script the install puts beside this Python, run as a user runs it."""
+    import subprocess
+    import sys
     from pathlib import Path
 
-    import tomllib
-
-    doc = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
-    assert doc["project"]["scripts"]["pack-examples"] == "packer.cli:main"
+    ws.add("mami_train_0", "mami", "train", MAMI, image=ws.image("a.jpg"))
+    ws.write()
+    command = Path(sys.executable).parent / "pack-examples"
+    usage = subprocess.run([str(command), "--help"], capture_output=True, text=True)
+    assert usage.returncode == 0 and "--min-shards" in usage.stdout and usage.stdout.startswith("usage: pack-examples")
+    run = subprocess.run([str(command), *ws.args()], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert ws.stats["packed_examples"] == 1
 
 
 def test_json_image_is_decodable_jpeg(ws):

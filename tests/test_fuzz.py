@@ -11,6 +11,7 @@ import struct
 import subprocess
 import sys
 import zlib
+from collections import Counter
 from pathlib import Path
 
 from conftest import MAMI, ROOT
@@ -31,78 +32,146 @@ any_text = plain_text | st.tuples(plain_text, st.sampled_from(["\ud800", "\udfff
 long_text = st.tuples(st.integers(5000, 200_000), any_text).map(
     lambda p: ("ab \u00e9\u4e2d\U0001f600\n" + p[1]) * (p[0] // 8)
 )
+numbers = st.floats(allow_nan=False, allow_infinity=False)
+json_scalar = st.none() | st.booleans() | st.integers(-(2**70), 2**70) | numbers | any_text
 json_value = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False) | any_text,
+    json_scalar,
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(any_text, inner, max_size=3),
     max_leaves=6,
 )
-FIELDS = ("id", "dataset", "split", "image_path", "text_raw", "labels_raw", "lang")
-
-
-@st.composite
-def manifest_row(draw, index: int) -> dict:
-    row = {
-        "id": draw(st.sampled_from([f"row{index}", f"mami_train_{index}"]) | any_text.map(lambda s: f"{index}:{s}")),
-        "dataset": draw(st.sampled_from(["mami", "olid", "hatexplain", "memotion2", "nope"]) | any_text),
-        "split": draw(st.sampled_from(["train", "test", None, "val"]) | any_text),
-        "image_path": draw(st.none() | st.just("/nonexistent/x.jpg") | any_text),
-        "text_raw": draw(st.none() | any_text | long_text),
-        "labels_raw": draw(
-            st.just(MAMI)
-            | st.dictionaries(
-                st.sampled_from(["misogynous", "shaming", "subtask_a", "annotators", "humour"]), json_value
-            )
-            | json_value
-        ),
-    }
-    for name in draw(st.lists(st.sampled_from(FIELDS), max_size=2, unique=True)):
-        row.pop(name, None)  # a missing field
-    row.update(draw(st.dictionaries(st.sampled_from(["extra", "lang", "x_y"]), json_value, max_size=2)))
-    return row
-
-
-@settings(
+OPTIONAL = ("split", "image_path", "text_raw", "lang")
+DATASETS = ["mami", "olid", "hatexplain", "memotion2", "hateful_memes", "mmhs150k", "hatecheck"]
+FUZZ_SETTINGS = settings(
     max_examples=int(os.environ.get("FUZZ_EXAMPLES", "60")),
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-@given(rows=st.integers(1, 6).flatmap(lambda n: st.tuples(*(manifest_row(i) for i in range(n)))))
-def test_hostile_manifest_rows_are_accounted_for_or_named(rows, tmp_path_factory, capsys):
-    work = tmp_path_factory.mktemp("fuzz")
+
+
+@st.composite
+def hostile_row(draw, index: int) -> dict:
+    """A structurally valid manifest row (every required field present, with its type) whose values
+    are hostile: any Unicode, NUL, lone surrogates, long texts, labels of every JSON type."""
+    row = {
+        "id": f"{index}:" + draw(any_text),  # unique, whatever follows
+        "dataset": draw(st.sampled_from(DATASETS) | st.sampled_from(DATASETS) | st.sampled_from(DATASETS) | any_text),
+        # Label values of any JSON type that keeps the field's shape: a scalar where the taxonomy reads
+        # one value, a list (of anything) where it reads a list of annotators.
+        "labels_raw": draw(
+            st.just(MAMI)
+            | st.fixed_dictionaries(
+                {},
+                optional={
+                    **{f: json_scalar for f in ("misogynous", "shaming", "subtask_a", "humour", "label")},
+                    "annotators": st.none() | st.lists(json_value, max_size=3),
+                },
+            )
+        ),
+    }
+    for name in OPTIONAL:
+        usual = st.sampled_from(["train", "test", "val"] if name == "split" else ["/nonexistent/x.jpg", "en", "a b"])
+        value = draw(st.none() | usual | usual | any_text)
+        if value is not None or draw(st.booleans()):
+            row[name] = value
+    row.update(draw(st.dictionaries(st.sampled_from(["extra", "x_y", "annotators"]), json_value, max_size=2)))
+    if "text_raw" in row and draw(st.integers(0, 9)) == 0:
+        row["text_raw"] = draw(long_text)
+    if draw(st.integers(0, 2)):  # two rows in three carry labels and a split their dataset maps
+        dataset, labels = draw(st.sampled_from(sorted(VALID_LABELS.items())))
+        row.update(dataset=dataset, labels_raw=labels, split="train")
+        if row.get("image_path") not in (None, "/nonexistent/x.jpg"):
+            row["image_path"] = None
+    return row
+
+
+VALID_LABELS = {
+    "mami": MAMI,
+    "olid": {"subtask_a": "OFF"},
+    "hateful_memes": {"label": 1},
+}
+
+
+BREAKS = {  # what makes a whole manifest invalid (exit 2), and the field the message must name
+    "drop_id": "field 'id': missing",
+    "drop_dataset": "field 'dataset': missing",
+    "drop_labels_raw": "field 'labels_raw': missing",
+    "labels_raw_list": "field 'labels_raw': expected dict",
+    "infinity": "not valid JSON: Infinity is not a JSON value",
+}
+
+
+def broken(row: dict, how: str) -> dict:
+    row = dict(row)
+    if how.startswith("drop_"):
+        row.pop(how[len("drop_") :])
+    elif how == "infinity":
+        row["extra"] = float("inf")  # json.dumps writes Infinity, which is not JSON
+    else:
+        row["labels_raw"] = [1, 2]
+    return row
+
+
+def pack_rows(rows: list, work: Path) -> tuple[int, Path]:
     manifest = work / "manifest.jsonl"
     # ensure_ascii escapes lone surrogates as \udXXX, which is valid JSON text.
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     out = work / "Step_3"
-    code = main(
-        [
-            "--manifest",
-            str(manifest),
-            "--output-dir",
-            str(out / "shards"),
-            "--label-taxonomy",
-            str(out / "t.json"),
-            "--splits",
-            str(out / "splits.json"),
-            "--workers",
-            "1",
-            "--report-sample",
-            "4",
-        ]
-    )
+    flags = ["--workers", "1", "--report-sample", "4", "--include-diagnostics"]
+    args = ["--manifest", str(manifest), "--output-dir", str(out / "shards"), "--label-taxonomy", str(out / "t.json")]
+    return main([*args, "--splits", str(out / "splits.json"), *flags]), out
+
+
+OUTCOMES: Counter[str] = Counter()
+
+
+@FUZZ_SETTINGS
+@given(rows=st.integers(1, 6).flatmap(lambda n: st.tuples(*(hostile_row(i) for i in range(n)))))
+def check_hostile_rows_are_accounted_for(rows, tmp_path_factory, capsys):
+    code, out = pack_rows(list(rows), tmp_path_factory.mktemp("fuzz"))
     err = capsys.readouterr().err
-    if code == 2:
-        # An input error names the file and, where one line is at fault, the line.
-        assert err.startswith(f"error: {manifest}") and err.count("\n") == 1, err
-        assert not (out / "stats.json").exists()
-        return
-    assert code in (0, 1), err
+    assert code in (0, 1), err  # valid structure: never an input error, never a crash
     stats = json.loads((out / "stats.json").read_text())
     assert stats["total_examples"] == len(rows)
     assert stats["packed_examples"] + stats["dropped_examples"] + stats["failed_examples"] == len(rows)
     failures = [json.loads(line) for line in (out / "failures.jsonl").read_text().splitlines()]
     assert len(failures) == stats["dropped_examples"] + stats["failed_examples"]
-    assert all(f["reason"] for f in failures)
+    assert all(f["reason"] and f["status"] in ("dropped", "failed") for f in failures)
     assert len(json.loads((out / "splits.json").read_text())) == stats["packed_examples"]
+    OUTCOMES.update(
+        {"runs": 1, "rows": len(rows), **{k: stats[f"{k}_examples"] for k in ("packed", "dropped", "failed")}}
+    )
+
+
+def test_hostile_manifest_rows_are_accounted_for(tmp_path_factory, capsys):
+    """Every generated manifest is structurally valid, so every run must end 0 or 1 with every row
+    packed, dropped or failed with a reason; the outcome counts are printed and must cover all three."""
+    OUTCOMES.clear()
+    check_hostile_rows_are_accounted_for(tmp_path_factory=tmp_path_factory, capsys=capsys)
+    with capsys.disabled():
+        print(f"\nfuzz (hypothesis, max_examples={FUZZ_SETTINGS.max_examples}): {dict(OUTCOMES)}")
+    assert OUTCOMES["runs"] >= min(FUZZ_SETTINGS.max_examples, 20)
+    assert OUTCOMES["rows"] == OUTCOMES["packed"] + OUTCOMES["dropped"] + OUTCOMES["failed"]
+    assert OUTCOMES["packed"] > 0 and OUTCOMES["failed"] > 0
+
+
+@FUZZ_SETTINGS
+@given(
+    rows=st.integers(1, 6).flatmap(lambda n: st.tuples(*(hostile_row(i) for i in range(n)))),
+    how=st.sampled_from(sorted(BREAKS)),
+    data=st.data(),
+)
+def test_a_structurally_invalid_row_is_exit_2_naming_line_and_field(rows, how, data, tmp_path_factory, capsys):
+    rows = list(rows)
+    line = data.draw(st.integers(0, len(rows) - 1))
+    rows[line] = broken(rows[line], how)
+    work = tmp_path_factory.mktemp("fuzz-invalid")
+    code, out = pack_rows(rows, work)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith(f"error: {work / 'manifest.jsonl'}: line ") and err.count("\n") == 1, err
+    # The first invalid line is named: the broken one, unless an earlier row is invalid too.
+    assert f": line {line + 1}: {BREAKS[how]}" in err, err
+    assert not out.exists()
 
 
 def test_lone_surrogates_and_nul_fail_their_row_with_the_field_named(ws):

@@ -95,9 +95,20 @@ def test_webp(tmp_path):
     assert decode(encode_image(path, SIZE, QUALITY, MAX_PIXELS).data).size == (SIZE, SIZE)
 
 
-def test_jpeg_output_is_deterministic(tmp_path):
+def test_jpeg_output_is_deterministic_across_processes(tmp_path):
+    """The same bytes from two fresh interpreters (what two pool workers are), and from this one."""
+    import subprocess
+    import sys
+
     path = CASES["baseline.jpg"](tmp_path / "b.jpg")
-    assert encode_image(path, SIZE, QUALITY, MAX_PIXELS).data == encode_image(path, SIZE, QUALITY, MAX_PIXELS).data
+    code = (
+        "import hashlib, sys\nfrom packer.images import encode_image\n"
+        f"print(hashlib.sha256(encode_image(sys.argv[1], {SIZE}, {QUALITY}, {MAX_PIXELS}).data).hexdigest())"
+    )
+    command = [sys.executable, "-c", code, path]
+    runs = [subprocess.run(command, capture_output=True, text=True, check=True) for _ in (1, 2)]
+    here = hashlib.sha256(encode_image(path, SIZE, QUALITY, MAX_PIXELS).data).hexdigest()
+    assert runs[0].stdout.strip() == runs[1].stdout.strip() == here
 
 
 def broken(tmp_path: Path, kind: str) -> str:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import html
 import json
 import re
 import shutil
+import tarfile
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -68,9 +70,24 @@ def test_report_numbers_equal_stats(packed):
     datasets = {r[0]: [int(x) for x in r[1:5]] for r in page.tables["dataset-counts"][1:]}
     assert datasets == {d: [e["rows"], e["packed"], e["dropped"], e["failed"]] for d, e in stats["datasets"].items()}
     # Contact sheets: up to 48 per split, each image the packed 384x384 JPEG itself.
-    sheets = re.findall(r'<div class="sheet" id="sheet-(\w+)">', (packed / "report.html").read_text())
+    text = (packed / "report.html").read_text()
+    sheets = re.findall(r'<div class="sheet" id="sheet-(\w+)">', text)
     assert sheets == ["train", "val", "test", "diagnostics"]
-    assert all(src.startswith("data:image/jpeg;base64,") for src in page.images) and page.images
+    jpegs = {}  # every packed JPEG, by key, as the shards hold it
+    for shard in packed.glob("shards/*/shard-*.tar"):
+        with tarfile.open(shard) as tar:
+            jpegs.update({m.name[: -len(".jpg")]: tar.extractfile(m).read() for m in tar if m.name.endswith(".jpg")})
+    for split in sheets:
+        sheet = text.split(f'id="sheet-{split}">', 1)[1].split("<h3>", 1)[0].split("<script>", 1)[0]
+        cards = re.findall(r'<div class="card" data-key="([^"]+)">\s*(?:<img class="sensitive" src="([^"]+)")?', sheet)
+        expected = min(48, stats["splits"][split]["examples"])
+        assert len(cards) == expected, (split, len(cards))
+        for key, src in cards:
+            if key in jpegs:
+                assert src.startswith("data:image/jpeg;base64,")
+                assert base64.b64decode(src.split(",", 1)[1]) == jpegs[key], key
+            else:
+                assert src == ""  # a text-only example
 
 
 def test_report_rebuilds_from_the_folder_byte_identical(packed, tmp_path, capsys):

@@ -67,6 +67,22 @@ def reference(corpus: Path, out: Path) -> dict[str, str]:
     return expected
 
 
+def finished_shards(out: Path) -> dict[str, tuple[int, int]]:
+    """The shards the journal records as complete, with their inode and mtime: a shard kept by a
+    resume keeps both; one encoded again is a new file (written to a temporary name, renamed)."""
+    path = out / "shards" / ".run" / "journal.jsonl"
+    shards = {}
+    for line in path.read_text().splitlines() if path.exists() else []:
+        if line.startswith('{"shard"'):
+            try:
+                shard = json.loads(line)["shard"]["path"]
+            except ValueError:  # the line the kill cut short
+                continue
+            st = Path(shard).stat()
+            shards[shard] = (st.st_ino, st.st_mtime_ns)
+    return shards
+
+
 def journal_lines(out: Path, kind: str) -> int:
     path = out / "shards" / ".run" / "journal.jsonl"
     return sum(1 for line in path.read_text().splitlines() if line.startswith(f'{{"{kind}"')) if path.exists() else 0
@@ -97,10 +113,15 @@ def test_killed_run_resumes_to_identical_output(corpus, tmp_path, point):
     while alive(workers) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not alive(workers), f"workers alive 10 s after the parent was killed: {alive(workers)}"
+    finished = finished_shards(out)
     rerun = subprocess.run(command(corpus, out), cwd=tmp_path, capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr
-    if point in ("between_shards", "writing_outputs", "splits_rewritten"):
-        assert "packer: resuming:" in rerun.stdout
+    if point in ("between_shards", "writing_outputs", "splits_rewritten"):  # after the fifth finished shard
+        assert len(finished) >= 5
+        assert f"packer: resuming: {len(finished)} finished shards kept" in rerun.stdout, rerun.stdout
+    # Every shard the dead run finished is kept as it was: the same file, not encoded again.
+    now = {shard: (Path(shard).stat().st_ino, Path(shard).stat().st_mtime_ns) for shard in finished}
+    assert now == finished
     assert digests(out) == expected
     assert not (out / "RUN_INCOMPLETE").exists() and not (out / "shards" / ".run").exists()
 
@@ -120,12 +141,35 @@ def test_changed_input_or_flag_starts_fresh_and_says_why(corpus, tmp_path):
     try:
         Image.open(image).rotate(90).save(image, quality=90)
         rerun = subprocess.run(command(corpus, out), cwd=tmp_path, capture_output=True, text=True)
+        assert rerun.returncode == 0, rerun.stderr
         assert "packer: starting fresh: image files changed" in rerun.stdout
+        assert digests(out) != expected  # m0.jpg is packed rotated
     finally:
         image.write_bytes(original)
     kill_when(command(corpus, out), tmp_path, lambda _pid: journal_lines(out, "shard") >= 3)
+    finished = finished_shards(out)
+    assert len(finished) >= 3
     rerun = subprocess.run(command(corpus, out, "--fresh"), cwd=tmp_path, capture_output=True, text=True)
     assert rerun.returncode == 0 and "resuming" not in rerun.stdout
+    # --fresh encodes everything again: not one of the finished shards is the same file.
+    for shard, (inode, mtime) in finished.items():
+        st = Path(shard).stat()
+        assert (st.st_ino, st.st_mtime_ns) != (inode, mtime), shard
+    assert digests(out) == expected
+
+
+def test_a_rerun_with_other_workers_or_stats_flag_resumes(corpus, tmp_path):
+    out = tmp_path / "Step_3"
+    expected = reference(corpus, out)
+    kill_when(command(corpus, out), tmp_path, lambda _pid: journal_lines(out, "shard") >= 5)
+    finished = finished_shards(out)
+    cmd = command(corpus, out, "--stats", str(out / "stats.json"))
+    cmd[cmd.index("--workers") + 1] = "1"
+    rerun = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"packer: resuming: {len(finished)} finished shards kept" in rerun.stdout and len(finished) >= 5
+    assert {s: (Path(s).stat().st_ino, Path(s).stat().st_mtime_ns) for s in finished} == finished
+    assert digests(out) == expected
 
 
 def limited_file_size(limit: int):

@@ -118,12 +118,13 @@ def shard_samples(path: Path, keep: Callable[[int, str], bool]) -> Iterator[tupl
 
 
 def contact_sheet(index: ShardIndex, size: int, seed: int) -> list[Sample]:
-    """A seeded random sample of `size` packed examples of a split: up to SHEET_SHARDS shards are
-    drawn (weighted by their sample counts), then samples uniformly among theirs."""
+    """A seeded random sample of `size` packed examples of a split: SHEET_SHARDS shards are drawn
+    (weighted by their sample counts; more while they hold fewer than `size` samples, as small
+    shards of a pack cut for many readers do), then samples uniformly among theirs."""
     rng = random.Random(f"{seed}:{index.split}")
     shards = [s for s in index.shards if s[1] > 0]
     chosen: list[tuple[str, int]] = []
-    while shards and len(chosen) < SHEET_SHARDS:
+    while shards and (len(chosen) < SHEET_SHARDS or sum(n for _, n in chosen) < size):
         pick = rng.choices(range(len(shards)), weights=[n for _, n in shards])[0]
         chosen.append(shards.pop(pick))
     slots = [(url, pos) for url, n in sorted(chosen) for pos in range(n)]
