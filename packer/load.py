@@ -62,6 +62,9 @@ def locate_bad_line(path: Path, required: dict[str, type], optional: tuple[str, 
         for number, raw in enumerate(handle, start=1):
             if not raw.strip():
                 continue
+            if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                # Python's json reads past a BOM; Polars and the JSON-lines format do not.
+                return f"{path}: line 1: the file starts with a UTF-8 BOM: save it as UTF-8 without one"
             try:
                 obj = json.loads(raw, parse_constant=_not_json)
             except RecursionError:

@@ -34,12 +34,25 @@ def test_stats_and_splits_json_follow_the_contract(packed):
     assert len(failures) == total - done and not {f["id"] for f in failures} & set(splits)
 
 
-def test_documented_reader_verbatim_over_every_image_shard(packed):
+def readme_reader_line() -> str:
+    """The README's documented line on the image shards, as written there."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = text.split("### Reading it", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    line = block[block.index("ds = (") :]
+    assert 'shard-{00000..00015}.tar", shardshuffle=False)' in line and '.to_tuple("jpg;png", "txt", "json")' in line
+    return line
+
+
+def test_documented_reader_verbatim_over_every_image_shard(packed, monkeypatch):
     stats, splits = stats_of(packed), json.loads((packed / "splits.json").read_text())
+    line = readme_reader_line()
+    monkeypatch.chdir(packed.parent)
     for split in ("train", "val", "test"):
         urls = sorted(glob.glob(str(packed / "shards" / split / "shard-*.tar")))
-        assert len(urls) == stats["splits"][split]["image_shards"] >= 1
-        ds = wds.WebDataset(urls).decode("pil").to_tuple("jpg;png", "txt", "json")
+        assert len(urls) == stats["splits"][split]["image_shards"] == 16  # --min-shards 16: the line's range
+        namespace = {"wds": wds}
+        exec(line.replace("Step_3/shards/train/", f"{packed.name}/shards/{split}/"), namespace)
+        ds = namespace["ds"]
         seen = []
         for image, text, doc in ds:
             assert image.size == (384, 384) and image.mode == "RGB"

@@ -31,7 +31,7 @@ def tiny_png(path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def packed(tmp_path_factory) -> tuple[dict, Workspace, dict]:
+def packed_realdata(tmp_path_factory) -> tuple[dict, Workspace, dict]:
     ws = Workspace(tmp_path_factory.mktemp("realdata"))
     images = ws.root / "images"
     converted = {}
@@ -48,8 +48,8 @@ def packed(tmp_path_factory) -> tuple[dict, Workspace, dict]:
     return ws.stats, ws, converted
 
 
-def test_every_row_is_accounted_for(packed):
-    stats, ws, converted = packed
+def test_every_row_is_accounted_for(packed_realdata):
+    stats, ws, converted = packed_realdata
     assert (
         stats["total_examples"] == sum(len(c.rows) for c in converted.values()) == 12540 + 11000 + 14100 + 3728 + 8390
     )
@@ -57,10 +57,10 @@ def test_every_row_is_accounted_for(packed):
     assert len(ws.failures()) == stats["dropped_examples"] + stats["failed_examples"]
 
 
-def test_olid(packed):
-    labels = packed[0]["labels"]
+def test_olid(packed_realdata):
+    labels = packed_realdata[0]["labels"]
     train = {k: labels["train"]["olid"][k].get("1", 0) + labels["val"]["olid"][k].get("1", 0) for k in ("offensive",)}
-    assert summed(packed[0], "olid", "offensive") == {"0": 8840 + 620, "1": 4400 + 240}
+    assert summed(packed_realdata[0], "olid", "offensive") == {"0": 8840 + 620, "1": 4400 + 240}
     assert train == {"offensive": 4400}
     types = {
         t: labels["train"]["olid"]["target_type"].get(t, 0) + labels["val"]["olid"]["target_type"].get(t, 0)
@@ -75,19 +75,19 @@ def test_olid(packed):
         35,
     )
     assert test["target_type"]["none"] == 620 + 27  # NOT, and OFF but untargeted
-    assert packed[0]["datasets"]["olid"]["failed"] == 0
+    assert packed_realdata[0]["datasets"]["olid"]["failed"] == 0
 
 
-def test_mami(packed):
-    labels = packed[0]["labels"]
+def test_mami(packed_realdata):
+    labels = packed_realdata[0]["labels"]
     train = {v: labels["train"]["mami"]["abuse_hate"][v] + labels["val"]["mami"]["abuse_hate"][v] for v in "01"}
     assert train == {"0": 5000, "1": 5000}
     assert labels["test"]["mami"]["abuse_hate"] == {"0": 500, "1": 500}
-    assert packed[0]["datasets"]["mami"]["counts"] == {"sub_type_but_not_misogynous": {"train": 4}}
+    assert packed_realdata[0]["datasets"]["mami"]["counts"] == {"sub_type_but_not_misogynous": {"train": 4}}
 
 
-def test_hateful_memes(packed):
-    stats, ws, _ = packed
+def test_hateful_memes(packed_realdata):
+    stats, ws, _ = packed_realdata
     labels = stats["labels"]
     assert labels["train"]["hateful_memes"]["abuse_hate"] == {"0": 5481, "1": 3019}
     assert sum(labels["val"]["hateful_memes"]["abuse_hate"].values()) == 500 + 540 - 400 == 640
@@ -103,15 +103,15 @@ def test_hateful_memes(packed):
     assert hm["failed"] == 0 and hm["dropped"] == 400
 
 
-def test_hatecheck(packed):
-    diag = packed[0]["labels"]["diagnostics"]["hatecheck"]
+def test_hatecheck(packed_realdata):
+    diag = packed_realdata[0]["labels"]["diagnostics"]["hatecheck"]
     assert diag["abuse_hate"] == {"0": 1165, "1": 2563}
     assert diag["target_type"] == {"group": 3728 - 292, "none": 292}
     assert diag["target_group"]["lgbtq"] == 463 + 551 and diag["target_group"]["[]"] == 292
 
 
-def test_memotion1_corrupted_cell_and_repeated_row(packed):
-    stats, ws, _ = packed
+def test_memotion1_corrupted_cell_and_repeated_row(packed_realdata):
+    stats, ws, _ = packed_realdata
     memotion = stats["datasets"]["memotion1"]
     assert (memotion["rows"], memotion["failed"]) == (6512 + 1878, 1)
     failed = [f for f in ws.failures() if f["status"] == "failed"]
@@ -137,8 +137,8 @@ def test_original_format_ids_equal_the_reserialised_ones(tmp_path):
     assert len(rows) == 500 and json.dumps(rows[0]["labels_raw"]) in ('{"label": 1}', '{"label": 0}')
 
 
-def test_leakage_audit_of_the_real_splits(packed):
-    leak = packed[0]["leakage"]
+def test_leakage_audit_of_the_real_splits(packed_realdata):
+    leak = packed_realdata[0]["leakage"]
     # Images are stand-ins (one per file), so no image is shared once the 400 twins are dropped;
     # MAMI's train and test both have a 15001.jpg, but in different folders.
     assert (leak["images_in_two_splits"], leak["near_duplicate_images_across_splits"]) == (0, 0)

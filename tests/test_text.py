@@ -61,3 +61,30 @@ def test_normalized_text_folds_case_and_space():
         "hello world",
         "caf\u00e9",
     ]
+
+
+def test_polygon_and_box_bboxes_read_end_to_end_from_the_ocr_file(ws):
+    """The OCR file as INPUTS.md has it (polygons and [x0, y0, x1, y1] boxes), through the CLI, to the .txt."""
+    import tarfile
+
+    from conftest import MAMI
+
+    ws.add("mami_train_0", "mami", "train", MAMI, image=ws.image("a.jpg"), text="caption")
+    ws.ocr_rows.append(
+        {
+            "id": "mami_train_0",
+            "ocr": {
+                "lines": [
+                    {"text": "BOTTOM", "conf": 0.9, "bbox": poly(10, 200)},
+                    {"text": "RIGHT", "conf": 0.9, "bbox": [300, 10, 350, 20]},
+                    {"text": "LEFT", "conf": 0.9, "bbox": poly(10, 12)},
+                    {"text": "faint", "conf": 0.2, "bbox": poly(10, 100)},
+                ]
+            },
+        }
+    )
+    assert ws.run() == 0
+    (shard,) = (ws.out / "shards" / "train").glob("shard-*.tar")
+    with tarfile.open(shard) as tar:
+        (txt,) = [tar.extractfile(m).read().decode() for m in tar if m.name.endswith(".txt")]
+    assert txt == "[OCR] LEFT RIGHT BOTTOM [/OCR] [CAP] caption [/CAP] <lang=en>"
