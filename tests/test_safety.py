@@ -195,13 +195,19 @@ def journal_has_shard(out: Path) -> bool:
     return journal.is_file() and '"shard"' in journal.read_text()
 
 
-def test_a_second_run_on_the_same_folder_exits_2_naming_the_holder(corpus, tmp_path):
-    out = tmp_path / "Step_3"
-    first = subprocess.Popen(command(corpus, out), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+def start_until_a_shard(corpus: Path, out: Path, **popen) -> subprocess.Popen:
+    """A pack of the corpus into `out`, started and running until it has finished its first shard."""
+    run = subprocess.Popen(command(corpus, out), cwd=out.parent, **popen)
     deadline = time.monotonic() + 120
     while not journal_has_shard(out) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert journal_has_shard(out)
+    assert journal_has_shard(out) and run.poll() is None
+    return run
+
+
+def test_a_second_run_on_the_same_folder_exits_2_naming_the_holder(corpus, tmp_path):
+    out = tmp_path / "Step_3"
+    first = start_until_a_shard(corpus, out, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     second = subprocess.run(command(corpus, out), cwd=tmp_path, capture_output=True)
     assert second.returncode == 2
     line = one_line(second.stderr)
@@ -224,10 +230,7 @@ def test_two_runs_started_together_one_packs_one_exits_2(corpus, tmp_path):
 
 def test_a_run_killed_with_sigkill_never_blocks_its_resume(corpus, tmp_path):
     out = tmp_path / "Step_3"
-    run = subprocess.Popen(command(corpus, out), cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while not journal_has_shard(out) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    run = start_until_a_shard(corpus, out, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     os.kill(run.pid, signal.SIGKILL)
     run.wait()
     assert (out / "shards" / ".lock").read_text().split()[0] == str(run.pid)  # left behind, and stale
