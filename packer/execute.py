@@ -287,7 +287,15 @@ class Pool:
         if self.backend != "dask":
             return
         mine = _build()
-        for worker, theirs in self.client.run(_build).items():
+        try:
+            builds = self.client.run(_build)
+        except Exception as exc:  # a worker whose environment cannot even load packer's image code
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise InputError(
+                f"a dask worker cannot run packer's image code ({first}): start the workers from the same "
+                "environment as this machine"
+            ) from None
+        for worker, theirs in builds.items():
             if theirs != mine:
                 raise InputError(
                     f"dask worker {worker} runs {theirs}, this machine {mine}: start the workers from the same "

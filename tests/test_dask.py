@@ -70,11 +70,25 @@ def test_a_killed_dask_worker_costs_a_retry_not_the_run(corpus, cluster, tmp_pat
     while not (journal.exists() and journal.read_text().count('{"chunk"') >= 2):
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
         time.sleep(0.01)
-    victim = sorted(client.run(os.getpid).values())[0]
+    # The victim is a worker holding tasks at the moment it dies.
+    held: dict = {}
+    while not any(held.values()):
+        held = client.processing()
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+    address = next(a for a, keys in sorted(held.items()) if keys)
+    victim_keys = set(held[address])
+    victim = client.run(os.getpid, workers=[address])[address]
     os.kill(victim, signal.SIGKILL)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 0, stderr
     assert digests(out) == expected
+    # Each task the victim held left it (processing -> released) and was computed again elsewhere.
+    log = client.run_on_scheduler(
+        lambda dask_scheduler: [(t.key, t.start, t.finish) for t in dask_scheduler.transition_log]
+    )
+    released = {k for k, start, finish in log if k in victim_keys and start == "processing" and finish != "memory"}
+    redone = {k for k, start, finish in log if k in released and finish == "memory"}
+    assert released and redone == released, (victim_keys, released, redone)
     # The nanny restarted the worker: the cluster is whole again.
     client.wait_for_workers(2, timeout=30)
     assert victim not in client.run(os.getpid).values()
@@ -103,3 +117,65 @@ def test_backend_dask_without_distributed_is_one_line_exit_2(tmp_path):
         done.stderr
         == "error: --backend dask needs Dask's distributed scheduler: pip install -e '.[dask]' (make install does)\n"
     )
+
+
+def small_manifest(folder, relative: bool) -> list[str]:
+    """Two MAMI memes with their images under `folder`, paths relative to it or absolute."""
+    from PIL import Image
+
+    rows = []
+    for i in range(2):
+        path = folder / "imgs" / f"{i}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (64, 64), (40 * i, 100, 200)).save(path)
+        image = str(path.relative_to(folder)) if relative else str(path)
+        labels = {"misogynous": 1, "shaming": 0, "stereotype": 1, "objectification": 0, "violence": 0}
+        rows.append({"id": f"mami_train_{i}", "dataset": "mami", "split": "train", "image_path": image,
+                     "labels_raw": labels, "text_raw": "t"})  # fmt: skip
+    (folder / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return [sys.executable, "-m", "packer", "--manifest", "m.jsonl", "--output-dir", "o/shards",
+            "--label-taxonomy", "o/t.json", "--splits", "o/s.json", "--backend", "dask"]  # fmt: skip
+
+
+def test_a_worker_that_cannot_read_the_images_is_exit_2_naming_it(cluster, tmp_path):
+    """The manifest's paths are relative to where packer runs; the cluster's workers run elsewhere."""
+    c, _ = cluster
+    cmd = small_manifest(tmp_path, relative=True) + ["--scheduler", c.scheduler_address]
+    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith("error: dask worker tcp://")
+    assert "cannot read 2 of 2 sampled images (e.g. imgs/0.jpg)" in done.stderr
+    assert not (tmp_path / "o" / "stats.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("site", "message"),
+    [
+        # Another Pillow version, working: named with both builds.
+        ("import PIL.Image\nPIL.__version__ = '0.0.0-other'\n", "'Pillow': '0.0.0-other'"),
+        # A Pillow whose version no longer matches its compiled core: it cannot load at all.
+        ("import PIL\nPIL.__version__ = '0.0.0-other'\n", "a dask worker cannot run packer's image code"),
+    ],
+)
+def test_a_worker_with_another_pillow_is_exit_2_naming_it(tmp_path, site, message):
+    """A real worker process whose Pillow differs (a sitecustomize sets its version)."""
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    (fake / "sitecustomize.py").write_text(site)
+    with distributed.LocalCluster(n_workers=0, dashboard_address=None) as c:
+        env = {**os.environ, "PYTHONPATH": str(fake)}
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "distributed.cli.dask_worker", c.scheduler_address, "--nthreads", "1",
+             "--no-nanny"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            with distributed.Client(c) as client:
+                client.wait_for_workers(1, timeout=60)
+            cmd = small_manifest(tmp_path, relative=False) + ["--scheduler", c.scheduler_address]
+            done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True)
+        finally:
+            worker.kill()
+            worker.wait()
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith("error: ") and message in done.stderr
+    assert "start the workers from the same environment" in done.stderr
