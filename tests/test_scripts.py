@@ -9,9 +9,8 @@ import sys
 from pathlib import Path
 
 import webdataset as wds
+from conftest import ROOT, digests
 from PIL import Image
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def image_folder(folder: Path) -> list[Path]:
@@ -77,3 +76,29 @@ def test_profiler_on_a_folder_of_images_writes_profile_json(tmp_path):
         assert profile["dask"]["workers"] == 2 and profile["dask"]["images_per_s"] > 0
         assert profile["ratios"]["dask_vs_loky"] > 0 and "packer on Dask vs loky" in child.stdout
     assert Image.open(tmp_path / "prof" / "profile.png").format == "PNG"
+
+
+
+def test_the_yardstick_sees_every_byte_but_the_timings(packed, tmp_path):
+    """conftest.digests, which every byte-identity test relies on: a flipped byte in any file, or a
+    change to stats.json outside its seconds block, changes it; the timings do not."""
+    import shutil
+
+    copy = tmp_path / "Step_3"
+    shutil.copytree(packed, copy)
+    before = digests(copy)
+    assert before == digests(packed) and len(before) > 20 and any(k.endswith(".tar") for k in before)
+    stats = copy / "stats.json"
+    text = stats.read_text()
+    timed = text.replace('"seconds": {', '"seconds": {\n    "extra_timing": 12.5,', 1)
+    stats.write_text(timed)
+    assert digests(copy) == before
+    stats.write_text(timed.replace('"packed_examples": ', '"packed_examples": 1', 1))
+    assert digests(copy)["stats.json"] != before["stats.json"]
+    stats.write_text(text)
+    shard = next(iter(sorted(copy.glob("shards/train/shard-*.tar"))))
+    data = bytearray(shard.read_bytes())
+    data[600] ^= 1
+    shard.write_bytes(bytes(data))
+    changed = {k for k, v in digests(copy).items() if before.get(k) != v}
+    assert changed == {str(shard.relative_to(copy))}
