@@ -192,6 +192,13 @@ def check_no_overlap(outputs: dict[str, Path], inputs: dict[str, Path]) -> None:
         if opath in seen:
             raise InputError(f"{outputs[oname]}: given as both the {seen[opath]} and the {oname}: choose two paths")
         seen[opath] = oname
+    folder = outs.get("output folder")
+    for oname, opath in outs.items():
+        if folder is not None and oname != "output folder" and folder in opath.parents:
+            raise InputError(
+                f"{outputs[oname]}: the {oname} would lie inside the output folder {outputs['output folder']}, "
+                "whose contents packer replaces: put it beside that folder (the default layout does)"
+            )
 
 
 def check_images_outside(outputs: dict[str, Path], images: Iterable[str]) -> None:

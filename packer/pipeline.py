@@ -86,6 +86,8 @@ def check_outputs(config: PackConfig) -> None:
         check_owned_file(outputs[name], kind, flag)
     for name in ("splits file", "label taxonomy"):  # the user's files, read and rewritten by design
         check_no_link(outputs[name].with_name(outputs[name].name + ".tmp"))
+        if os.path.lexists(outputs[name]) and not outputs[name].is_file():
+            raise InputError(f"{outputs[name]}: the {name} exists and is not a regular file (a folder, a pipe?)")
 
 
 def run(config: PackConfig) -> tuple[int, dict[str, Any]]:

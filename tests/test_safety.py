@@ -360,3 +360,22 @@ def test_rebuilding_the_report_never_replaces_a_report_packer_did_not_write(tmp_
     assert run.returncode == 2 and "is not a packer report" in one_line(run.stderr)
     assert (tmp_path / "report.html").read_text() == "<html>my own page</html>"
 
+
+
+def test_an_output_inside_the_shards_folder_is_refused_up_front(dataset, tmp_path):
+    args = dataset.args()
+    args[args.index("--splits") + 1] = str(dataset.out / "shards" / "splits.json")
+    run = pack(args, tmp_path)
+    assert run.returncode == 2 and "would lie inside the output folder" in one_line(run.stderr)
+    assert not dataset.out.exists()
+
+
+@pytest.mark.parametrize("flag", ["--splits", "--label-taxonomy"])
+def test_a_pipe_given_as_splits_or_taxonomy_is_refused_and_kept(dataset, tmp_path, flag):
+    fifo = tmp_path / "pipe.json"
+    os.mkfifo(fifo)
+    args = dataset.args()
+    args[args.index(flag) + 1] = str(fifo)
+    run = pack(args, tmp_path, timeout=60)
+    assert run.returncode == 2 and "is not a regular file" in one_line(run.stderr)
+    assert fifo.is_fifo()
