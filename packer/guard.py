@@ -77,7 +77,10 @@ def _check_tree(folder: Path, names: re.Pattern[str], owner: Path) -> None:
 
 
 def check_shard_folder(root: Path) -> None:
-    """The shards folder (`--output-dir`): new, empty, or packer's own (marker) holding only its names."""
+    """The shards folder (`--output-dir`): new, empty, or packer's own holding only its names.
+
+    packer's own: it carries the marker, or (a pack made before the marker existed) every entry
+    bears packer's names and a split folder holds packer's index.json."""
     if not os.path.lexists(root):
         return
     if not root.is_dir():
@@ -86,8 +89,12 @@ def check_shard_folder(root: Path) -> None:
     if not entries:
         return
     marker = root / MARKER
-    if marker.is_symlink() or not marker.is_file():
-        raise _foreign(entries[0], root)
+    if marker.is_symlink() or (os.path.lexists(marker) and not marker.is_file()):
+        raise _foreign(marker, root)
+    if not marker.is_file():
+        indexed = any((root / split / "index.json").is_file() for split in SPLIT_DIRS)
+        if not indexed:
+            raise _foreign(entries[0], root)
     for entry in entries:
         if entry.name in (*SPLIT_DIRS, *WORK_DIRS, *ROOT_DIRS):
             if entry.is_symlink() or not entry.is_dir():
@@ -115,8 +122,8 @@ def _is_packer_file(path: Path, kind: str) -> bool:
         except (OSError, ValueError, RecursionError):
             return False
         return isinstance(doc, dict) and STATS_KEYS <= set(doc)
-    if kind == "report":
-        return REPORT_MARKER.encode() in head
+    if kind == "report":  # the marker, or the title of a report made before the marker existed
+        return REPORT_MARKER.encode() in head or b"<title>packer report: " in head
     if kind == "failures":
         first = head.split(b"\n", 1)[0]
         if not first.strip():

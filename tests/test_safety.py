@@ -379,3 +379,17 @@ def test_a_pipe_given_as_splits_or_taxonomy_is_refused_and_kept(dataset, tmp_pat
     run = pack(args, tmp_path, timeout=60)
     assert run.returncode == 2 and "is not a regular file" in one_line(run.stderr)
     assert fifo.is_fifo()
+
+
+def test_a_pack_made_before_the_marker_is_recognised_by_its_layout(dataset, tmp_path):
+    assert pack(dataset.args(), tmp_path).returncode == 0
+    (dataset.out / "shards" / ".packer").unlink()  # as an older packer left it
+    assert pack(dataset.args(), tmp_path).returncode == 0
+    assert (dataset.out / "shards" / ".packer").is_file()
+    (dataset.out / "shards" / ".packer").unlink()
+    for index in (dataset.out / "shards").glob("*/index*.json"):
+        index.unlink()  # shard names alone do not make a folder packer's
+    before = tree(tmp_path)
+    run = pack(dataset.args(), tmp_path)
+    assert run.returncode == 2 and "was not written by packer" in one_line(run.stderr)
+    assert tree(tmp_path) == before
