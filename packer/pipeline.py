@@ -86,7 +86,7 @@ def check_outputs(config: PackConfig) -> None:
         check_owned_file(outputs[name], kind, flag)
     for name in ("splits file", "label taxonomy"):  # the user's files, read and rewritten by design
         check_no_link(outputs[name].with_name(outputs[name].name + ".tmp"))
-        if os.path.lexists(outputs[name]) and not outputs[name].is_file():
+        if outputs[name].exists() and not outputs[name].is_file():  # a dangling link is replaced, not followed
             raise InputError(f"{outputs[name]}: the {name} exists and is not a regular file (a folder, a pipe?)")
 
 
