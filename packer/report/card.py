@@ -129,7 +129,7 @@ def card_metadata(
             {
                 "config_name": name,
                 # `datasets` keys its cache by the card's configs and dataset_info, never by the files the
-                # patterns match: the pack's fingerprint (its inputs and flags) makes another pack, in this
+                # patterns match: the pack's fingerprint (its shards' bytes) makes another pack, in this
                 # folder or another one of the same name, another cache entry, never stale rows.
                 "description": f"packer pack {fingerprint}",
                 "features": sample_features(taxonomy, series == IMAGE_SERIES),
@@ -242,7 +242,7 @@ def render_card(stats: dict[str, Any], taxonomy: Taxonomy, shard_root: Path, car
 def write_card(
     stats: dict[str, Any], taxonomy: Taxonomy, shard_root: Path, stats_path: Path, fingerprint: str
 ) -> Path:
-    """The card; `fingerprint` names the pack (a digest of the run's identity: inputs and flags)."""
+    """The card; `fingerprint` names the pack (a digest of every shard's name and bytes)."""
     path = card_path(stats_path)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, render_card(stats, taxonomy, shard_root, path.parent, fingerprint).encode("utf-8"))
