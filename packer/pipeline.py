@@ -38,7 +38,16 @@ from .guard import (
     inert,
     remove_owned,
 )
-from .plan import Plan, build_plan, iter_chunks, read_pinned, samples_to_pack, shard_starts, splits_document
+from .plan import (
+    Plan,
+    build_plan,
+    iter_chunks,
+    ordered_samples,
+    read_pinned,
+    samples_to_pack,
+    shard_starts,
+    splits_document,
+)
 from .report import build_stats, final_rows, summary, write_card, write_failures, write_stats
 from .report.card import card_path
 from .report.html import build_report, warm_charts
@@ -214,15 +223,16 @@ def write_run(
     cpu = time.process_time()
     pool.check_workers(image_paths)
     print(f"packer: image stage on {pool.describe()}")
+    samples = ordered_samples(plan.rows)  # sorted once: for the shard cuts and the chunks alike
     result = execute(
-        iter_chunks(plan.rows, guided_chunks(pool.workers, config.chunk_size), progress.start),
+        iter_chunks(samples, guided_chunks(pool.workers, config.chunk_size), progress.start),
         total,
         config.output_dir,
         settings,
         pool,
         config.shard_maxcount,
         config.shard_maxsize,
-        shard_starts(plan.rows, config.min_shards, config.shard_maxcount),
+        shard_starts(samples, config.min_shards, config.shard_maxcount),
         state,
         progress,
     )

@@ -284,20 +284,20 @@ def ordered_samples(rows: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def shard_starts(rows: pl.DataFrame, min_shards: int, maxcount: int) -> dict[tuple[str, str], list[int]]:
-    """Per (split, series), the positions in the split's order at which a new shard starts (the
-    first shard's start left out).
+def shard_starts(samples: pl.DataFrame, min_shards: int, maxcount: int) -> dict[tuple[str, str], list[int]]:
+    """Per (split, series) of `samples` (ordered_samples' frame), the positions in the split's order
+    at which a new shard starts (the first shard's start left out).
 
     A series of n planned examples is cut into k = max(min(min_shards, n), ceil(n / maxcount))
     shards of equal size, within one example: shard i holds its examples floor(i*n/k) up to
     floor((i+1)*n/k). Cut by plan position, the shards are the same whatever the workers, backend
     or resumes; an image that then fails to decode leaves its shard one example short.
     """
-    samples = ordered_samples(rows).select(
+    series = samples.select(
         "split", image=pl.col("image_path").is_not_null(), position=pl.int_range(pl.len()).over("split")
     )
     starts: dict[tuple[str, str], list[int]] = {}
-    for (split, has_image), part in samples.group_by("split", "image", maintain_order=True):
+    for (split, has_image), part in series.group_by("split", "image", maintain_order=True):
         positions = part["position"].to_list()
         n = len(positions)
         k = max(min(min_shards, n), -(-n // maxcount))
@@ -306,16 +306,17 @@ def shard_starts(rows: pl.DataFrame, min_shards: int, maxcount: int) -> dict[tup
 
 
 def iter_chunks(
-    rows: pl.DataFrame, chunk_size: Callable[[int], int], start: dict[str, int] | None = None
+    samples: pl.DataFrame, chunk_size: Callable[[int], int], start: dict[str, int] | None = None
 ) -> Iterator[ChunkSpec]:
-    """Samples to pack, per split in seeded-hash order, cut into chunks of `chunk_size(samples
-    still to hand out)`; a resumed run starts each split at `start[split]` (a position in that order).
+    """The samples to pack (ordered_samples' frame), per split in seeded-hash order, cut into chunks
+    of `chunk_size(samples still to hand out)`; a resumed run starts each split at `start[split]`
+    (a position in that order).
 
     A generator: each chunk's columns are taken from the frame when the pool asks for it, so the
     plan never holds a Python object per sample, and the work overlaps with the image stage.
     """
     start = start or {}
-    todo = ordered_samples(rows).select(*SAMPLE_COLUMNS, *UNIFIED_FIELDS)
+    todo = samples.select(*SAMPLE_COLUMNS, *UNIFIED_FIELDS)
     sizes = dict(todo.group_by("split").len().iter_rows())
     remaining = sum(max(0, n - start.get(split, 0)) for split, n in sizes.items())
     for (split,), part in todo.group_by("split", maintain_order=True):

@@ -394,7 +394,7 @@ def test_guided_chunks_cover_every_sample_once_in_order_and_shrink_to_the_end():
 
     from packer.config import UNIFIED_FIELDS
     from packer.pipeline import guided_chunks
-    from packer.plan import iter_chunks
+    from packer.plan import iter_chunks, ordered_samples
     from packer.specs import SAMPLE_COLUMNS
 
     n = {"train": 500, "val": 70, "test": 30}
@@ -404,7 +404,7 @@ def test_guided_chunks_cover_every_sample_once_in_order_and_shrink_to_the_end():
     for column in (*SAMPLE_COLUMNS, *UNIFIED_FIELDS):
         if column not in rows.columns:
             rows = rows.with_columns(pl.lit(None, pl.String).alias(column))
-    chunks = list(iter_chunks(rows, guided_chunks(workers=2, largest=64)))
+    chunks = list(iter_chunks(ordered_samples(rows), guided_chunks(workers=2, largest=64)))
     for split in n:
         mine = [c for c in chunks if c.split == split]
         assert [i for c in mine for i in c.columns["id"]] == sorted(rows.filter(pl.col("split") == split)["id"])
