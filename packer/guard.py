@@ -113,13 +113,13 @@ def _is_packer_file(path: Path, kind: str) -> bool:
     """Whether a file beside stats.json holds what packer writes there (read, never trusted further)."""
     try:
         with open(path, "rb") as handle:
-            head = handle.read(1 << 16)
+            head = handle.read(-1 if kind == "stats" else 1 << 16)  # stats.json is parsed whole
     except OSError:
         return False
     if kind == "stats":
         try:
-            doc = json.loads(path.read_bytes())
-        except (OSError, ValueError, RecursionError):
+            doc = json.loads(head)
+        except (ValueError, RecursionError):
             return False
         return isinstance(doc, dict) and STATS_KEYS <= set(doc)
     if kind == "report":  # the marker, or the title of a report made before the marker existed

@@ -19,7 +19,7 @@ import yaml
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup
 
-from ..config import DIAGNOSTICS, SPLITS, UNIFIED_FIELDS, InputError, Taxonomy
+from ..config import DIAGNOSTICS, SPLITS, UNIFIED_FIELDS, Taxonomy
 from ..guard import inert
 from ..shards import IMAGE_SERIES, TEXT_SERIES, write_atomic
 
@@ -46,15 +46,6 @@ class PlainDumper(yaml.SafeDumper):
 
 def card_path(stats_path: Path) -> Path:
     return stats_path.parent / "README.md"
-
-
-def check_card_path(path: Path) -> None:
-    """Refuse, before anything is written, to overwrite a README.md that packer did not write."""
-    if path.is_file() and MARKER not in path.read_text(encoding="utf-8", errors="replace"):
-        raise InputError(
-            f"{path}: exists and is not a packer dataset card; packer writes its card there "
-            "(beside stats.json): move that file or choose another --stats / --output-dir"
-        )
 
 
 def _feature(name: str, spec: dict[str, Any]) -> dict[str, Any]:
