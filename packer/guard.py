@@ -38,7 +38,10 @@ WORK_FILE = re.compile(r"(state|pins)\.json(\.tmp)?|journal\.jsonl|[A-Za-z0-9_-]
 # Top-level names in the shards folder besides the split and work folders.
 ROOT_FILE = re.compile(r"\.packer|\.lock|samples\.parquet(\.tmp)?")
 ROOT_DIRS = (".nv-meta",)
-META_FILE = re.compile(r"[A-Za-z0-9_.-]+\.(yaml|json)(\.tmp)?")
+# .nv-meta/: packer's energon metadata, and what `energon prepare` adds there (its sample index).
+META_FILE = re.compile(
+    r"[A-Za-z0-9_.-]+\.(yaml|json)(\.tmp)?|index\.(sqlite|uuid)(-journal|-wal|-shm)?|join_index\.bin"
+)
 
 # C0, DEL, C1, and the Unicode line separators and bidirectional overrides that rearrange a terminal line.
 CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")

@@ -12,6 +12,7 @@ from typing import Any
 
 import polars as pl
 
+from .catalog import CATALOG, build_catalog, write_catalog
 from .config import (
     DIAGNOSTICS,
     SPLITS,
@@ -22,6 +23,7 @@ from .config import (
     default_taxonomy_text,
     load_taxonomy,
 )
+from .energon import remove_meta, write_meta, write_tar_indexes
 from .execute import ImageSettings, Pool, execute, fingerprint
 from .guard import (
     INCOMPLETE,
@@ -203,6 +205,9 @@ def write_run(
     write_atomic(out_dir / INCOMPLETE, INCOMPLETE_TEXT.encode("utf-8"))
     for stale in (config.stats, card_path(config.stats), out_dir / "report.html", config.failures_log):
         stale.unlink(missing_ok=True)
+    # The catalog and energon's metadata describe the shards: rewritten once they are all done.
+    (config.output_dir / CATALOG).unlink(missing_ok=True)
+    remove_meta(config.output_dir)
     if not config.label_taxonomy.is_file():
         write_atomic(config.label_taxonomy, default_taxonomy_text().encode("utf-8"))
     if progress is None:
@@ -243,6 +248,13 @@ def write_run(
     for split in (*SPLITS, *([DIAGNOSTICS] if config.include_diagnostics else [])):
         listed = [(Path(s.path).name, s.examples) for s in result.shards if s.split == split]
         write_shard_index(config.output_dir / split, listed)
+    start = time.perf_counter()
+    packed = {o.id: o.nbytes for o in result.outcomes if o.status == "packed"}
+    catalog = build_catalog(samples, packed, result.shards)
+    write_tar_indexes(config.output_dir, catalog, result.shards)
+    write_meta(config.output_dir, result.shards, dict.fromkeys(s.split for s in result.shards))
+    write_catalog(config.output_dir, catalog)
+    timings["catalog"] = time.perf_counter() - start
 
     start = time.perf_counter()
     rows = final_rows(plan.rows, result)
@@ -257,7 +269,7 @@ def write_run(
     listing = "".join(f"{Path(s.path).parent.name}/{Path(s.path).name} {s.sha256}\n" for s in result.shards)
     fingerprint = text_digest(listing)[:16]
     write_card(stats, taxonomy, config.output_dir, config.stats, fingerprint)
-    build_report(out_dir, config.output_dir, config.report_sample, config.seed, stats)
+    build_report(out_dir, config.output_dir, config.report_sample, config.seed, stats, catalog)
     timings["report"] = time.perf_counter() - start
     stats["seconds"]["report"] = round(timings["report"], 3)
     # The very last step marks the run complete: stats.json renamed into place.

@@ -4,8 +4,8 @@ The verdict (every check of stats.json, and why), the class shares per split and
 Vega-Lite charts rendered to SVG, failures and drops by reason with examples, OCR coverage, the
 leakage audit with the pairs side by side, and a contact sheet per split: a seeded sample of
 packed examples read back from the shards themselves. Built from an output folder alone, so
-`python -m packer.report Step_3` rebuilds it for any earlier pack. It samples; it never reads
-every shard.
+`python -m packer.report Step_3` rebuilds it for any earlier pack. Samples are read by byte offset
+through shards/samples.parquet (a seek and a read each); it never reads every shard.
 """
 
 from __future__ import annotations
@@ -14,11 +14,8 @@ import base64
 import json
 import random
 import re
-import tarfile
 import threading
-from collections import defaultdict
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +24,7 @@ import polars as pl
 import vl_convert
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
+from .. import catalog
 from ..audit import BALANCE_POINTS
 from ..config import DIAGNOSTICS, SPLITS, UNIFIED_FIELDS
 from ..guard import REPORT_MARKER
@@ -34,9 +32,7 @@ from ..plan import safe_key
 from ..shards import write_atomic
 from .card import dataset_counts
 
-SHEET_SHARDS = 6  # a contact sheet draws from at most this many shards of a split
 PAIRS_SHOWN = 4  # leakage pairs shown side by side, per kind
-PAIR_SCAN_MEMBERS = 300_000  # tar members read at most to find those pairs
 REASON_EXAMPLES = 3
 SPLIT_COLOURS = {"train": "#4c78a8", "val": "#f58518", "test": "#54a24b", DIAGNOSTICS: "#b279a2"}
 
@@ -64,6 +60,11 @@ class Sample:
     txt: str
     doc: dict[str, Any]
 
+    @classmethod
+    def of(cls, sample: catalog.Sample) -> Sample:
+        m = sample.members
+        return cls(sample.key, sample.shard, m.get("jpg"), m.get("txt", b"").decode("utf-8"), json.loads(m["json"]))
+
     @property
     def image_uri(self) -> markupsafe.Markup | None:
         """The packed JPEG as a data URI (base64 only: safe markup, exempt from the text bound)."""
@@ -80,80 +81,32 @@ class Sample:
         return json.dumps(self.doc.get("aux", {}), ensure_ascii=False)
 
 
-@dataclass
-class ShardIndex:
-    split: str
-    folder: Path
-    shards: list[tuple[str, int]] = field(default_factory=list)  # (url, nsamples)
-
-    @classmethod
-    def read(cls, folder: Path, split: str) -> ShardIndex:
-        path = folder / "index.json"
-        if not path.is_file():
-            return cls(split, folder)
-        doc = json.loads(path.read_text(encoding="utf-8"))
-        return cls(split, folder, [(e["url"], int(e["nsamples"])) for e in doc.get("shardlist", [])])
+LOCATED = ["key", "split", "shard", "index", "offset", "size"]
 
 
-def shard_samples(path: Path, keep: Callable[[int, str], bool]) -> Iterator[tuple[int, Sample]]:
-    """The samples of one shard whose (position, key) `keep` accepts. Only tar headers are read for
-    the others: tarfile seeks past their data."""
-
-    def build(key: str, members: list[tarfile.TarInfo], tar: tarfile.TarFile) -> Sample:
-        data = {m.name.split(".", 1)[1]: tar.extractfile(m).read() for m in members}  # type: ignore[union-attr]
-        return Sample(key, path.name, data.get("jpg"), data.get("txt", b"").decode("utf-8"), json.loads(data["json"]))
-
-    with tarfile.open(path, "r:") as tar:
-        position, key, members = -1, None, []
-        for info in tar:
-            name = info.name.rsplit("/", 1)[-1]
-            this = name.split(".", 1)[0]
-            if this != key:
-                if key is not None and keep(position, key):
-                    yield position, build(key, members, tar)
-                position, key, members = position + 1, this, []
-            members.append(info)
-        if key is not None and keep(position, key):
-            yield position, build(key, members, tar)
+def locate(shard_root: Path, given: pl.DataFrame | None = None) -> pl.DataFrame:
+    """Where every packed sample is: the run's catalog, samples.parquet, or (a pack made before
+    packer wrote one) its tar headers scanned once."""
+    if given is not None:
+        return given.select(LOCATED)
+    found = catalog.read_catalog(shard_root, LOCATED)
+    if found is not None:
+        return found
+    splits = [s for s in (*SPLITS, DIAGNOSTICS) if (shard_root / s / "index.json").is_file()]
+    return catalog.scan_catalog(shard_root, splits)
 
 
-def contact_sheet(index: ShardIndex, size: int, seed: int) -> list[Sample]:
-    """A seeded random sample of `size` packed examples of a split: SHEET_SHARDS shards are drawn
-    (weighted by their sample counts; more while they hold fewer than `size` samples, as small
-    shards of a pack cut for many readers do), then samples uniformly among theirs."""
-    rng = random.Random(f"{seed}:{index.split}")
-    shards = [s for s in index.shards if s[1] > 0]
-    chosen: list[tuple[str, int]] = []
-    while shards and (len(chosen) < SHEET_SHARDS or sum(n for _, n in chosen) < size):
-        pick = rng.choices(range(len(shards)), weights=[n for _, n in shards])[0]
-        chosen.append(shards.pop(pick))
-    slots = [(url, pos) for url, n in sorted(chosen) for pos in range(n)]
-    wanted: dict[str, set[int]] = defaultdict(set)
-    for url, pos in rng.sample(slots, min(size, len(slots))):
-        wanted[url].add(pos)
-    samples = []
-    for url in sorted(wanted):
-        positions = wanted[url]
-        last = max(positions)
-        for position, sample in shard_samples(index.folder / url, lambda p, _k, w=positions: p in w):
-            samples.append(sample)
-            if position == last:
-                break
-    return samples
+def read(shard_root: Path, located: pl.DataFrame) -> list[Sample]:
+    return [Sample.of(s) for s in catalog.read_samples(shard_root, located)]
 
 
-def find_samples(index: ShardIndex, keys: set[str], budget: int = PAIR_SCAN_MEMBERS) -> dict[str, Sample]:
-    """The samples with these keys, found by scanning the split's shards in order (headers only),
-    until all are found or `budget` examples were passed over."""
-    found: dict[str, Sample] = {}
-    passed = 0
-    for url, n in index.shards:
-        if len(found) == len(keys) or passed > budget:
-            break
-        for _, sample in shard_samples(index.folder / url, lambda _p, k: k in keys):
-            found[sample.key] = sample
-        passed += n
-    return found
+def contact_sheet(shard_root: Path, located: pl.DataFrame, split: str, size: int, seed: int) -> list[Sample]:
+    """A seeded random sample of `size` packed examples of a split, each read with one seek (in
+    shard order: the order a reader meets them)."""
+    rows = located.filter(pl.col("split") == split)
+    rng = random.Random(f"{seed}:{split}")
+    picks = sorted(rng.sample(range(len(rows)), min(size, len(rows))))
+    return read(shard_root, rows[picks].sort("shard", "index"))
 
 
 # -- charts -------------------------------------------------------------------------------------
@@ -369,7 +322,7 @@ def reasons_with_examples(failures_path: Path) -> list[dict[str, Any]]:
     return [{"status": s, "reason": r, **entry} for (s, r), entry in ordered]
 
 
-def leakage_pairs(stats: dict[str, Any], indexes: dict[str, ShardIndex]) -> list[dict[str, Any]]:
+def leakage_pairs(stats: dict[str, Any], shard_root: Path, located: pl.DataFrame) -> list[dict[str, Any]]:
     """Up to PAIRS_SHOWN pairs per kind (same image, same text, near-duplicate image), with both samples."""
     leak = stats["leakage"]
     pairs = []
@@ -387,16 +340,11 @@ def leakage_pairs(stats: dict[str, Any], indexes: dict[str, ShardIndex]) -> list
         pairs.extend(listed[:PAIRS_SHOWN])
     ids = sorted({example_id for p in pairs for _, example_id in (p["a"], p["b"])})
     key_of = dict(zip(ids, pl.DataFrame({"id": ids}, schema={"id": pl.String}).select(safe_key())[:, 0]))
-    wanted: dict[str, set[str]] = defaultdict(set)
+    wanted = {(split, key_of[example_id]) for p in pairs for split, example_id in (p["a"], p["b"])}
+    rows = located.filter(pl.struct("split", "key").is_in([{"split": s, "key": k} for s, k in wanted]))
+    found = {(sample.doc["split"], sample.key): sample for sample in read(shard_root, rows)}
     for p in pairs:
-        for split, example_id in (p["a"], p["b"]):
-            wanted[split].add(key_of[example_id])
-    found: dict[str, Sample] = {}
-    for split, keys in wanted.items():
-        if split in indexes:
-            found.update(find_samples(indexes[split], keys))
-    for p in pairs:
-        p["samples"] = [(split, example_id, found.get(key_of[example_id])) for split, example_id in (p["b"], p["a"])]
+        p["samples"] = [(split, eid, found.get((split, key_of[eid]))) for split, eid in (p["b"], p["a"])]
     return pairs
 
 
@@ -406,20 +354,19 @@ def build_report(
     sample_size: int = 48,
     seed: int = 0,
     stats: dict[str, Any] | None = None,
+    catalog_rows: pl.DataFrame | None = None,
 ) -> Path:
     """Write `<out_dir>/report.html` from the output folder: stats.json (or `stats`, during a run,
-    before stats.json is written last), failures.jsonl and the shards."""
+    before stats.json is written last), failures.jsonl and the shards, read by offset through
+    samples.parquet (or the run's catalog, `catalog_rows`)."""
     if stats is None:
         stats = json.loads((out_dir / "stats.json").read_text(encoding="utf-8"))
     if shard_root is None:
         shard_root = out_dir / "shards"
         if not shard_root.is_dir():
             shard_root = Path(stats["config"]["output_dir"])
-    indexes = {
-        split: ShardIndex.read(shard_root / split, split)
-        for split in (*SPLITS, DIAGNOSTICS)
-        if (shard_root / split / "index.json").is_file()
-    }
+    located = locate(shard_root, catalog_rows)
+    splits = [s for s in (*SPLITS, DIAGNOSTICS) if s in set(located["split"].unique())]
     reasons = reasons_with_examples(out_dir / "failures.jsonl")
     env = Environment(
         loader=PackageLoader("packer", "templates"),
@@ -438,8 +385,8 @@ def build_report(
         ratios=ratio_rows(stats),
         reasons=reasons,
         reason_chart=reason_chart(reasons),
-        leakage_pairs=leakage_pairs(stats, indexes),
-        sheets=[(split, contact_sheet(index, sample_size, seed)) for split, index in indexes.items()],
+        leakage_pairs=leakage_pairs(stats, shard_root, located),
+        sheets=[(split, contact_sheet(shard_root, located, split, sample_size, seed)) for split in splits],
         sample_size=sample_size,
         seed=seed,
         dataset_rows=dataset_counts(stats),
