@@ -11,10 +11,11 @@ LIMIT ?=
 PACK_FLAGS ?=
 PROFILE_FLAGS ?=
 NAIVE_VENV ?= .cache/naive-venv
+ENERGON_VENV ?= .cache/energon-venv
 # pillow-simd uses AVX2 only when compiled for it.
 SIMD_CC := $(shell grep -qw avx2 /proc/cpuinfo 2>/dev/null && echo "cc -mavx2" || echo cc)
 
-.PHONY: help install pilot pack report test lint profile clean
+.PHONY: help install pilot pack report test lint profile clean energon
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -59,8 +60,18 @@ pack: $(VENV)/.installed ## pack everything: make pack MANIFEST=Step_2/data_mani
 report: $(VENV)/.installed ## rebuild report.html of an earlier pack: make report OUT=Step_3
 	$(PY) -m packer.report $(OUT)
 
-test: $(VENV)/.installed ## run the test suite
+test: $(VENV)/.installed ## run the test suite (makes the energon venv first; its tests skip without it)
+	@$(MAKE) --no-print-directory energon || echo "note: could not build $(ENERGON_VENV); the energon tests skip"
 	$(PY) -m pytest -q
+
+# Megatron-Energon's own venv: pyproject's `energon` list alone (it needs PyPI's Pillow, not pillow-simd).
+$(ENERGON_VENV)/.installed: pyproject.toml | $(VENV)/.installed
+	$(PYTHON) -m venv $(ENERGON_VENV)
+	$(ENERGON_VENV)/bin/python -m pip install -q $$($(PY) -c "import tomllib; \
+		print(*tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['energon'])")
+	touch $@
+
+energon: $(ENERGON_VENV)/.installed ## a venv with megatron-energon, to load the shards as a training job does
 
 # The naive baseline's own venv: pyproject's `naive-baseline` list alone (webdataset, Pillow from PyPI).
 $(NAIVE_VENV)/.installed: pyproject.toml | $(VENV)/.installed

@@ -76,9 +76,7 @@ def build_catalog(samples: pl.DataFrame, packed: dict[str, int], shards: Iterabl
     )
     check = located.group_by("shard").agg(n=pl.len(), end=pl.col("size").sum())
     joined = listing.join(check, on="shard", how="left").with_columns(pl.col("n", "end").fill_null(0))
-    wrong = joined.filter(
-        (pl.col("n") != pl.col("count")) | (pl.col("end") + len(END_OF_ARCHIVE) != pl.col("bytes"))
-    )
+    wrong = joined.filter((pl.col("n") != pl.col("count")) | (pl.col("end") + len(END_OF_ARCHIVE) != pl.col("bytes")))
     if len(located) != len(rows) or len(slots) != len(rows) or len(wrong):
         raise CatalogError(f"the shards do not hold the samples packed into them: {wrong.head(3).to_dicts()}")
     order = {s: i for i, s in enumerate(rows["split"].unique(maintain_order=True))}

@@ -140,6 +140,17 @@ def sample_args(step2: Path, out: Path, *extra: str) -> list[str]:
     return [*inputs, *outputs, *flags, *extra]
 
 
+@pytest.fixture(scope="session")
+def pilot(tmp_path_factory) -> Path:
+    """The built-in sample as `make pilot` packs it (default --min-shards 16), at <root>/Step_3."""
+    root = tmp_path_factory.mktemp("pilot")
+    step2 = root / "Step_2"
+    subprocess.run([sys.executable, str(ROOT / "scripts/make_sample_data.py"), "--out", str(step2)], check=True)
+    args = [a for a in sample_args(step2, root / "Step_3") if a not in ("--shard-maxcount", "16")]
+    assert main(args) == 0
+    return root / "Step_3"
+
+
 # -- a corpus whose image stage takes a few seconds (crash, resume and Dask tests) ----------------
 N_IMAGES = 160
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -16,17 +14,6 @@ import webdataset as wds
 from conftest import ROOT, sample_args
 
 from packer.cli import main
-
-
-@pytest.fixture(scope="session")
-def pilot(tmp_path_factory) -> Path:
-    """The built-in sample as `make pilot` packs it (default --min-shards 16), at <root>/Step_3."""
-    root = tmp_path_factory.mktemp("pilot")
-    step2 = root / "Step_2"
-    subprocess.run([sys.executable, str(ROOT / "scripts/make_sample_data.py"), "--out", str(step2)], check=True)
-    args = [a for a in sample_args(step2, root / "Step_3") if a not in ("--shard-maxcount", "16")]
-    assert main(args) == 0
-    return root / "Step_3"
 
 
 def shard_keys(url: str) -> list[str]:

@@ -1,0 +1,70 @@
+"""Run by tests/test_energon.py in the energon venv (megatron-energon, torch, PyPI Pillow): load the
+given split parts of a packer shards folder as a training job does, and print what each rank got.
+
+    python energon_reader.py ROOT SPLIT_CONFIG DATASET_CONFIG WORLD_SIZE PART [PART ...]
+
+Prints one JSON object: {part: {rank: [[key, value], ...]}}, where value is the sample's id (a
+crude sample cooked by the test's cooker), its text or its label. Any sample that fails raises
+(energon's default handler would log it and skip it silently).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from megatron.energon import (
+    Cooker,
+    DefaultTaskEncoder,
+    TextSample,
+    WorkerConfig,
+    basic_sample_keys,
+    get_loader,
+    get_val_dataset,
+    stateless,
+)
+from megatron.energon.errors import reraise_exception
+
+
+@stateless
+def cook(crude: dict) -> TextSample:
+    """A crude sample (decoded members) as a TextSample carrying its id from the .json member."""
+    return TextSample(**basic_sample_keys(crude), text=crude["json"]["id"])
+
+
+class CrudeEncoder(DefaultTaskEncoder):
+    cookers = [Cooker(cook)]
+
+
+def value(sample) -> object:
+    if hasattr(sample, "label"):
+        shape = list(sample.image.shape)
+        return [sample.label, shape]
+    return sample.text
+
+
+def main() -> None:
+    root, split_config, dataset_config, world, *parts = sys.argv[1:]
+    encoder = CrudeEncoder() if dataset_config == "dataset.yaml" else DefaultTaskEncoder()
+    out: dict[str, dict[int, list]] = {}
+    for part in parts:
+        out[part] = {}
+        for rank in range(int(world)):
+            config = WorkerConfig(
+                rank=rank, world_size=int(world), num_workers=2, global_error_handler=reraise_exception
+            )
+            dataset = get_val_dataset(
+                root,
+                split_part=part,
+                worker_config=config,
+                batch_size=None,
+                split_config=split_config,
+                dataset_config=dataset_config,
+                task_encoder=encoder,
+            )
+            out[part][rank] = [[s.__key__, value(s)] for s in get_loader(dataset)]
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
