@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -100,16 +102,36 @@ def test_typed_configs_load_and_pass_energon_lint(pilot: Path):
     assert done.returncode != 0
 
 
+def readme_block(fence: str, needle: str) -> str:
+    blocks = re.findall(rf"```{fence}\n(.*?)```", (ROOT / "README.md").read_text(encoding="utf-8"), re.S)
+    found = [b for b in blocks if needle in b]
+    assert len(found) == 1, needle
+    return found[0]
+
+
+def test_readme_energon_snippet_runs_in_energons_venv(pilot: Path, tmp_path: Path):
+    """The README's energon block, as written, from a folder holding Step_3 (as the other snippets)."""
+    (tmp_path / "Step_3").symlink_to(pilot, target_is_directory=True)
+    code = readme_block("python", "megatron.energon") + "\nimport json\nprint(json.dumps(texts))\n"
+    done = subprocess.run([str(ENERGON_PYTHON), "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    last_rank = json.loads(done.stdout.strip().splitlines()[-1])
+    catalog = pl.read_parquet(pilot / "shards" / "samples.parquet").filter(pl.col("split") == "val")
+    assert 0 < len(last_rank) < len(catalog)  # rank 1 of 2: part of val, both series
+
+
 def test_metadata_is_what_energon_prepare_writes(pilot: Path, tmp_path: Path):
+    """The README's `energon prepare` line (plus the diagnostics part this pack has) on a copy of
+    the shards without packer's metadata writes the same bytes packer wrote."""
     ours = pilot / "shards"
-    theirs = tmp_path / "shards"
+    theirs = tmp_path / "Step_3" / "shards"
     shutil.copytree(ours, theirs)
     shutil.rmtree(theirs / ".nv-meta")
     for idx in theirs.glob("*/*.tar.idx"):
         idx.unlink()
-    parts = [f"{split}:{split}/shard-.*\\.tar" for split in ("train", "val", "test", "diagnostics")]
-    args = ["prepare", str(theirs), "--non-interactive", "--no-progress", "--sample-type", "CrudeWebdataset"]
-    done = energon(*args, *[a for p in parts for a in ("--split-parts", p)])
+    line = readme_block("bash", "energon prepare").strip()
+    args = shlex.split(line)[1:] + ["--no-progress", "--split-parts", "diagnostics:diagnostics/shard-.*\\.tar"]
+    done = energon(*args, cwd=tmp_path)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     idx = sorted(p.relative_to(ours) for p in ours.glob("*/*.tar.idx"))
     assert idx == sorted(p.relative_to(theirs) for p in theirs.glob("*/*.tar.idx"))

@@ -136,6 +136,8 @@ def test_readme_python_snippets_run_against_the_pilot(pilot, tmp_path, monkeypat
     for block in blocks:
         if "dask_jobqueue" in block:
             continue  # needs a Slurm cluster
+        if "megatron.energon" in block:
+            continue  # runs in energon's own venv (test_energon.py)
         exec(compile(block, "README.md", "exec"), namespace)
     stats = json.loads((pilot / "stats.json").read_text())
     train = stats["splits"]["train"]
