@@ -27,6 +27,14 @@ TRANSPOSE = {
 }
 DIGEST_CHUNK = 1 << 20
 
+# PNG pixels are decoded by libspng (pyspng) where it gives exactly Pillow's pixels after
+# to_rgb_or_rgba: by Pillow's mode, the mode libspng decodes to. Palette images with transparency
+# (libspng as pyspng calls it does not apply tRNS) and 16-bit grey (Pillow's I;16, scaled here)
+# stay with Pillow, as does any file libspng refuses (Pillow then decodes it, or fails with its
+# reason). PACKER_PNG_DECODER=pillow turns the libspng path off; the output is the same either way.
+SPNG_TARGET = {"RGB": "RGB", "L": "RGB", "1": "RGB", "P": "RGB", "RGBA": "RGBA", "LA": "RGBA"}
+PNG_DECODERS = ("spng", "pillow")
+
 
 class ImageFailure(Exception):
     """An image that cannot be packed; `reason` is a short, countable category."""
@@ -116,6 +124,46 @@ def _kind(path: str) -> str:
     return "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file"
 
 
+def png_decoder() -> str:
+    """The PNG decoder in use: PACKER_PNG_DECODER (spng or pillow), spng by default where pyspng
+    is installed."""
+    wanted = os.environ.get("PACKER_PNG_DECODER", "spng")
+    if wanted not in PNG_DECODERS:
+        raise ValueError(f"PACKER_PNG_DECODER={wanted!r}: use one of {', '.join(PNG_DECODERS)}")
+    return wanted if wanted == "pillow" or _pyspng() is not None else "pillow"
+
+
+_spng_module: object = False
+
+
+def _pyspng():
+    global _spng_module
+    if _spng_module is False:
+        try:
+            import pyspng
+
+            _spng_module = pyspng
+        except ImportError:
+            _spng_module = None
+    return _spng_module
+
+
+def spng_pixels(image: Image.Image, handle: io.BufferedReader) -> Image.Image | None:
+    """The PNG's pixels decoded by libspng, in the mode to_rgb_or_rgba gives for Pillow's: None
+    where libspng would not give Pillow's pixels, or refuses the file (Pillow decodes it then)."""
+    target = SPNG_TARGET.get(image.mode)
+    if target is None or "transparency" in image.info and image.mode == "P" or getattr(image, "is_animated", False):
+        return None
+    handle.seek(0)
+    try:
+        array = _pyspng().load(handle.read(), target)
+    except RuntimeError:
+        return None
+    if array.shape[1::-1] != image.size:
+        return None
+    return Image.fromarray(array)
+
+
 class Clock:
     """Seconds per stage, summed over calls (the profiler's stage breakdown); a no-op when off."""
 
@@ -147,6 +195,7 @@ def encode_image(
     draft: bool = True,
     resample: Image.Resampling = Image.Resampling.BICUBIC,
     reducing_gap: float | None = None,
+    decoder: str | None = None,
     clock: Clock = OFF,
 ) -> EncodedImage:
     """Open, orient, convert, squash-resize to size x size, encode as JPEG.
@@ -154,10 +203,12 @@ def encode_image(
     JPEGs are decoded in draft mode (DCT scaling by 1/2, 1/4 or 1/8 to no less than the target
     size), cheaper than a full decode for large memes. EXIF orientation is applied last, to the
     384x384 result: squashing to a square commutes with the 8 orientations, so this equals orienting
-    the source, without copying a full-size image. The keyword arguments exist for the profiler's
-    comparisons; packer uses the defaults.
+    the source, without copying a full-size image. PNG pixels come from libspng where it gives
+    Pillow's (spng_pixels). The keyword arguments exist for the profiler's comparisons; packer uses
+    the defaults (`decoder`: png_decoder()).
     """
     Image.MAX_IMAGE_PIXELS = max_pixels
+    decoder = decoder or png_decoder()
     clock.start()
     try:
         with warnings.catch_warnings():
@@ -171,9 +222,12 @@ def encode_image(
                     width, height = height, width
                 if draft and orig_format == "JPEG":
                     image.draft("RGB", (size, size))
-                image.load()
+                pixels = spng_pixels(image, handle) if orig_format == "PNG" and decoder == "spng" else None
+                if pixels is None:
+                    image.load()
+                    pixels = image
                 clock.lap("decode")
-                converted = to_rgb_or_rgba(image)
+                converted = to_rgb_or_rgba(pixels)
                 clock.lap("convert")
                 # Transparent images are resized first (Pillow resizes RGBA premultiplied), then put
                 # on white: the same pixels as flattening first, at 384x384 instead of full size.

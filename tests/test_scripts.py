@@ -102,3 +102,18 @@ def test_the_yardstick_sees_every_byte_but_the_timings(packed, tmp_path):
     shard.write_bytes(bytes(data))
     changed = {k for k, v in digests(copy).items() if before.get(k) != v}
     assert changed == {str(shard.relative_to(copy))}
+
+
+def test_bench_report_finds_the_planted_pairs_by_offset_and_by_scan(tmp_path):
+    """scripts/bench_report.py on a small grown pack: both readers find the samples of the 4 pairs shown."""
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts/bench_report.py"), "--examples", "3000", "--work", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "3000 report, read by offset:" in done.stdout
+    assert "(8 of 8 pair samples shown found)" in done.stdout
+    scanned = (tmp_path / "big" / "Step_3" / "report.html").read_text(encoding="utf-8")
+    assert "not found in the shards" not in scanned and scanned.count('class="pair"') == 4
