@@ -1,21 +1,26 @@
 """packer's throughput, side by side in one run, on a realistic meme-like corpus.
 
     make profile                          # or:
-    python scripts/profile_throughput.py [--images 600] [--max-workers N] [--plan-rows 1000000] [--out profile]
+    python scripts/profile_throughput.py [--images 480] [--max-workers N] [--plan-rows 1000000] [--out profile]
 
-Measured on the same images in the same run:
+Measured on the same images in the same run (default corpus: 480 distinct meme-like images of
+1536x2048, 84% JPEG and 16% PNG, each written 3 times under different bytes: 1,440 files):
   kernel   the bare per-image kernel (packer.images.encode_image: draft decode, orient, convert,
-           bicubic resize, JPEG encode, dHash) in a loop, one process, no packer around it;
+           bicubic resize, JPEG encode, dHash) in a loop, one process, no packer around it: with
+           PNG pixels from Pillow (the bare Pillow kernel the targets judge against) and from
+           libspng (packer's kernel); and its stages per format, for both;
   naive    scripts/naive_webdataset.py, the script a user writes from the webdataset docs: full
-           decode, resize, ShardWriter, one process. It runs twice: with packer's Pillow build
+           decode, resize, ShardWriter. One process twice: with packer's Pillow build
            (pillow-simd) and with --naive-python, a venv holding Pillow from PyPI (`make profile`
-           builds it in .cache/naive-venv from pyproject's `naive` extra), which is what a user
-           who writes that script has;
-  packer   the whole `pack-examples` run (load, plan, image hashing, pool, shards, report) at
-           1, 2, ... --max-workers workers;
+           builds it in .cache/naive-venv from pyproject's `naive-baseline` extra), which is what a
+           user who writes that script has; then that user's script on 2 processes;
+  packer   `python -m packer` as a whole process (start to exit) at 1, 2, ... --max-workers
+           workers, with the image stage and every fixed cost (start-up, load, plan, catalog,
+           report) beside it;
   variants resampling choices of the kernel (bilinear, reducing_gap, no draft) with their PSNR
            against a full-decode bicubic reference;
   plan     load + plan of a --plan-rows manifest (text-only), in a child process: seconds, peak RSS.
+Whole processes and naive runs are timed best of --repeat.
 Prints a table, writes <out>/profile.json and <out>/profile.png. The corpus and the big manifest
 are cached under --cache. --corpus DIR profiles a folder of your own images instead.
 """
@@ -31,10 +36,12 @@ import os
 import random
 import resource
 import shutil
+import struct
 import subprocess
 import sys
 import tempfile
 import time
+import zlib
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -56,10 +63,13 @@ CAPTIONS = ["WHEN YOU SEE IT", "NOBODY:", "ME AT 3 AM", "THEY SAID IT COULDN'T B
 
 
 # -- the corpus ---------------------------------------------------------------
-def meme(rng: random.Random) -> Image.Image:
+def meme(rng: random.Random, size: tuple[int, int] | None = None) -> Image.Image:
     """A photograph-like image (smooth colour fields, grain, shapes) with big meme captions."""
-    width = rng.randint(500, 2048)
-    height = max(500, min(2048, int(width * rng.uniform(0.6, 1.5))))
+    if size is None:
+        width = rng.randint(500, 2048)
+        height = max(500, min(2048, int(width * rng.uniform(0.6, 1.5))))
+    else:
+        width, height = size
     base = Image.frombytes("RGB", (6, 5), rng.randbytes(90)).resize((width, height), Image.Resampling.BICUBIC)
     grain = Image.effect_noise((width, height), rng.uniform(8, 24)).convert("RGB")
     image = Image.blend(base, grain, 0.15)
@@ -75,31 +85,48 @@ def meme(rng: random.Random) -> Image.Image:
     return image
 
 
-def make_corpus(folder: Path, count: int, seed: int = 0) -> list[Path]:
-    """85% JPEG (some progressive, some with EXIF orientation), 15% PNG (half with alpha); cached."""
+def variant_bytes(data: bytes, suffix: str, copy: int) -> bytes:
+    """The same image under other bytes (a JPEG comment, a PNG text chunk): it decodes to the same
+    pixels, and packer does not drop it as an exact duplicate."""
+    note = f"copy {copy}".encode()
+    if suffix == ".jpg":
+        return data[:2] + b"\xff\xfe" + struct.pack(">H", len(note) + 2) + note + data[2:]
+    body = b"Comment\0" + note
+    chunk = struct.pack(">I", len(body)) + b"tEXt" + body + struct.pack(">I", zlib.crc32(b"tEXt" + body))
+    return data[:33] + chunk + data[33:]  # after the signature and IHDR
+
+
+def make_corpus(folder: Path, count: int, copies: int = 3, seed: int = 0) -> list[Path]:
+    """`count` distinct meme-like images of 1536x2048 as a meme corpus has them (about 84% JPEG,
+    some progressive, some with EXIF orientation; 16% PNG, a third with alpha), each written
+    `copies` times under different bytes: count x copies files, cached."""
     listing = folder / "files.json"
     if listing.is_file():
         paths = [folder / name for name in json.loads(listing.read_text())]
-        if len(paths) == count and all(p.is_file() for p in paths):
+        if len(paths) == count * copies and all(p.is_file() for p in paths):
             return paths
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     rng = random.Random(seed)
     names = []
     for i in range(count):
-        image = meme(rng)
-        if rng.random() < 0.85:
-            name = f"meme_{i:05d}.jpg"
+        image = meme(rng, (1536, 2048))
+        out = io.BytesIO()
+        if rng.random() < 0.844:
+            suffix = ".jpg"
             exif = Image.Exif()
             if rng.random() < 0.2:
                 exif[0x0112] = rng.choice([3, 6, 8])
-            image.save(folder / name, "JPEG", quality=rng.randint(75, 95), progressive=rng.random() < 0.3, exif=exif)
+            image.save(out, "JPEG", quality=rng.randint(85, 95), progressive=rng.random() < 0.3, exif=exif)
         else:
-            name = f"meme_{i:05d}.png"
-            if rng.random() < 0.5:
+            suffix = ".png"
+            if rng.random() < 0.33:
                 image = image.convert("RGBA")
-            image.save(folder / name, "PNG", compress_level=6)
-        names.append(name)
+            image.save(out, "PNG", compress_level=6)
+        for copy in range(copies):
+            name = f"meme_{i:05d}_{copy}{suffix}"
+            (folder / name).write_bytes(out.getvalue() if copy == 0 else variant_bytes(out.getvalue(), suffix, copy))
+            names.append(name)
     listing.write_text(json.dumps(names))
     return [folder / n for n in names]
 
@@ -158,41 +185,41 @@ def rates(run: dict, paths: list[Path]) -> dict:
     }
 
 
-def stage_breakdown(paths: list[Path]) -> dict[str, float]:
-    """Milliseconds per image for each stage of the kernel, plus writing its tar members."""
-    clock = Clock()
+def stage_breakdown(paths: list[Path], decoder: str) -> dict[str, dict[str, float]]:
+    """Per file format, milliseconds per image in each stage of the kernel (decode, convert,
+    resize, encode, dhash) and writing its tar members, with `decoder` for PNG pixels."""
+    clocks: dict[str, Clock] = defaultdict(Clock)
     sink = io.BytesIO()
+    counts = Counter(p.suffix.lower().lstrip(".") for p in paths)
     for i, p in enumerate(paths):
-        encoded = encode_image(str(p), SIZE, QUALITY, MAX_PIXELS, clock=clock)
+        clock = clocks[p.suffix.lower().lstrip(".")]
+        encoded = encode_image(str(p), SIZE, QUALITY, MAX_PIXELS, decoder=decoder, clock=clock)
         clock.start()
         sink.write(sample_bytes(f"k{i:06d}", {"jpg": encoded.data, "txt": b"text", "json": b"{}"}))
         clock.lap("write")
-    return {k: round(1000 * v / len(paths), 3) for k, v in clock.seconds.items()}
+    return {
+        fmt: {k: round(1000 * v / counts[fmt], 3) for k, v in clock.seconds.items()} for fmt, clock in clocks.items()
+    }
 
 
-def run_naive(python: str, paths: list[Path], out: Path, repeat: int) -> dict:
-    """scripts/naive_webdataset.py under `python`, best of `repeat`: Pillow version, images/s overall and per format."""
+def run_naive(python: str, paths: list[Path], out: Path, repeat: int, processes: int = 1) -> dict:
+    """scripts/naive_webdataset.py under `python` with `processes` processes, best of `repeat`:
+    Pillow version, images/s overall (whole process, start to exit) and per format."""
     out.mkdir(parents=True, exist_ok=True)
     listing = out / "images.txt"
     listing.write_text("".join(f"{p}\n" for p in paths))
     runs = []
     for _ in range(repeat):
         shutil.rmtree(out / "shards", ignore_errors=True)
-        child = subprocess.run(
-            [python, str(ROOT / "scripts" / "naive_webdataset.py"), str(listing), str(out / "shards")],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        runs.append(json.loads(child.stdout.strip().splitlines()[-1]))
+        command = [python, str(ROOT / "scripts" / "naive_webdataset.py"), str(listing), str(out / "shards")]
+        t0 = time.perf_counter()
+        child = subprocess.run([*command, "--processes", str(processes)], capture_output=True, text=True, check=True)
+        wall = time.perf_counter() - t0
+        run = json.loads(child.stdout.strip().splitlines()[-1])
+        run["inner_seconds"], run["seconds"] = run["seconds"], wall
+        runs.append(run)
     best = min(runs, key=lambda run: run["seconds"])
-    return {"pillow": best["pillow"], **rates(best, paths)}
-
-
-def parent_cpu() -> float:
-    """CPU seconds of this process and its threads (the pool's workers are other processes)."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+    return {"pillow": best["pillow"], "processes": processes, **rates(best, paths)}
 
 
 def run_packer(manifest: Path, out: Path, workers: int, *extra: str) -> dict:
@@ -201,12 +228,38 @@ def run_packer(manifest: Path, out: Path, workers: int, *extra: str) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     with contextlib.redirect_stdout(io.StringIO()):
         code = pack(args)
+    return finished(out, code)
+
+
+def finished(out: Path, code: int) -> dict:
     stats = json.loads((out / "stats.json").read_text())
     if code == 2 or not stats["packed_examples"]:
         raise SystemExit(
             f"packer run failed (exit {code}, {stats['failed_examples']} failed); see {out / 'stats.json'}"
         )
     return stats
+
+
+def run_packer_process(manifest: Path, out: Path, workers: int, env: dict | None = None) -> tuple[float, dict]:
+    """`python -m packer` as a user runs it, timed from start to exit: (seconds, stats)."""
+    args = ["--manifest", str(manifest), "--output-dir", str(out / "shards"), "--label-taxonomy", str(out / "t.json")]
+    args += ["--splits", str(out / "splits.json"), "--workers", str(workers)]
+    shutil.rmtree(out, ignore_errors=True)
+    t0 = time.perf_counter()
+    child = subprocess.run([sys.executable, "-m", "packer", *args], capture_output=True, text=True, env=env)
+    seconds = time.perf_counter() - t0
+    if child.returncode not in (0, 1):
+        raise SystemExit(f"packer exited {child.returncode}: {child.stderr[-2000:]}")
+    return seconds, finished(out, child.returncode)
+
+
+def fixed_costs(seconds: float, stats: dict) -> dict[str, float]:
+    """Where a whole run's time went: the image stage and each fixed cost (start-up is what the
+    stages do not account for: the interpreter, imports, checks and writing stats.json)."""
+    stages = stats["seconds"]
+    parts = {k: stages.get(k, 0.0) for k in ("load", "plan", "images_and_shards", "catalog", "report")}
+    parts["startup_and_exit"] = max(0.0, seconds - sum(parts.values()))
+    return {k: round(v, 3) for k, v in parts.items()}
 
 
 def run_dask(manifest: Path, repeat: int, workers: int) -> dict | None:
@@ -300,7 +353,11 @@ def plot(results: dict, path: Path) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--images", type=int, help="generated images (default 600), or the first N of --corpus")
+    p.add_argument(
+        "--images",
+        type=int,
+        help="distinct generated images (default 480, each written 3 times), or the first N of --corpus",
+    )
     p.add_argument("--corpus", type=Path, help="profile this folder of images (searched recursively) instead")
     p.add_argument(
         "--naive-python",
@@ -326,7 +383,7 @@ def main() -> None:
         if not paths:
             raise SystemExit(f"{args.corpus}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found")
     else:
-        paths = make_corpus(args.cache / "corpus", args.images or 600)
+        paths = make_corpus(args.cache / "corpus", args.images or 480)
     corpus_mb = sum(p.stat().st_size for p in paths) / 1e6
     print(f"corpus: {len(paths)} images, {corpus_mb:.0f} MB ({time.perf_counter() - start:.0f} s incl. generation)")
     manifest = write_manifest(args.cache / "corpus_manifest.jsonl", paths)
@@ -343,9 +400,11 @@ def main() -> None:
             "jpeg_share": round(sum(p.suffix.lower() in (".jpg", ".jpeg") for p in paths) / n, 3),
         },
     }
-    kernel = min((run_kernel(paths) for _ in range(args.repeat)), key=lambda run: run["seconds"])
-    results["kernel"] = rates(kernel, paths)
-    results["stages_ms_per_image"] = stage_breakdown(paths)
+    # The bare Pillow kernel (PNG pixels from Pillow) and packer's (PNG pixels from libspng).
+    for name, decoder in (("kernel", "pillow"), ("kernel_spng", "spng")):
+        run = min((run_kernel(paths, decoder=decoder) for _ in range(args.repeat)), key=lambda r: r["seconds"])
+        results[name] = rates(run, paths)
+    results["stages_ms_per_image"] = {decoder: stage_breakdown(paths, decoder) for decoder in ("pillow", "spng")}
     # The naive script with packer's own Pillow build, and with Pillow from PyPI when it is there.
     pythons = {"same_pillow": sys.executable}
     usable = Path(args.naive_python).is_file() and (
@@ -355,50 +414,47 @@ def main() -> None:
         pythons["pypi_pillow"] = args.naive_python
     else:
         print(f"{args.naive_python} missing or without Pillow/webdataset: naive runs with packer's Pillow only")
+    user = "pypi_pillow" if usable else "same_pillow"  # the script as a user has it
     with tempfile.TemporaryDirectory() as tmp:
         results["naive"] = {
             name: run_naive(python, paths, Path(tmp) / name, args.repeat) for name, python in pythons.items()
         }
+        two = min(2, args.max_workers)
+        results["naive_parallel"] = run_naive(pythons[user], paths, Path(tmp) / "parallel", args.repeat, two)
 
-    # Where the kernel's advantage comes from: each format apart (JPEG has draft decode, PNG none).
+    # Each format apart: JPEG has draft decode, PNG libspng.
     results["by_format"] = {}
     for fmt, count in sorted(Counter(p.suffix.lower().lstrip(".") for p in paths).items()):
-        entry = {"images": count, "kernel_images_per_s": results["kernel"]["images_per_s_by_format"][fmt]}
+        entry = {
+            "images": count,
+            "kernel_images_per_s": results["kernel"]["images_per_s_by_format"][fmt],
+            "kernel_spng_images_per_s": results["kernel_spng"]["images_per_s_by_format"][fmt],
+        }
         for name, naive in results["naive"].items():
             naive_rate = naive["images_per_s_by_format"][fmt]
             entry[f"naive_{name}_images_per_s"] = naive_rate
-            entry[f"kernel_vs_naive_{name}"] = round(entry["kernel_images_per_s"] / naive_rate, 2)
+            entry[f"kernel_vs_naive_{name}"] = round(entry["kernel_spng_images_per_s"] / naive_rate, 2)
         results["by_format"][fmt] = entry
 
-    # Each worker count runs --repeat + 1 times: the first run starts the pool (loky's processes
-    # spawn and import, about 0.3 s here), the later ones re-use it, as a long pack does after
-    # its first second. Both are reported; the targets use the best re-using run.
+    # Whole processes, as a user runs `python -m packer`: interpreter start to exit, best of --repeat.
     results["packer"] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for workers in range(1, args.max_workers + 1):
-            runs = []
-            for _ in range(args.repeat + 1):
-                t0, cpu0 = time.perf_counter(), parent_cpu()
-                stats = run_packer(manifest, Path(tmp) / f"w{workers}", workers)
-                runs.append((time.perf_counter() - t0, stats, parent_cpu() - cpu0))
-            cold_seconds, cold, _ = runs[0]
-            best, stats, cpu = min(runs[1:], key=lambda r: r[0])
-            results["packer"][workers] = {
+            runs = [run_packer_process(manifest, Path(tmp) / f"w{workers}", workers) for _ in range(args.repeat)]
+            best, stats = min(runs, key=lambda r: r[0])
+            entry = {
                 "seconds": round(best, 2),
                 "images_per_s": round(stats["packed_examples"] / best, 1),
                 "image_stage_images_per_s": round(stats["packed_examples"] / stats["seconds"]["images_and_shards"], 1),
                 "stage_seconds": stats["seconds"],
-                "first_run_images_per_s": round(cold["packed_examples"] / cold_seconds, 1),
-                "first_run_stage_seconds": cold["seconds"],
+                "time_split_seconds": fixed_costs(best, stats),
             }
             if workers > 1:
-                # The parent's own CPU (plan, task specs, results, shard writing): what every
-                # worker count shares. It caps the run at 1000 / ms-per-image images/s.
-                entry = results["packer"][workers]
-                entry["parent_cpu_ms_per_image"] = round(1000 * cpu / stats["packed_examples"], 3)
-                # While the workers run (what they share); the whole run adds fixed costs (plan, report).
+                # The parent's own CPU while the workers run (task specs, results, shard writing):
+                # what every worker count shares. It caps the run at 1000 / ms-per-image images/s.
                 stage_cpu = stats["seconds"]["images_and_shards_parent_cpu"]
                 entry["parent_stage_cpu_ms_per_image"] = round(1000 * stage_cpu / stats["packed_examples"], 3)
+            results["packer"][workers] = entry
 
     # The same runs on Dask (--backend dask): a LocalCluster of 2 worker processes, started once and
     # re-used, as a lab's cluster is; the first run is the one that connects and warms it.
@@ -434,15 +490,18 @@ def main() -> None:
     one = results["packer"][1]["images_per_s"]
     ratios = {
         "packer_1_worker_vs_kernel": round(one / results["kernel"]["images_per_s"], 3),
+        "packer_1_worker_vs_spng_kernel": round(one / results["kernel_spng"]["images_per_s"], 3),
+        "spng_kernel_vs_kernel": round(results["kernel_spng"]["images_per_s"] / results["kernel"]["images_per_s"], 3),
         "packer_vs_naive": {
             name: {w: round(r["images_per_s"] / naive["images_per_s"], 2) for w, r in results["packer"].items()}
             for name, naive in results["naive"].items()
         },
+        "packer_vs_naive_parallel": round(
+            results["packer"][results["naive_parallel"]["processes"]]["images_per_s"]
+            / results["naive_parallel"]["images_per_s"],
+            2,
+        ),
         "speedup_vs_1_worker": {w: round(r["images_per_s"] / one, 2) for w, r in results["packer"].items()},
-        "first_run_speedup_vs_1_worker": {
-            w: round(r["first_run_images_per_s"] / results["packer"][1]["first_run_images_per_s"], 2)
-            for w, r in results["packer"].items()
-        },
         "image_stage_speedup_vs_1_worker": {
             w: round(r["image_stage_images_per_s"] / results["packer"][1]["image_stage_images_per_s"], 2)
             for w, r in results["packer"].items()
@@ -453,11 +512,13 @@ def main() -> None:
         r["parent_stage_cpu_ms_per_image"] for r in results["packer"].values() if "parent_stage_cpu_ms_per_image" in r
     ]
     if parent_ms:
-        # How many workers, each as fast as the one-worker run, the parent could keep fed.
-        ratios["workers_the_parent_can_feed"] = round(1000 / max(parent_ms) / one, 1)
+        # How many workers, each as fast as the one-worker image stage, the parent could keep fed.
+        ratios["workers_the_parent_can_feed"] = round(
+            1000 / max(parent_ms) / results["packer"][1]["image_stage_images_per_s"], 1
+        )
     if results["dask"]:
+        # The Dask runs are in-process (the cluster is re-used): compared on the image stage.
         loky = results["packer"][results["dask"]["workers"]]
-        ratios["dask_vs_loky"] = round(results["dask"]["images_per_s"] / loky["images_per_s"], 3)
         ratios["dask_vs_loky_image_stage"] = round(
             results["dask"]["image_stage_images_per_s"] / loky["image_stage_images_per_s"], 3
         )
@@ -469,35 +530,44 @@ def main() -> None:
 
 
 def report(results: dict) -> None:
-    print(f"\n{'run':<52}{'images/s':>10}")
-    print(f"{'kernel, 1 process':<52}{results['kernel']['images_per_s']:>10.1f}")
+    print(f"\n{'run':<56}{'images/s':>10}")
+    print(f"{'bare Pillow kernel (PNG by Pillow), 1 process':<56}{results['kernel']['images_per_s']:>10.1f}")
+    print(f"{'packer kernel (PNG by libspng), 1 process':<56}{results['kernel_spng']['images_per_s']:>10.1f}")
     for name, naive in results["naive"].items():
-        label = f"naive script, {NAIVE_LABELS[name]} {naive['pillow']}"
-        print(f"{label:<52}{naive['images_per_s']:>10.1f}")
+        label = f"naive script, {NAIVE_LABELS[name]} {naive['pillow']}, 1 process"
+        print(f"{label:<56}{naive['images_per_s']:>10.1f}")
+    par = results["naive_parallel"]
+    label = f"naive script, Pillow {par['pillow']}, {par['processes']} processes"
+    print(f"{label:<56}{par['images_per_s']:>10.1f}")
     for w, r in results["packer"].items():
-        print(f"{f'packer, {w} worker(s), first run':<52}{r['first_run_images_per_s']:>10.1f}")
-        print(f"{f'packer, {w} worker(s), whole run':<52}{r['images_per_s']:>10.1f}")
-        print(f"{f'packer, {w} worker(s), image stage only':<52}{r['image_stage_images_per_s']:>10.1f}")
+        print(f"{f'packer, {w} worker(s), whole process':<56}{r['images_per_s']:>10.1f}")
+        print(f"{f'packer, {w} worker(s), image stage only':<56}{r['image_stage_images_per_s']:>10.1f}")
     if results.get("dask"):
         d = results["dask"]
         name = f"packer on Dask, LocalCluster of {d['workers']}"
-        print(f"{name + ', first run':<52}{d['first_run_images_per_s']:>10.1f}")
-        print(f"{name + ', whole run':<52}{d['images_per_s']:>10.1f}")
-        print(f"{name + ', image stage only':<52}{d['image_stage_images_per_s']:>10.1f}")
+        print(f"{name + ', first run':<56}{d['first_run_images_per_s']:>10.1f}")
+        print(f"{name + ', whole run':<56}{d['images_per_s']:>10.1f}")
+        print(f"{name + ', image stage only':<56}{d['image_stage_images_per_s']:>10.1f}")
+    print("\nwhere a whole packer process spends its time (seconds; all but images_and_shards are fixed costs):")
     for w, r in results["packer"].items():
-        if "parent_cpu_ms_per_image" in r:
-            print(
-                f"packer, {w} workers: the parent's own CPU is {r['parent_stage_cpu_ms_per_image']} ms per image "
-                f"during the image stage, {r['parent_cpu_ms_per_image']} over the whole run"
-            )
-    print("\nkernel stages, ms per image:", results["stages_ms_per_image"])
+        split = r["time_split_seconds"]
+        fixed = sum(v for k, v in split.items() if k != "images_and_shards")
+        parts = ", ".join(f"{k} {v}" for k, v in split.items())
+        print(f"  {w} worker(s): {parts}; fixed {fixed:.2f} s = {100 * fixed / r['seconds']:.1f}% of {r['seconds']} s")
+        if "parent_stage_cpu_ms_per_image" in r:
+            print(f"  {w} workers: the parent's own CPU is {r['parent_stage_cpu_ms_per_image']} ms per image")
+    print("\nkernel stages, ms per image, by format:")
+    for decoder, formats in results["stages_ms_per_image"].items():
+        for fmt, stages in sorted(formats.items()):
+            line = "  ".join(f"{k} {v:.2f}" for k, v in stages.items())
+            print(f"  {'Pillow' if decoder == 'pillow' else 'packer (libspng)':<17} {fmt:<5} {line}")
     for fmt, entry in results["by_format"].items():
-        line = f"{fmt}: {entry['images']} images, kernel {entry['kernel_images_per_s']}/s"
+        line = (
+            f"{fmt}: {entry['images']} images, Pillow kernel {entry['kernel_images_per_s']}/s, "
+            f"packer kernel {entry['kernel_spng_images_per_s']}/s"
+        )
         for name in results["naive"]:
-            line += (
-                f"; naive ({NAIVE_LABELS[name]}) {entry[f'naive_{name}_images_per_s']}/s,"
-                f" kernel/naive {entry[f'kernel_vs_naive_{name}']}x"
-            )
+            line += f"; naive ({NAIVE_LABELS[name]}) {entry[f'naive_{name}_images_per_s']}/s"
         print(line)
     print("\nkernel variants (images/s, PSNR vs full decode):")
     for name, v in results["kernel_variants"].items():
@@ -506,30 +576,30 @@ def report(results: dict) -> None:
     workers = max(results["packer"])
     two = min(2, workers)
     one = r["packer_1_worker_vs_kernel"]
-    checks = [("packer 1 worker >= 90% of kernel", one, one >= 0.9)]
-    # The issue's scaling target is 2 workers >= 1.8x one; more workers are shown, not judged
-    # (on a many-core machine the default 600 images are too few to amortise a run's fixed costs;
-    # the parent's CPU per image below is what bounds scaling there).
+    checks = [
+        ("packer 1 worker (whole process) >= 1.0x bare Pillow kernel", one, one >= 1.0),
+        ("packer 1 worker vs packer's kernel (libspng)", r["packer_1_worker_vs_spng_kernel"], None),
+        ("packer kernel (libspng) vs bare Pillow kernel", r["spng_kernel_vs_kernel"], None),
+    ]
+    # The scaling target is 2 workers >= 1.8x one; more workers are shown, not judged.
     for w in sorted({two, workers}):
-        for name, key in (("whole run", "speedup_vs_1_worker"), ("image stage", "image_stage_speedup_vs_1_worker")):
-            judged = w == two
+        for name, key in (("whole process", "speedup_vs_1_worker"), ("image stage", "image_stage_speedup_vs_1_worker")):
+            judged = w == two and key == "speedup_vs_1_worker"
             label = f"packer {w} workers vs 1, {name}" + (f" >= {0.9 * w:.1f}x" if judged else "")
             checks.append((label, r[key][w], (r[key][w] >= 0.9 * w) if judged else None))
-    # The target is judged against the naive script as a user has it (Pillow from PyPI) when that
-    # venv exists; the ratio against the same pillow-simd build is printed beside it.
+    par = results["naive_parallel"]
+    ratio = r["packer_vs_naive_parallel"]
+    label = f"packer {par['processes']} workers vs naive {par['processes']} processes (Pillow {par['pillow']}) >= 1.8x"
+    checks.append((label, ratio, ratio >= 1.8))
     for name in results["naive"]:
-        ratio = r["packer_vs_naive"][name][two]
-        judged = name == ("pypi_pillow" if "pypi_pillow" in results["naive"] else "same_pillow")
-        label = f"packer {two} workers vs naive, {NAIVE_LABELS[name]}"
-        checks.append((label + (" >= 3x" if judged else ""), ratio, (ratio >= 3) if judged else None))
+        checks.append(
+            (f"packer {two} workers vs naive 1 process, {NAIVE_LABELS[name]}", r["packer_vs_naive"][name][two], None)
+        )
     if "workers_the_parent_can_feed" in r:
         fed = r["workers_the_parent_can_feed"]
         checks.append(("parent (shared work) keeps >= 32 workers fed", fed, fed >= 32))
-    if "dask_vs_loky" in r:
+    if "dask_vs_loky_image_stage" in r:
         d = results["dask"]["workers"]
-        checks.append(
-            (f"packer on Dask vs loky, {d} workers, whole run >= 0.9", r["dask_vs_loky"], r["dask_vs_loky"] >= 0.9)
-        )
         checks.append((f"packer on Dask vs loky, {d} workers, image stage", r["dask_vs_loky_image_stage"], None))
     if "plan" in results:
         plan = results["plan"]
@@ -538,7 +608,7 @@ def report(results: dict) -> None:
     print("\ntargets:")
     for name, value, ok in checks:
         verdict = "(shown)" if ok is None else "PASS" if ok else "MISS"
-        print(f"  {name:<56}{value!s:>14}  {verdict}")
+        print(f"  {name:<66}{value!s:>14}  {verdict}")
 
 
 if __name__ == "__main__":
