@@ -38,12 +38,26 @@ def test_naive_baseline_writes_readable_384px_shards(tmp_path):
     assert result["images"] == 3 and result["seconds"] > 0
     assert set(result["seconds_by_suffix"]) == {".jpg", ".png"}
 
-    samples = list(wds.WebDataset(str(tmp_path / "out" / "naive-000000.tar"), shardshuffle=False))
+    samples = list(wds.WebDataset(str(tmp_path / "out" / "naive-0-000000.tar"), shardshuffle=False))
     assert [s["__key__"] for s in samples] == ["000000", "000001", "000002"]
     for sample, path in zip(samples, paths):
         image = Image.open(io.BytesIO(sample["jpg"]))
         assert (image.format, image.size, image.mode) == ("JPEG", (384, 384), "RGB")
         assert json.loads(sample["json"]) == {"id": path.name}
+
+    # On 2 processes: each writes its own slice's shards, and together they hold every image once.
+    child = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "naive_webdataset.py"), str(listing), str(tmp_path / "two"),
+         "--processes", "2"],
+        capture_output=True,
+        text=True,
+    )  # fmt: skip
+    assert child.returncode == 0, child.stderr
+    assert json.loads(child.stdout)["processes"] == 2
+    shards = sorted(str(p) for p in (tmp_path / "two").glob("naive-*.tar"))
+    assert [p.rsplit("/", 1)[1] for p in shards] == ["naive-0-000000.tar", "naive-1-000000.tar"]
+    keys = [s["__key__"] for s in wds.WebDataset(shards, shardshuffle=False)]
+    assert keys == ["000000", "000001", "000002"]
 
 
 def test_profiler_on_a_folder_of_images_writes_profile_json(tmp_path):
@@ -68,13 +82,26 @@ def test_profiler_on_a_folder_of_images_writes_profile_json(tmp_path):
     for run in profile["packer"].values():
         assert run["images_per_s"] > 0 and run["stage_seconds"]["images_and_shards"] > 0
     assert set(profile["ratios"]["packer_vs_naive"]["pypi_pillow"]) == {"1", "2"}
-    assert profile["packer"]["2"]["parent_cpu_ms_per_image"] > 0
-    assert "parent_cpu_ms_per_image" not in profile["packer"]["1"]  # one worker runs in the parent
+    assert profile["packer"]["2"]["parent_stage_cpu_ms_per_image"] > 0
+    assert "parent_stage_cpu_ms_per_image" not in profile["packer"]["1"]  # one worker runs in the parent
+    # Every second of a whole process is accounted for: the image stage and the fixed costs.
+    for run in profile["packer"].values():
+        split = run["time_split_seconds"]
+        assert set(split) == {"load", "plan", "images_and_shards", "catalog", "report", "startup_and_exit"}
+        assert abs(sum(split.values()) - run["seconds"]) < 0.05
+    assert profile["naive_parallel"]["processes"] == 2 and profile["naive_parallel"]["images_per_s"] > 0
+    assert profile["ratios"]["packer_vs_naive_parallel"] > 0
+    # Per format and decoder: the PNG's decode stage measured for Pillow and for libspng.
+    for decoder in ("pillow", "spng"):
+        assert profile["stages_ms_per_image"][decoder]["png"]["decode"] > 0
+        assert set(profile["stages_ms_per_image"][decoder]) == {"jpg", "png"}
+    assert profile["kernel_spng"]["images_per_s"] > 0
+    assert "bare Pillow kernel" in child.stdout
     assert profile["ratios"]["workers_the_parent_can_feed"] > 0  # tiny here: 3 images barely amortise the plan
     # The Dask line: a LocalCluster of 2 processes (when dask[distributed] is installed).
     if profile["dask"] is not None:
         assert profile["dask"]["workers"] == 2 and profile["dask"]["images_per_s"] > 0
-        assert profile["ratios"]["dask_vs_loky"] > 0 and "packer on Dask vs loky" in child.stdout
+        assert profile["ratios"]["dask_vs_loky_image_stage"] > 0 and "packer on Dask vs loky" in child.stdout
     assert Image.open(tmp_path / "prof" / "profile.png").format == "PNG"
 
 
