@@ -94,6 +94,26 @@ def test_foreign_file_in_a_packer_folder_is_refused_and_the_users_files_beside_s
     assert tree(tmp_path) == before
 
 
+def test_what_energon_prepare_adds_to_nv_meta_is_replaced_and_a_stranger_there_is_refused(dataset, tmp_path):
+    """`energon prepare` (which the README gives for other energon versions) adds its sample index
+    to .nv-meta/: a re-pack accepts it and removes it with packer's own metadata, then writes that
+    anew. Any other file there is the user's: the run exits 2 and changes nothing."""
+    assert pack(dataset.args(), tmp_path).returncode == 0
+    meta = dataset.out / "shards" / ".nv-meta"
+    written = {p.name: p.read_bytes() for p in meta.iterdir()}
+    assert set(written) >= {".info.json", "split.yaml", "dataset.yaml"}
+    for name in ("index.sqlite", "index.uuid"):
+        (meta / name).write_bytes(b"energon's")
+    assert pack(dataset.args(), tmp_path).returncode == 0
+    assert {p.name: p.read_bytes() for p in meta.iterdir()} == written
+    stray = meta / "my_notes.txt"
+    stray.write_text("mine")
+    before = tree(tmp_path)
+    run = pack(dataset.args(), tmp_path)
+    assert run.returncode == 2 and f"{stray}: was not written by packer" in one_line(run.stderr)
+    assert tree(tmp_path) == before
+
+
 def test_a_stats_file_packer_did_not_write_is_never_replaced(dataset, tmp_path):
     dataset.out.mkdir(parents=True)
     mine = dataset.out / "stats.json"
