@@ -78,11 +78,26 @@ def locate_bad_line(path: Path, required: dict[str, type], optional: tuple[str, 
     return f"{path}: could not be read as JSON lines"
 
 
-# A \\uXXXX escape of a high surrogate not followed by a low one, or of a low one not preceded by a high one.
-LONE_SURROGATE = re.compile(
-    rb"(?<!\\)\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
-    rb"|(?<!\\u[dD][89abAB][0-9a-fA-F]{2})(?<!\\)\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+# JSON escapes, read left to right (so `\\\\` is one escape, and the `\\u` after it another):
+# a surrogate pair (kept), a lone surrogate (replaced), or any other escape (kept).
+ESCAPE = re.compile(
+    rb"\\(?:u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}|u[dD][89a-fA-F][0-9a-fA-F]{2}|.)", re.S
 )
+MAYBE_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def without_lone_surrogates(raw: bytes) -> tuple[bytes, int]:
+    """The line with every lone surrogate escape replaced by \\ufffd, and how many there were."""
+    count = 0
+
+    def fix(match: re.Match[bytes]) -> bytes:
+        nonlocal count
+        if len(match.group(0)) == 6 and match.group(0)[1:2] == b"u":
+            count += 1
+            return rb"\ufffd"
+        return match.group(0)
+
+    return ESCAPE.sub(fix, raw), count
 
 
 def _surrogate_fields(obj: Any, where: str = "") -> list[str]:
@@ -105,15 +120,15 @@ def replace_lone_surrogates(path: Path, copy: Path) -> tuple[Path, dict[int, str
     with open(path, "rb") as src, open(copy, "wb") as dst:
         for raw in src:
             if raw.strip():
-                if LONE_SURROGATE.search(raw):
+                fixed, count = without_lone_surrogates(raw) if MAYBE_SURROGATE.search(raw) else (raw, 0)
+                if count:
                     try:
                         fields = _surrogate_fields(json.loads(raw))
                     except (ValueError, UnicodeDecodeError, RecursionError):
                         fields = []
-                    if fields:
-                        bad[row] = f"invalid_unicode: field '{fields[0]}' holds a lone UTF-16 surrogate"
-                        raw = LONE_SURROGATE.sub(rb"\\ufffd", raw)
-                        changed = True
+                    where = f"field '{fields[0]}'" if fields else "a field"
+                    bad[row] = f"invalid_unicode: {where} holds a lone UTF-16 surrogate"
+                    raw, changed = fixed, True
                 row += 1
             dst.write(raw)
     return (copy if changed else path), bad

@@ -179,6 +179,10 @@ def test_lone_surrogates_and_nul_fail_their_row_with_the_field_named(ws):
     ws.add("mami_train_2", "mami", "train", MAMI, text="NUL \x00 and lone \udc00")
     ws.add("mami_train_3\x00", "mami", "train", MAMI, text="a NUL in the id is fine")
     ws.rows.append({"id": "mami_train_4", "dataset": "mami", "split": "train", "labels_raw": MAMI, "text_raw": "ok"})
+    # A backslash right before a lone surrogate: JSON `\\\udfff` (found by the fuzzer; an escaped
+    # backslash once hid the escape after it), and a backslash before a literal `udfff`: no surrogate.
+    ws.add("mami_train_5", "mami", "train", MAMI, text="path\\\udfff")
+    ws.add("mami_train_6", "mami", "train", MAMI, text="not an escape: \\udfff")
     ws.manifest.parent.mkdir(parents=True, exist_ok=True)
     ws.manifest.write_text("".join(json.dumps(r) + "\n" for r in ws.rows), encoding="utf-8")
     ws.ocr.write_text(
@@ -191,8 +195,10 @@ def test_lone_surrogates_and_nul_fail_their_row_with_the_field_named(ws):
     assert failed == {
         "mami_train_1\ufffd": "invalid_unicode: field 'id' holds a lone UTF-16 surrogate",
         "mami_train_2": "invalid_unicode: field 'text_raw' holds a lone UTF-16 surrogate",
+        "mami_train_5": "invalid_unicode: field 'text_raw' holds a lone UTF-16 surrogate",
     }
-    assert set(json.loads((ws.out / "splits.json").read_text())) == {"mami_train_3\x00", "mami_train_4"}
+    packed = {"mami_train_3\x00", "mami_train_4", "mami_train_6"}
+    assert set(json.loads((ws.out / "splits.json").read_text())) == packed
 
 
 # -- images -------------------------------------------------------------------------------------
