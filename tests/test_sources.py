@@ -367,3 +367,77 @@ def test_mami_train_and_test_images_with_the_same_name_stay_apart(tmp_path):
     for images in (None, [raw]):
         rows = convert("mami", raw, images).rows
         assert [r["image_path"] for r in rows] == [str(Path(train_image).resolve()), str(Path(test_image).resolve())]
+
+
+NINTH = '''"""A toy release: one CSV of (post, text, toxic)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .common import Converted, Dataset, Images, Options, find_file, manifest_row, read_table
+
+
+def toxic_posts(raw: Path, images: Images, options: Options) -> Converted:
+    table = read_table(find_file(raw, ["posts.csv"], "toxic_posts posts.csv"))
+    table.need("post", "text", "toxic")
+    return Converted(
+        [manifest_row("toxic_posts", "train", r["post"], None, r["text"], {"toxic": r["toxic"]}) for _, r in table.rows]
+    )
+
+
+DATASETS = [Dataset("toxic_posts", toxic_posts)]
+'''
+
+
+def test_a_ninth_dataset_is_one_new_module_and_a_taxonomy_block(tmp_path):
+    """In a copy of the package: packer/sources/toxic_posts.py alone makes `python -m packer.sources
+    toxic_posts` work, and a taxonomy block makes its examples pack (no other file is edited)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    shutil.copytree(ROOT / "packer", tmp_path / "code" / "packer", ignore=shutil.ignore_patterns("__pycache__"))
+    (tmp_path / "code" / "packer" / "sources" / "toxic_posts.py").write_text(NINTH)
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "posts.csv").write_text("post,text,toxic\n" + "".join(f"p{i},post number {i},{i % 2}\n" for i in range(40)))
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "code")}
+    step2 = tmp_path / "Step_2" / "data_manifest.jsonl"
+    done = subprocess.run(
+        [sys.executable, "-m", "packer.sources", "toxic_posts", str(raw), "-o", str(step2)],
+        env=env, capture_output=True, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in step2.read_text().splitlines()]
+    assert len(rows) == 40 and rows[1]["id"] == "toxic_posts_train_p1" and rows[1]["labels_raw"] == {"toxic": "1"}
+    taxonomy = json.loads((ROOT / "packer" / "data" / "label_taxonomy.json").read_text())
+    taxonomy["datasets"]["toxic_posts"] = {
+        "raw_fields": {"toxic": "scalar"},
+        "splits": {"train": ["train"]},
+        "carve_val_from": "train",
+        "labels": {
+            "abuse_hate": None,
+            "offensive": {"field": "toxic", "map": {"0": 0, "1": 1}},
+            "target_type": None,
+            "target_group": None,
+        },
+    }
+    out = tmp_path / "Step_3"
+    out.mkdir()
+    (out / "label_taxonomy.json").write_text(json.dumps(taxonomy))
+    args = ["--manifest", str(step2), "--output-dir", str(out / "shards")]
+    args += ["--label-taxonomy", str(out / "label_taxonomy.json")]
+    done = subprocess.run(
+        [sys.executable, "-m", "packer", *args, "--splits", str(out / "splits.json"), "--workers", "1"],
+        env=env, capture_output=True, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode in (0, 1), done.stderr
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["packed_examples"] == 40
+    # val carved from train (10%, stratified by the mapped labels): 36 + 4.
+    assert stats["labels"]["train"]["toxic_posts"]["offensive"] == {"0": 18, "1": 18}
+    assert stats["labels"]["val"]["toxic_posts"]["offensive"] == {"0": 2, "1": 2}
