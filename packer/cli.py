@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .config import InputError, OutputError, PackConfig
 from .guard import inert
+from .pool import BACKENDS
 
 
 def positive_int(text: str) -> int:
@@ -88,7 +89,7 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--backend",
-        choices=("loky", "dask"),
+        choices=sorted(BACKENDS),
         default="loky",
         help="where the image stage runs: loky (this machine, default) or a Dask cluster",
     )

@@ -8,6 +8,8 @@ import os
 import stat
 import time
 import warnings
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from PIL import Image, ImageFile
@@ -78,6 +80,34 @@ def file_digest(path: str) -> str | None:
     except (OSError, ValueError):  # ValueError: a NUL in the path
         return None
     return digest.hexdigest()
+
+
+def fingerprint(paths: list[str], workers: int) -> dict[str, str | None]:
+    """A key per image file that is equal exactly when the bytes are: None when it cannot be read.
+
+    Two files can only hold the same bytes if they have the same size, so a file whose size no
+    other file has is keyed by its size, from one stat(); only files sharing a size are read and
+    hashed (SHA-256). Meme corpora rarely repeat a size but for real copies, so the images are
+    read once, by the workers, instead of twice. On `workers` threads of the parent: stat, file
+    reads and hashlib release the GIL, so this scales without waiting for the pool to start.
+    """
+    unique = sorted(set(paths))
+    with ThreadPoolExecutor(max_workers=workers) as threads:
+        sizes = dict(zip(unique, threads.map(file_size, unique)))
+        seen = Counter(sizes.values())
+        shared = [p for p, size in sizes.items() if size is not None and seen[size] > 1]
+        digests = dict(zip(shared, threads.map(file_digest, shared)))
+    return {p: digests[p] if p in digests else None if size is None else f"size:{size}" for p, size in sizes.items()}
+
+
+def file_size(path: str) -> int | None:
+    """The size of a regular file; None for anything else (missing, a FIFO, a device, a folder),
+    which is never opened here: reading a named pipe would block the run."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):  # ValueError: a NUL in the path
+        return None
+    return st.st_size if stat.S_ISREG(st.st_mode) else None
 
 
 def to_rgb_or_rgba(image: Image.Image) -> Image.Image:

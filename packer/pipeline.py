@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -24,7 +23,7 @@ from .config import (
     load_taxonomy,
 )
 from .energon import remove_meta, write_meta, write_tar_indexes
-from .execute import ImageSettings, Pool, execute, fingerprint
+from .execute import ImageSettings, execute
 from .guard import (
     INCOMPLETE,
     INCOMPLETE_TEXT,
@@ -40,6 +39,7 @@ from .guard import (
     inert,
     remove_owned,
 )
+from .images import fingerprint
 from .plan import (
     Plan,
     build_plan,
@@ -50,6 +50,7 @@ from .plan import (
     shard_starts,
     splits_document,
 )
+from .pool import Pool
 from .report import build_stats, final_rows, summary, write_card, write_failures, write_stats
 from .report.card import card_path
 from .report.html import build_report, warm_charts
@@ -110,8 +111,7 @@ def run(config: PackConfig) -> tuple[int, dict[str, Any]]:
     lock = OutputLock(config.output_dir)
     lock.acquire()
     try:
-        scheduler = config.scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS") or None
-        pool = Pool(config.backend, config.workers, scheduler if config.backend == "dask" else None)
+        pool = Pool(config.backend, config.workers, config.scheduler)
     except InputError:
         lock.undo()
         raise
@@ -129,8 +129,7 @@ def run(config: PackConfig) -> tuple[int, dict[str, Any]]:
         raise
     finally:
         lock.release()
-        if config.backend == "dask":
-            pool.close()
+        pool.finish()
 
 
 def _run(config: PackConfig, pool: Pool, charts_ready: threading.Thread) -> tuple[int, dict[str, Any]]:

@@ -194,7 +194,7 @@ def test_draft_decode_of_large_jpegs_matches_a_full_decode(tmp_path, mode):
 
 
 def test_fingerprint_keys_equal_exactly_when_bytes_are(tmp_path):
-    from packer.execute import fingerprint
+    from packer.images import fingerprint
 
     a, copy, same_size, other, missing = (str(tmp_path / n) for n in ("a", "copy", "same_size", "other", "missing"))
     for path, data in ((a, b"x" * 100), (copy, b"x" * 100), (same_size, b"y" * 100), (other, b"z" * 7)):
