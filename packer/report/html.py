@@ -1,40 +1,34 @@
 """Step_3/report.html: one self-contained page to judge a pack by eye.
 
 The verdict (every check of stats.json, and why), the class shares per split and dataset as
-Vega-Lite charts rendered to SVG, failures and drops by reason with examples, OCR coverage, the
-leakage audit with the pairs side by side, and a contact sheet per split: a seeded sample of
-packed examples read back from the shards themselves. Built from an output folder alone, so
-`python -m packer.report Step_3` rebuilds it for any earlier pack. Samples are read by byte offset
-through shards/samples.parquet (a seek and a read each); it never reads every shard.
+charts (charts.py), failures and drops by reason with examples, OCR coverage, the leakage audit
+with the pairs side by side, and a contact sheet per split: a seeded sample of packed examples
+read back from the shards themselves (samples.py, by byte offset; it never reads every shard).
+This module assembles the page. Built from an output folder alone, so `python -m packer.report
+Step_3` rebuilds it for any earlier pack.
 """
 
 from __future__ import annotations
 
-import base64
 import json
-import random
-import re
-import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import markupsafe
 import polars as pl
-import vl_convert
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
-from .. import catalog
 from ..audit import BALANCE_POINTS
 from ..config import DIAGNOSTICS, SPLITS, UNIFIED_FIELDS
 from ..guard import REPORT_MARKER
 from ..plan import safe_key
 from ..shards import write_atomic
 from .card import dataset_counts
+from .charts import class_share_chart, reason_chart, split_size_chart
+from .samples import contact_sheet, locate, read
 
 PAIRS_SHOWN = 4  # leakage pairs shown side by side, per kind
 REASON_EXAMPLES = 3
-SPLIT_COLOURS = {"train": "#4c78a8", "val": "#f58518", "test": "#54a24b", DIAGNOSTICS: "#b279a2"}
 
 
 # Every text the page shows is cut to this many characters, with the number left out said: the
@@ -48,193 +42,6 @@ def bounded(value: Any) -> Any:
     if isinstance(value, str) and not isinstance(value, markupsafe.Markup) and len(value) > TEXT_SHOWN:
         return f"{value[:TEXT_SHOWN]}\u2026 [{len(value) - TEXT_SHOWN} more characters]"
     return value
-
-
-@dataclass
-class Sample:
-    """One packed example as read back from a shard."""
-
-    key: str
-    shard: str
-    jpg: bytes | None
-    txt: str
-    doc: dict[str, Any]
-
-    @classmethod
-    def of(cls, sample: catalog.Sample) -> Sample:
-        m = sample.members
-        return cls(sample.key, sample.shard, m.get("jpg"), m.get("txt", b"").decode("utf-8"), json.loads(m["json"]))
-
-    @property
-    def image_uri(self) -> markupsafe.Markup | None:
-        """The packed JPEG as a data URI (base64 only: safe markup, exempt from the text bound)."""
-        if self.jpg is None:
-            return None
-        return markupsafe.Markup("data:image/jpeg;base64," + base64.b64encode(self.jpg).decode("ascii"))
-
-    @property
-    def labels(self) -> str:
-        return json.dumps(self.doc.get("labels", {}), ensure_ascii=False)
-
-    @property
-    def aux(self) -> str:
-        return json.dumps(self.doc.get("aux", {}), ensure_ascii=False)
-
-
-LOCATED = ["key", "split", "shard", "index", "offset", "size"]
-
-
-def locate(shard_root: Path, given: pl.DataFrame | None = None) -> pl.DataFrame:
-    """Where every packed sample is: the run's catalog, samples.parquet, or (a pack made before
-    packer wrote one) its tar headers scanned once."""
-    if given is not None:
-        return given.select(LOCATED)
-    found = catalog.read_catalog(shard_root, LOCATED)
-    if found is not None:
-        return found
-    splits = [s for s in (*SPLITS, DIAGNOSTICS) if (shard_root / s / "index.json").is_file()]
-    return catalog.scan_catalog(shard_root, splits)
-
-
-def read(shard_root: Path, located: pl.DataFrame) -> list[Sample]:
-    return [Sample.of(s) for s in catalog.read_samples(shard_root, located)]
-
-
-def contact_sheet(shard_root: Path, located: pl.DataFrame, split: str, size: int, seed: int) -> list[Sample]:
-    """A seeded random sample of `size` packed examples of a split, each read with one seek (in
-    shard order: the order a reader meets them)."""
-    rows = located.filter(pl.col("split") == split)
-    rng = random.Random(f"{seed}:{split}")
-    picks = sorted(rng.sample(range(len(rows)), min(size, len(rows))))
-    return read(shard_root, rows[picks].sort("shard", "index"))
-
-
-# -- charts -------------------------------------------------------------------------------------
-
-
-# Characters XML (hence SVG) cannot hold: vl-convert aborts the process on them. Characters beyond
-# the BMP too: its label truncation can cut one in half (a lone surrogate), which fails the chart.
-NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff\U00010000-\U0010ffff]")
-
-
-def label(text: str, width: int = 40) -> str:
-    """A chart label: a dataset, class or reason name as any input may spell it, made safe for SVG."""
-    text = NOT_XML.sub("\ufffd", text)
-    return text if len(text) <= width else text[: width - 1] + "\u2026"
-
-
-def warm_charts() -> threading.Thread:
-    """Start vl-convert's JavaScript engine (0.3 s) on a thread, while the pool encodes images."""
-    spec = {"data": {"values": [{"a": 1}]}, "mark": "bar", "encoding": {"x": {"field": "a", "type": "quantitative"}}}
-    thread = threading.Thread(target=vl_convert.vegalite_to_svg, args=(spec,), name="warm-charts", daemon=True)
-    thread.start()
-    return thread
-
-
-def vega_svg(spec: dict[str, Any]) -> str:
-    """The chart as inline SVG; a chart vl-convert cannot draw becomes a line saying so (the
-    numbers are in the tables beside it), never a failed run."""
-    spec = {"$schema": "https://vega.github.io/schema/vega-lite/v5.json", "config": {"view": {"stroke": None}}, **spec}
-    try:
-        return vl_convert.vegalite_to_svg(spec)
-    except ValueError as exc:
-        return str(markupsafe.escape(f"(this chart could not be drawn: {str(exc).splitlines()[0]})"))
-
-
-def class_share_rows(stats: dict[str, Any], field_name: str) -> list[dict[str, Any]]:
-    rows = []
-    for split, datasets in stats["labels"].items():
-        for dataset, fields in datasets.items():
-            counts = fields.get(field_name, {})
-            total = sum(counts.values())
-            for value, n in counts.items():
-                share = 100 * n / total if total else 0.0
-                rows.append(
-                    {
-                        "split": label(split),
-                        "dataset": label(dataset),
-                        "class": label(value),
-                        "share": round(share, 2),
-                        "n": n,
-                    }
-                )
-    return rows
-
-
-def class_share_chart(stats: dict[str, Any], field_name: str) -> str:
-    """One small bar chart per dataset: each class's share of the split (nulls are a class of their own)."""
-    rows = class_share_rows(stats, field_name)
-    splits = [label(s) for s in stats["splits"] if any(r["split"] == label(s) for r in rows)]
-    return vega_svg(
-        {
-            "title": f"{field_name}: share of each class per split (%)",
-            "data": {"values": rows},
-            "facet": {"field": "dataset", "type": "nominal", "title": None},
-            "columns": 4,
-            "spec": {
-                "width": {"step": 12},
-                "height": 110,
-                "mark": {"type": "bar", "tooltip": True},
-                "encoding": {
-                    "x": {"field": "class", "type": "nominal", "title": None, "axis": {"labelAngle": -40}},
-                    "xOffset": {"field": "split", "type": "nominal", "sort": splits},
-                    "y": {"field": "share", "type": "quantitative", "title": "%", "scale": {"domain": [0, 100]}},
-                    "color": {
-                        "field": "split",
-                        "sort": splits,
-                        "scale": {"domain": splits, "range": [SPLIT_COLOURS.get(s, "#999") for s in splits]},
-                    },
-                },
-            },
-            "resolve": {"scale": {"x": "independent"}},
-        }
-    )
-
-
-def split_size_chart(stats: dict[str, Any]) -> str:
-    rows = [
-        {"split": label(split), "kind": kind, "examples": entry[f"{kind}_examples"]}
-        for split, entry in stats["splits"].items()
-        for kind in ("image", "text")
-    ]
-    return vega_svg(
-        {
-            "title": "examples per split",
-            "data": {"values": rows},
-            "width": 420,
-            "height": 140,
-            "mark": {"type": "bar", "tooltip": True},
-            "encoding": {
-                "y": {"field": "split", "type": "nominal", "sort": [label(s) for s in stats["splits"]], "title": None},
-                "x": {"field": "examples", "type": "quantitative", "stack": "zero"},
-                "color": {"field": "kind", "scale": {"domain": ["image", "text"], "range": ["#4c78a8", "#9ecae9"]}},
-            },
-        }
-    )
-
-
-def reason_chart(reasons: list[dict[str, Any]]) -> str | None:
-    if not reasons:
-        return None
-    return vega_svg(
-        {
-            "title": "dropped and failed examples by reason",
-            "data": {
-                "values": [{"reason": label(r["reason"], 60), "status": r["status"], "n": r["n"]} for r in reasons]
-            },
-            "width": 420,
-            "height": {"step": 18},
-            "mark": {"type": "bar", "tooltip": True},
-            "encoding": {
-                "y": {"field": "reason", "type": "nominal", "sort": "-x", "title": None},
-                "x": {"field": "n", "type": "quantitative", "title": "examples"},
-                "color": {
-                    "field": "status",
-                    "scale": {"domain": ["dropped", "failed"], "range": ["#bab0ac", "#e45756"]},
-                },
-            },
-        }
-    )
 
 
 # -- sections -----------------------------------------------------------------------------------
