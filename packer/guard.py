@@ -138,13 +138,13 @@ def _is_packer_file(path: Path, kind: str) -> bool:
         return isinstance(doc, dict) and {"id", "status", "stage", "reason"} <= set(doc)
     if kind == "incomplete":
         return head.startswith(INCOMPLETE_TEXT.encode())
-    from .report.card import MARKER as CARD_MARKER
-
     return CARD_MARKER.encode() in head
 
 
 STATS_KEYS = {"total_examples", "packed_examples", "checks", "config", "versions"}
 REPORT_MARKER = "<!-- written by packer: report.html -->"
+# The card's first body line: a README.md without it is somebody else's and is never overwritten.
+CARD_MARKER = "<!-- written by packer: a Hugging Face dataset card for WebDataset shards -->"
 INCOMPLETE = "RUN_INCOMPLETE"
 INCOMPLETE_TEXT = (
     "packer is writing this folder, or a run writing it was interrupted: nothing here is a complete\n"

@@ -20,11 +20,10 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup
 
 from ..config import DIAGNOSTICS, SPLITS, UNIFIED_FIELDS, Taxonomy
-from ..guard import inert
+from ..guard import CARD_MARKER, inert
 from ..shards import IMAGE_SERIES, TEXT_SERIES, write_atomic
 
-# The card's first body line: a README.md without it is somebody else's and is never overwritten.
-MARKER = "<!-- written by packer: a Hugging Face dataset card for WebDataset shards -->"
+MARKER = CARD_MARKER  # the card's first body line (guard.py recognises packer's cards by it)
 CONFIGS = {"images": IMAGE_SERIES, "text": TEXT_SERIES}
 
 # Aux types of the taxonomy (config.AUX_TYPES) as dataset-card features.
