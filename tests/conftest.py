@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -17,6 +18,15 @@ from packer.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
+
+
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def doc_blocks(fence: str) -> list[str]:
+    """Every ```<fence> code block of README.md and docs/*.md, in that order."""
+    pattern = re.compile(rf"```{fence}\n(.*?)```", re.S)
+    return [block for path in DOCS for block in pattern.findall(path.read_text(encoding="utf-8"))]
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:

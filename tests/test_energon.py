@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shlex
 import shutil
 import subprocess
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from conftest import ROOT
+from conftest import ROOT, doc_blocks
 
 ENERGON_PYTHON = Path(os.environ.get("PACKER_ENERGON_PYTHON") or ROOT / ".cache/energon-venv/bin/python")
 READER = Path(__file__).with_name("energon_reader.py")
@@ -103,8 +102,8 @@ def test_typed_configs_load_and_pass_energon_lint(pilot: Path):
 
 
 def readme_block(fence: str, needle: str) -> str:
-    blocks = re.findall(rf"```{fence}\n(.*?)```", (ROOT / "README.md").read_text(encoding="utf-8"), re.S)
-    found = [b for b in blocks if needle in b]
+    """The one ```<fence> block of README.md and docs/ that holds `needle`."""
+    found = [b for b in doc_blocks(fence) if needle in b]
     assert len(found) == 1, needle
     return found[0]
 

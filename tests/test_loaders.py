@@ -5,13 +5,12 @@ README snippet run as written against a pack."""
 from __future__ import annotations
 
 import json
-import re
 from collections import Counter
 from pathlib import Path
 
 import pytest
 import webdataset as wds
-from conftest import ROOT, sample_args
+from conftest import doc_blocks, sample_args
 
 from packer.cli import main
 
@@ -123,13 +122,11 @@ def test_datasets_loads_the_rows_on_disk_after_a_repack_and_in_a_namesake_folder
     assert len(again) == len(loaded[other, "200"])
 
 
-PYTHON_BLOCK = re.compile(r"```python\n(.*?)```", re.S)
-
-
 def test_readme_python_snippets_run_against_the_pilot(pilot, tmp_path, monkeypatch):
-    """Every ```python block of README.md, in order, in one namespace, from a folder holding Step_3."""
-    blocks = PYTHON_BLOCK.findall((ROOT / "README.md").read_text(encoding="utf-8"))
-    assert len(blocks) >= 6
+    """Every ```python block of README.md and docs/, in order, in one namespace, from a folder
+    holding Step_3."""
+    blocks = doc_blocks("python")
+    assert len(blocks) >= 8
     (tmp_path / "Step_3").symlink_to(pilot, target_is_directory=True)
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
