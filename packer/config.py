@@ -96,17 +96,22 @@ def default_taxonomy_text() -> str:
     return resources.files("packer").joinpath("data/label_taxonomy.json").read_text(encoding="utf-8")
 
 
+def parse_json(text: str, source: str, error: type[InputError] = InputError) -> Any:
+    """A whole JSON document, or `error` naming `source` and the line (never a traceback, even for
+    JSON nested thousands deep)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise error(f"{source}: line {exc.lineno}: not valid JSON: {exc.msg}") from None
+    except RecursionError:
+        raise error(f"{source}: not valid JSON: nested too deeply") from None
+
+
 def load_taxonomy(path: Path | None) -> Taxonomy:
     """Read and validate a taxonomy file; `None` reads the packaged default."""
     source = "packer/data/label_taxonomy.json" if path is None else str(path)
     text = default_taxonomy_text() if path is None else path.read_text(encoding="utf-8")
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{source}: line {exc.lineno}: not valid JSON: {exc.msg}") from None
-    except RecursionError:
-        raise InputError(f"{source}: not valid JSON: nested too deeply") from None
-    return validate_taxonomy(doc, source)
+    return validate_taxonomy(parse_json(text, source), source)
 
 
 def validate_taxonomy(doc: Any, source: str) -> Taxonomy:

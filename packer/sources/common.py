@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import InputError
+from ..config import InputError, parse_json
 
 csv.field_size_limit(sys.maxsize)
 
@@ -41,12 +41,7 @@ def read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
 
 
 def read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8-sig"))
-    except json.JSONDecodeError as exc:
-        raise SourceError(f"{path}: line {exc.lineno}: not valid JSON: {exc.msg}") from None
-    except RecursionError:
-        raise SourceError(f"{path}: not valid JSON: nested too deeply") from None
+    return parse_json(path.read_text(encoding="utf-8-sig"), str(path), SourceError)
 
 
 @dataclass
