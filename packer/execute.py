@@ -181,12 +181,14 @@ def execute(
     starts: dict[tuple[str, str], list[int]],
     state: RunState,
     progress: Progress,
+    on_first_result: Callable[[], None] | None = None,
 ) -> ExecutionResult:
     """Run every chunk through the pool (`total` samples) and cut the results into shards per split.
 
     `progress` is what an earlier, interrupted run of the same plan finished (nothing on a fresh
     run); `state` journals what this one finishes, so that a crash costs at most the shards in the
-    making."""
+    making. `on_first_result` is called once, after the first chunk is consumed (the parent's idle
+    time begins)."""
     work_dir = shard_root / ".chunks"
     work_dir.mkdir(parents=True, exist_ok=True)
     result = ExecutionResult()
@@ -235,6 +237,9 @@ def execute(
                     os.remove(chunk_result.path)
                 state.chunk_consumed(split, chunk_result.start, chunk_result.outcomes)
                 result.outcomes.extend(chunk_result.outcomes)
+                if on_first_result is not None:
+                    on_first_result()
+                    on_first_result = None
                 bar.update(len(chunk_result.outcomes))
         if current is not None:
             finish_split(current)

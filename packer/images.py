@@ -6,8 +6,10 @@ import hashlib
 import io
 import os
 import stat
+import struct
 import time
 import warnings
+import zlib
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -180,18 +182,50 @@ def _pyspng():
 
 def spng_pixels(image: Image.Image, handle: io.BufferedReader) -> Image.Image | None:
     """The PNG's pixels decoded by libspng, in the mode to_rgb_or_rgba gives for Pillow's: None
-    where libspng would not give Pillow's pixels, or refuses the file (Pillow decodes it then)."""
+    where libspng would not give Pillow's pixels, where the file carries EXIF (Pillow must read it,
+    and reading it decodes the image) or any damage (png_for_spng), or where libspng refuses the
+    file: Pillow decodes those, or fails them with its reason.
+    Called before anything asks Pillow for the pixels or the EXIF: either would decode the image."""
     target = SPNG_TARGET.get(image.mode)
-    if target is None or "transparency" in image.info and image.mode == "P" or getattr(image, "is_animated", False):
+    if target is None or (image.mode == "P" and "transparency" in image.info) or getattr(image, "is_animated", False):
         return None
     handle.seek(0)
+    data = handle.read()
+    if not png_for_spng(data):
+        return None
     try:
-        array = _pyspng().load(handle.read(), target)
+        array = _pyspng().load(data, "RGBA")  # 4 bytes a pixel: Pillow's own layout, copied as is
     except RuntimeError:
         return None
-    if array.shape[1::-1] != image.size:
+    height, width = array.shape[:2]
+    if (width, height) != image.size:
         return None
-    return Image.fromarray(array)
+    # RGB targets come as RGBX: the alpha libspng fills in (no tRNS applied, as in Pillow's RGB
+    # conversion) is dropped after the resize.
+    mode = "RGBA" if target == "RGBA" else "RGBX"
+    return Image.frombuffer(mode, (width, height), array, "raw", mode, 0, 1)
+
+
+def png_for_spng(data: bytes) -> bool:
+    """Whether libspng may decode this PNG in Pillow's place: every chunk whole and its CRC right
+    (pyspng tells libspng to ignore CRCs, and a damaged IDAT may then still inflate, where Pillow
+    stops at the broken stream), and no EXIF where Pillow looks for it (an eXIf chunk, or
+    ImageMagick's "Raw profile type exif" text chunk), which only Pillow reads."""
+    view = memoryview(data)
+    position = 8
+    while position + 12 <= len(data):
+        length, kind = struct.unpack_from(">I4s", data, position)
+        end = position + 8 + length
+        if end + 4 > len(data) or zlib.crc32(view[position + 4 : end]) != struct.unpack_from(">I", data, end)[0]:
+            return False
+        if kind == b"eXIf":
+            return False
+        if kind in (b"tEXt", b"zTXt", b"iTXt") and data[position + 8 : position + 30] == b"Raw profile type exif\0":
+            return False
+        if kind == b"IEND":
+            return True
+        position = end + 4
+    return False  # no IEND: a truncated file, which Pillow judges
 
 
 class Clock:
@@ -246,22 +280,27 @@ def encode_image(
             with open_regular(path) as handle, Image.open(handle) as image:
                 orig_format = image.format or "unknown"
                 image.seek(0)  # first frame of a GIF / animated WebP
-                orientation = image.getexif().get(EXIF_ORIENTATION, 1)
+                # libspng first: for a PNG, Pillow's getexif() would decode the image itself.
+                pixels = spng_pixels(image, handle) if orig_format == "PNG" and decoder == "spng" else None
+                orientation = 1 if pixels is not None else image.getexif().get(EXIF_ORIENTATION, 1)
                 width, height = image.size
                 if orientation in (5, 6, 7, 8):
                     width, height = height, width
-                if draft and orig_format == "JPEG":
-                    image.draft("RGB", (size, size))
-                pixels = spng_pixels(image, handle) if orig_format == "PNG" and decoder == "spng" else None
                 if pixels is None:
+                    if draft and orig_format == "JPEG":
+                        image.draft("RGB", (size, size))
                     image.load()
                     pixels = image
                 clock.lap("decode")
-                converted = to_rgb_or_rgba(pixels)
+                # libspng's RGB pixels come as RGBX (Pillow's own layout, not copied): resized as they
+                # are, each colour channel alone, and made RGB at 384x384.
+                converted = pixels if pixels.mode == "RGBX" else to_rgb_or_rgba(pixels)
                 clock.lap("convert")
                 # Transparent images are resized first (Pillow resizes RGBA premultiplied), then put
                 # on white: the same pixels as flattening first, at 384x384 instead of full size.
                 resized = on_white(converted.resize((size, size), resample, reducing_gap=reducing_gap))
+                if resized.mode == "RGBX":
+                    resized = resized.convert("RGB")
                 # The target is square, so orienting the small result equals orienting the source.
                 if orientation in TRANSPOSE:
                     resized = resized.transpose(TRANSPOSE[orientation])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 from functools import partial
@@ -53,7 +52,7 @@ from .plan import (
 from .pool import Pool
 from .report import build_stats, final_rows, summary, write_card, write_failures, write_stats
 from .report.card import card_path
-from .report.charts import warm_charts
+from .report.charts import ChartWarmer
 from .report.html import build_report
 from .report.stats import json_bytes
 from .shards import write_atomic, write_shard_index
@@ -116,14 +115,15 @@ def run(config: PackConfig) -> tuple[int, dict[str, Any]]:
     except InputError:
         lock.undo()
         raise
-    # vl-convert's engine (0.3 s) starts on a thread while the parent plans and the pool starts.
-    charts_ready = warm_charts()
+    # vl-convert's engine (0.3-0.5 s, holding the GIL) starts while the workers encode images
+    # (ChartWarmer): never while the parent plans, which the pool's start waits for.
+    charts = ChartWarmer()
     try:
-        return _run(config, pool, charts_ready)
+        return _run(config, pool, charts)
     except (InputError, OutputError) as exc:
         # A clean stop: what started during planning is shut down before exiting, and an input
         # error leaves nothing behind that this run created.
-        charts_ready.join()
+        charts.join()
         pool.close()
         if isinstance(exc, InputError):
             lock.undo()
@@ -133,7 +133,7 @@ def run(config: PackConfig) -> tuple[int, dict[str, Any]]:
         pool.finish()
 
 
-def _run(config: PackConfig, pool: Pool, charts_ready: threading.Thread) -> tuple[int, dict[str, Any]]:
+def _run(config: PackConfig, pool: Pool, charts: ChartWarmer) -> tuple[int, dict[str, Any]]:
     timings: dict[str, float] = {}
     start = time.perf_counter()
     taxonomy_path = config.label_taxonomy
@@ -165,7 +165,7 @@ def _run(config: PackConfig, pool: Pool, charts_ready: threading.Thread) -> tupl
 
     # Inputs are valid: from here on, outputs are written.
     try:
-        return write_run(config, taxonomy, plan, image_paths, state, ident, pins, progress, pool, charts_ready, timings)
+        return write_run(config, taxonomy, plan, image_paths, state, ident, pins, progress, pool, charts, timings)
     except OSError as exc:
         where = exc.filename or config.output_dir
         raise OutputError(f"cannot write {where}: {exc.strerror or exc}; rerun the same command to resume") from None
@@ -196,7 +196,7 @@ def write_run(
     pins: bytes | None,
     progress: Progress | None,
     pool: Pool,
-    charts_ready: threading.Thread,
+    charts: ChartWarmer,
     timings: dict[str, float],
 ) -> tuple[int, dict[str, Any]]:
     out_dir = config.stats.parent
@@ -224,7 +224,6 @@ def write_run(
     total = samples_to_pack(plan.rows) - sum(len(o) for o in progress.outcomes.values())
     start = time.perf_counter()
     pool.ready()
-    charts_ready.join()
     cpu = time.process_time()
     pool.check_workers(image_paths)
     print(f"packer: image stage on {pool.describe()}")
@@ -240,7 +239,11 @@ def write_run(
         shard_starts(samples, config.min_shards, config.shard_maxcount),
         state,
         progress,
+        # Once the first results are back, the workers have tasks queued: a good time to start the
+        # chart engine (pointless with one worker, where the parent does the encoding).
+        on_first_result=charts.start if pool.workers > 1 else None,
     )
+    charts.join()
     timings["images_and_shards"] = time.perf_counter() - start
     # The parent's own CPU meanwhile (task specs, results, shard cutting, the journal): the work
     # every worker shares, which bounds how many workers one parent can feed.

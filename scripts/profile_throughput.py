@@ -88,7 +88,7 @@ def meme(rng: random.Random, size: tuple[int, int] | None = None) -> Image.Image
 def variant_bytes(data: bytes, suffix: str, copy: int) -> bytes:
     """The same image under other bytes (a JPEG comment, a PNG text chunk): it decodes to the same
     pixels, and packer does not drop it as an exact duplicate."""
-    note = f"copy {copy}".encode()
+    note = f"copy {copy}{'.' * copy}".encode()  # a length per copy: distinct memes rarely share a size
     if suffix == ".jpg":
         return data[:2] + b"\xff\xfe" + struct.pack(">H", len(note) + 2) + note + data[2:]
     body = b"Comment\0" + note
@@ -100,7 +100,7 @@ def make_corpus(folder: Path, count: int, copies: int = 3, seed: int = 0) -> lis
     """`count` distinct meme-like images of 1536x2048 as a meme corpus has them (about 84% JPEG,
     some progressive, some with EXIF orientation; 16% PNG, a third with alpha), each written
     `copies` times under different bytes: count x copies files, cached."""
-    listing = folder / "files.json"
+    listing = folder / "files-v2.json"  # v2: copies of one image differ in size
     if listing.is_file():
         paths = [folder / name for name in json.loads(listing.read_text())]
         if len(paths) == count * copies and all(p.is_file() for p in paths):

@@ -63,6 +63,7 @@ def png(
     trns: bytes | None = None,
     gamma: int | None = None,
     filter_type: int = 1,
+    exif_orientation: int | None = None,
 ) -> bytes:
     """A PNG of `samples` (h, w, channels) stored as they are (indices for a palette image)."""
     if samples.ndim == 2:
@@ -84,7 +85,11 @@ def png(
         parts.append(chunk(b"PLTE", palette.astype(np.uint8).tobytes()))
     if trns is not None:
         parts.append(chunk(b"tRNS", trns))
-    parts += [chunk(b"IDAT", zlib.compress(data, 6)), chunk(b"IEND", b"")]
+    parts.append(chunk(b"IDAT", zlib.compress(data, 6)))
+    if exif_orientation is not None:  # after the image data, where Pillow finds it only by decoding
+        tiff = b"MM\x00*\x00\x00\x00\x08" + struct.pack(">HHHIHHI", 1, 0x0112, 3, 1, exif_orientation, 0, 0)
+        parts.append(chunk(b"eXIf", tiff))
+    parts.append(chunk(b"IEND", b""))
     return b"".join(parts)
 
 
@@ -121,4 +126,6 @@ def corpus(h: int = 61, w: int = 83, seed: int = 0) -> dict[str, bytes]:
                 )
                 files[f"rgb{depth}_gamma{tag}"] = png(colour, RGB, depth, interlace=interlace, gamma=45455)
         files[f"rgb8_up{tag}"] = png(rng.integers(0, 256, (h, w, 3)), RGB, 8, interlace=interlace, filter_type=2)
+        files[f"rgb8_exif_rotated{tag}"] = png(rng.integers(0, 256, (h, w, 3)), RGB, 8, interlace=interlace,
+                                               exif_orientation=6)  # fmt: skip
     return files

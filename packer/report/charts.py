@@ -15,8 +15,6 @@ from ..config import DIAGNOSTICS
 SPLIT_COLOURS = {"train": "#4c78a8", "val": "#f58518", "test": "#54a24b", DIAGNOSTICS: "#b279a2"}
 
 
-
-
 # Characters XML (hence SVG) cannot hold: vl-convert aborts the process on them. Characters beyond
 # the BMP too: its label truncation can cut one in half (a lone surrogate), which fails the chart.
 NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff\U00010000-\U0010ffff]")
@@ -28,12 +26,30 @@ def label(text: str, width: int = 40) -> str:
     return text if len(text) <= width else text[: width - 1] + "\u2026"
 
 
-def warm_charts() -> threading.Thread:
-    """Start vl-convert's JavaScript engine (0.3 s) on a thread, while the pool encodes images."""
-    spec = {"data": {"values": [{"a": 1}]}, "mark": "bar", "encoding": {"x": {"field": "a", "type": "quantitative"}}}
-    thread = threading.Thread(target=vl_convert.vegalite_to_svg, args=(spec,), name="warm-charts", daemon=True)
-    thread.start()
-    return thread
+class ChartWarmer:
+    """Starts vl-convert's JavaScript engine (0.3-0.5 s) on a thread, once, when `start()` is
+    called: the pipeline calls it while the pool's workers encode images. The engine holds the GIL
+    while it starts, so it is never started while the parent plans (the pool's start waits for the
+    plan) nor with one worker (the parent encodes then, and the report starts the engine itself)."""
+
+    def __init__(self) -> None:
+        self.thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self.thread is None:
+            spec = {
+                "data": {"values": [{"a": 1}]},
+                "mark": "bar",
+                "encoding": {"x": {"field": "a", "type": "quantitative"}},
+            }
+            self.thread = threading.Thread(
+                target=vl_convert.vegalite_to_svg, args=(spec,), name="warm-charts", daemon=True
+            )
+            self.thread.start()
+
+    def join(self) -> None:
+        if self.thread is not None:
+            self.thread.join()
 
 
 def vega_svg(spec: dict[str, Any]) -> str:
