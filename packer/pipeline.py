@@ -247,7 +247,7 @@ def write_run(
     timings["images_and_shards"] = time.perf_counter() - start
     # The parent's own CPU meanwhile (task specs, results, shard cutting, the journal): the work
     # every worker shares, which bounds how many workers one parent can feed.
-    timings["images_and_shards_parent_cpu"] = time.process_time() - cpu
+    timings["images_and_shards_parent_cpu"] = time.process_time() - cpu - charts.cpu
     for split in (*SPLITS, *([DIAGNOSTICS] if config.include_diagnostics else [])):
         listed = [(Path(s.path).name, s.examples) for s in result.shards if s.split == split]
         write_shard_index(config.output_dir / split, listed)

@@ -37,7 +37,7 @@ def test_stats_and_splits_json_follow_the_contract(packed):
 def readme_reader_line() -> str:
     """The README's documented line on the image shards, as written there."""
     text = (ROOT / "README.md").read_text(encoding="utf-8")
-    block = text.split("### Reading it", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    block = text.split("## Reading the shards", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
     line = block[block.index("ds = (") :]
     assert 'shard-{00000..00015}.tar", shardshuffle=False)' in line and '.to_tuple("jpg;png", "txt", "json")' in line
     return line
