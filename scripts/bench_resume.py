@@ -67,13 +67,13 @@ def consumed(out: Path) -> int:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--repeat", type=int, default=8)
+    p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--at", type=float, default=0.8, help="kill when this share of the samples is encoded")
     p.add_argument("--shard-maxcount", type=int, default=None)
     p.add_argument("--cache", type=Path, default=ROOT / ".cache" / "profile")
     args = p.parse_args()
-    images = make_corpus(args.cache / "corpus", 600)
+    images = make_corpus(args.cache / "corpus", 480)  # make profile's 1,440 files
     work = ROOT / ".cache" / "bench-resume"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
