@@ -10,7 +10,6 @@ scanned once, by tar headers (`scan_catalog`), for the report only.
 from __future__ import annotations
 
 import io
-import json
 import tarfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -20,11 +19,9 @@ from typing import Any
 import polars as pl
 
 from .config import UNIFIED_FIELDS
-from .shards import END_OF_ARCHIVE, IMAGE_SERIES, write_atomic
+from .shards import END_OF_ARCHIVE, IMAGE_SERIES, SERIES_NAMES, TEXT_SERIES, write_atomic
 
 CATALOG = "samples.parquet"
-# The series as the catalog and the card name them (the shard files' prefixes are "shard" and "text").
-SERIES_NAMES = {IMAGE_SERIES: "images", "text": "text"}
 
 LOCATION = {"shard": pl.String, "index": pl.Int32, "offset": pl.Int64, "size": pl.Int64}
 COLUMNS = ["key", "id", "dataset", "split", "source_split", "series", *LOCATION, "lang", *UNIFIED_FIELDS]
@@ -46,14 +43,16 @@ def build_catalog(samples: pl.DataFrame, packed: dict[str, int], shards: Iterabl
         {"id": list(packed), "size": list(packed.values())}, schema={"id": pl.String, "size": pl.Int64}
     )
     rows = samples.join(sizes, on="id", how="inner", maintain_order="left").with_columns(
-        series=pl.when(pl.col("image_path").is_not_null()).then(pl.lit("images")).otherwise(pl.lit("text"))
+        series=pl.when(pl.col("image_path").is_not_null())
+        .then(pl.lit(SERIES_NAMES[IMAGE_SERIES]))
+        .otherwise(pl.lit(SERIES_NAMES[TEXT_SERIES]))
     )
     listing = pl.DataFrame(
         [
             {
                 "split": s.split,
                 "series": SERIES_NAMES[s.series],
-                "shard": f"{s.split}/{Path(s.path).name}",
+                "shard": s.name,
                 "count": s.examples,
                 "bytes": s.bytes,
             }
@@ -122,10 +121,6 @@ class Sample:
     key: str
     shard: str
     members: dict[str, bytes]
-
-    @property
-    def doc(self) -> dict[str, Any]:
-        return json.loads(self.members["json"])
 
 
 def parse_sample(data: bytes) -> tuple[str, dict[str, bytes]]:

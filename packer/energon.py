@@ -59,10 +59,8 @@ def write_tar_indexes(shard_root: Path, catalog: pl.DataFrame, shards: Iterable[
     """Each shard's `.tar.idx`, from the catalog's offsets (no tar is read)."""
     offsets = dict(catalog.group_by("shard", maintain_order=True).agg(pl.col("offset")).iter_rows())
     for shard in shards:
-        name = f"{shard.split}/{Path(shard.path).name}"
-        end = shard.bytes - len(END_OF_ARCHIVE)
-        values = [*offsets[name], end]
-        write_atomic(shard_root / f"{name}.idx", struct.pack(f"<{len(values)}Q", *values))
+        values = [*offsets[shard.name], shard.bytes - len(END_OF_ARCHIVE)]
+        write_atomic(shard_root / f"{shard.name}.idx", struct.pack(f"<{len(values)}Q", *values))
 
 
 def brace(names: list[str]) -> list[str]:
@@ -83,8 +81,8 @@ def write_meta(shard_root: Path, shards: Iterable[Any], splits: Iterable[str]) -
     meta.mkdir(exist_ok=True)
     names = {(s.split, s.series): [] for s in shards}
     for s in shards:
-        names[s.split, s.series].append(f"{s.split}/{Path(s.path).name}")
-    counts = {f"{s.split}/{Path(s.path).name}": s.examples for s in shards}
+        names[s.split, s.series].append(s.name)
+    counts = {s.name: s.examples for s in shards}
     info = {"energon_version": ENERGON_VERSION, "shard_counts": dict(sorted(counts.items()))}
     write_atomic(meta / ".info.json", json.dumps(info, indent=2).encode("utf-8"))
     for config, series in SPLIT_CONFIGS.items():

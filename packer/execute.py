@@ -47,6 +47,12 @@ class ShardInfo:
     bytes: int
     sha256: str  # of the shard's bytes
 
+    @property
+    def name(self) -> str:
+        """The shard's path under the shards folder, `<split>/<file>`: as the catalog, the
+        card's fingerprint and energon's metadata name it."""
+        return f"{self.split}/{Path(self.path).name}"
+
 
 @dataclass
 class ExecutionResult:

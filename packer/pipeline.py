@@ -269,7 +269,7 @@ def write_run(
     write_atomic(config.splits, splits_doc)
     stats = build_stats(config, rows, result, plan.manifest_rows, plan.ocr_orphans, timings)
     # The pack's fingerprint: a digest of every shard's name and bytes (hashed as they were written).
-    listing = "".join(f"{Path(s.path).parent.name}/{Path(s.path).name} {s.sha256}\n" for s in result.shards)
+    listing = "".join(f"{s.name} {s.sha256}\n" for s in result.shards)
     fingerprint = text_digest(listing)[:16]
     write_card(stats, taxonomy, config.output_dir, config.stats, fingerprint)
     build_report(out_dir, config.output_dir, config.report_sample, config.seed, stats, catalog)

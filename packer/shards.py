@@ -41,6 +41,8 @@ def sample_bytes(key: str, members: dict[str, bytes]) -> bytes:
 IMAGE_SERIES = "shard"
 TEXT_SERIES = "text"
 SERIES = (IMAGE_SERIES, TEXT_SERIES)
+# The series as readers see them: the dataset card's configs and the catalog's `series` column.
+SERIES_NAMES = {IMAGE_SERIES: "images", TEXT_SERIES: "text"}
 
 
 def series_of(image: dict | None) -> str:

@@ -21,10 +21,10 @@ from markupsafe import Markup
 
 from ..config import DIAGNOSTICS, SPLITS, UNIFIED_FIELDS, Taxonomy
 from ..guard import CARD_MARKER, inert
-from ..shards import IMAGE_SERIES, TEXT_SERIES, write_atomic
+from ..shards import IMAGE_SERIES, SERIES_NAMES, write_atomic
 
 MARKER = CARD_MARKER  # the card's first body line (guard.py recognises packer's cards by it)
-CONFIGS = {"images": IMAGE_SERIES, "text": TEXT_SERIES}
+CONFIGS = {name: series for series, name in SERIES_NAMES.items()}
 
 # Aux types of the taxonomy (config.AUX_TYPES) as dataset-card features.
 AUX_FEATURES: dict[str, dict[str, Any]] = {
