@@ -52,7 +52,7 @@ from .plan import (
 from .pool import Pool
 from .report import build_stats, final_rows, summary, write_card, write_failures, write_stats
 from .report.card import card_path
-from .report.charts import ChartWarmer
+from .report.html import ReportWarmer
 from .report.html import build_report
 from .report.stats import json_bytes
 from .shards import write_atomic, write_shard_index
@@ -115,25 +115,26 @@ def run(config: PackConfig) -> tuple[int, dict[str, Any]]:
     except InputError:
         lock.undo()
         raise
-    # vl-convert's engine (0.3-0.5 s, holding the GIL) starts while the workers encode images
-    # (ChartWarmer): never while the parent plans, which the pool's start waits for.
-    charts = ChartWarmer()
+    # The report's chart engine and templates are readied while the images are encoded
+    # (ReportWarmer): never while the parent plans.
+    warmer = ReportWarmer()
     try:
-        return _run(config, pool, charts)
+        return _run(config, pool, warmer)
     except (InputError, OutputError) as exc:
         # A clean stop: what started during planning is shut down before exiting, and an input
         # error leaves nothing behind that this run created.
-        charts.join()
+        warmer.close()
         pool.close()
         if isinstance(exc, InputError):
             lock.undo()
         raise
     finally:
+        warmer.close()
         lock.release()
         pool.finish()
 
 
-def _run(config: PackConfig, pool: Pool, charts: ChartWarmer) -> tuple[int, dict[str, Any]]:
+def _run(config: PackConfig, pool: Pool, warmer: ReportWarmer) -> tuple[int, dict[str, Any]]:
     timings: dict[str, float] = {}
     start = time.perf_counter()
     taxonomy_path = config.label_taxonomy
@@ -165,7 +166,7 @@ def _run(config: PackConfig, pool: Pool, charts: ChartWarmer) -> tuple[int, dict
 
     # Inputs are valid: from here on, outputs are written.
     try:
-        return write_run(config, taxonomy, plan, image_paths, state, ident, pins, progress, pool, charts, timings)
+        return write_run(config, taxonomy, plan, image_paths, state, ident, pins, progress, pool, warmer, timings)
     except OSError as exc:
         where = exc.filename or config.output_dir
         raise OutputError(f"cannot write {where}: {exc.strerror or exc}; rerun the same command to resume") from None
@@ -196,7 +197,7 @@ def write_run(
     pins: bytes | None,
     progress: Progress | None,
     pool: Pool,
-    charts: ChartWarmer,
+    warmer: ReportWarmer,
     timings: dict[str, float],
 ) -> tuple[int, dict[str, Any]]:
     out_dir = config.stats.parent
@@ -239,15 +240,15 @@ def write_run(
         shard_starts(samples, config.min_shards, config.shard_maxcount),
         state,
         progress,
-        # Once the first results are back, the workers have tasks queued: a good time to start the
-        # chart engine (pointless with one worker, where the parent does the encoding).
-        on_first_result=charts.start if pool.workers > 1 else None,
+        # Once the first results are back, the workers have tasks queued (or, with one worker, the
+        # parent is encoding): the report's fixed costs run beside them.
+        on_first_result=warmer.start,
     )
-    charts.join()
+    warmer.join()
     timings["images_and_shards"] = time.perf_counter() - start
     # The parent's own CPU meanwhile (task specs, results, shard cutting, the journal): the work
     # every worker shares, which bounds how many workers one parent can feed.
-    timings["images_and_shards_parent_cpu"] = time.process_time() - cpu - charts.cpu
+    timings["images_and_shards_parent_cpu"] = time.process_time() - cpu - warmer.cpu
     for split in (*SPLITS, *([DIAGNOSTICS] if config.include_diagnostics else [])):
         listed = [(Path(s.path).name, s.examples) for s in result.shards if s.split == split]
         write_shard_index(config.output_dir / split, listed)
@@ -272,7 +273,8 @@ def write_run(
     listing = "".join(f"{s.name} {s.sha256}\n" for s in result.shards)
     fingerprint = text_digest(listing)[:16]
     write_card(stats, taxonomy, config.output_dir, config.stats, fingerprint)
-    build_report(out_dir, config.output_dir, config.report_sample, config.seed, stats, catalog)
+    build_report(out_dir, config.output_dir, config.report_sample, config.seed, stats, catalog, warmer.draw)
+    warmer.close()
     timings["report"] = time.perf_counter() - start
     stats["seconds"]["report"] = round(timings["report"], 3)
     # The very last step marks the run complete: stats.json renamed into place.

@@ -19,11 +19,12 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
-
-from joblib import Parallel, delayed
+from typing import TYPE_CHECKING, Any
 
 from .config import InputError
+
+if TYPE_CHECKING:
+    from joblib import Parallel
 
 # -- in every worker process ----------------------------------------------------------------------
 _watching = False
@@ -111,6 +112,7 @@ def _build() -> dict[str, str]:
 def loky_parallel(workers: int, **options: Any) -> Parallel:
     """joblib on loky's re-usable executor, whose workers start with `exit_with_parent` (the same
     initializer every time, so that the executor the warm-up started is the one re-used)."""
+    from joblib import Parallel
     from joblib.parallel import parallel_config
 
     with parallel_config(backend="loky", initializer=exit_with_parent, initargs=(os.getpid(),)):
@@ -118,9 +120,10 @@ def loky_parallel(workers: int, **options: Any) -> Parallel:
 
 
 class LokyBackend:
-    """joblib's loky processes on this machine; one worker runs the tasks in the parent."""
+    """joblib's loky processes on this machine. One worker is the parent itself: the tasks run in
+    order in its own thread, with neither joblib nor a process in between, and their results stay
+    in memory (`ships_bytes`), where worker processes hand theirs over as files."""
 
-    ships_bytes = False  # workers share the parent's filesystem: results travel as files
     # loky's executor outlives a run: a process that packs again (the profiler, the tests) re-uses
     # it, and it ends with the process (its workers exit with their parent).
     closes_after_run = False
@@ -128,8 +131,14 @@ class LokyBackend:
     def __init__(self, workers: int, scheduler: str | None):
         self.workers = workers
 
+    @property
+    def ships_bytes(self) -> bool:
+        return self.workers == 1
+
     def start(self) -> None:
         if self.workers > 1:
+            from joblib import delayed
+
             seen: set[int] = set()
             for _ in range(10):
                 tasks = (delayed(_ready)() for _ in range(2 * self.workers))
@@ -146,8 +155,13 @@ class LokyBackend:
     def describe(self) -> str:
         return f"loky, {self.workers} worker(s)"
 
-    def parallel(self, pre_dispatch: str) -> Parallel:
-        return loky_parallel(self.workers, return_as="generator", pre_dispatch=pre_dispatch)
+    def map(self, calls: Iterable[tuple[Callable[..., Any], tuple[Any, ...]]], pre_dispatch: str) -> Iterator[Any]:
+        if self.workers == 1:
+            return (fn(*args) for fn, args in calls)
+        from joblib import delayed
+
+        parallel = loky_parallel(self.workers, return_as="generator", pre_dispatch=pre_dispatch)
+        return parallel(delayed(fn)(*args) for fn, args in calls)
 
     def close(self) -> None:
         from joblib.externals.loky import reusable_executor
@@ -227,11 +241,13 @@ class DaskBackend:
         where = self.scheduler or f"a local cluster, dashboard {self.cluster.dashboard_link}"
         return f"dask, {self.workers} worker thread(s) at {where}"
 
-    def parallel(self, pre_dispatch: str) -> Parallel:
+    def map(self, calls: Iterable[tuple[Callable[..., Any], tuple[Any, ...]]], pre_dispatch: str) -> Iterator[Any]:
+        from joblib import Parallel, delayed
         from joblib.parallel import parallel_config
 
         with parallel_config(backend="dask", client=self.client):
-            return Parallel(n_jobs=-1, return_as="generator", pre_dispatch=pre_dispatch)
+            parallel = Parallel(n_jobs=-1, return_as="generator", pre_dispatch=pre_dispatch)
+        return parallel(delayed(fn)(*args) for fn, args in calls)
 
     def close(self) -> None:
         client, cluster, self.client, self.cluster = self.client, self.cluster, None, None
@@ -284,7 +300,7 @@ class Pool:
 
     def map(self, fn: Callable[..., Any], tasks: Iterable[tuple[Any, ...]], pre_dispatch: str) -> Iterator[Any]:
         """`fn(*args)` for each task, run by the workers; results in submission order."""
-        return self.impl.parallel(pre_dispatch)(delayed(in_worker)(fn, *args) for args in tasks)
+        return self.impl.map(((in_worker, (fn, *args)) for args in tasks), pre_dispatch)
 
     def close(self) -> None:
         """Shut down what this run started, so that it exits with nothing but its own output."""

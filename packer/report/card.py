@@ -9,6 +9,7 @@ integer from a list). Below the YAML, for people: what the data is, its counts a
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from jinja2 import Environment, PackageLoader, StrictUndefined
+from jinja2 import Environment, PackageLoader, StrictUndefined, Template
 from markupsafe import Markup
 
 from ..config import DIAGNOSTICS, SPLITS, UNIFIED_FIELDS, Taxonomy
@@ -203,7 +204,10 @@ def literal(value: Any) -> Markup:
     return Markup(body.replace("`", "\\u0060").replace("|", "\\u007c"))
 
 
-def render_card(stats: dict[str, Any], taxonomy: Taxonomy, shard_root: Path, card_dir: Path, fingerprint: str) -> str:
+@functools.cache
+def card_template() -> Template:
+    """The card's template, compiled once per process (report.html.ReportWarmer compiles it while
+    the images are encoded)."""
     env = Environment(
         loader=PackageLoader("packer", "templates"),
         undefined=StrictUndefined,
@@ -213,9 +217,13 @@ def render_card(stats: dict[str, Any], taxonomy: Taxonomy, shard_root: Path, car
         finalize=md_inert,
     )
     env.filters["literal"] = literal
+    return env.get_template("dataset_card.md.j2")
+
+
+def render_card(stats: dict[str, Any], taxonomy: Taxonomy, shard_root: Path, card_dir: Path, fingerprint: str) -> str:
     meta = card_metadata(stats, taxonomy, shard_root, card_dir, fingerprint)
     shards = stats["splits"]["train"]["image_shards"]
-    return env.get_template("dataset_card.md.j2").render(
+    return card_template().render(
         yaml_header=Markup(yaml.dump(meta, Dumper=PlainDumper, sort_keys=False, allow_unicode=True, width=1000)),
         train_image_shards="shard-00000.tar" if shards <= 1 else f"shard-{{00000..{shards - 1:05d}}}.tar",
         marker=Markup(MARKER),

@@ -1,17 +1,16 @@
 """The report's charts: Vega-Lite specs built from stats.json, rendered to inline SVG by
-vl-convert (no JavaScript in the page)."""
+vl-convert (no JavaScript in the page), in this process or a run's chart process (engine.py)."""
 
 from __future__ import annotations
 
 import re
-import threading
-import time
+from collections.abc import Callable
 from typing import Any
 
 import markupsafe
-import vl_convert
 
 from ..config import DIAGNOSTICS
+from . import engine
 
 SPLIT_COLOURS = {"train": "#4c78a8", "val": "#f58518", "test": "#54a24b", DIAGNOSTICS: "#b279a2"}
 
@@ -27,46 +26,19 @@ def label(text: str, width: int = 40) -> str:
     return text if len(text) <= width else text[: width - 1] + "\u2026"
 
 
-class ChartWarmer:
-    """Starts vl-convert's JavaScript engine (0.3-0.5 s) on a thread, once, when `start()` is
-    called: the pipeline calls it while the pool's workers encode images. The engine holds the GIL
-    while it starts, so it is never started while the parent plans (the pool's start waits for the
-    plan) nor with one worker (the parent encodes then, and the report starts the engine itself)."""
-
-    def __init__(self) -> None:
-        self.thread: threading.Thread | None = None
-        self.cpu = 0.0  # CPU seconds the engine's start took (left out of the parent's shared work)
-
-    def start(self) -> None:
-        if self.thread is None:
-            self.thread = threading.Thread(target=self._warm, name="warm-charts", daemon=True)
-            self.thread.start()
-
-    def _warm(self) -> None:
-        # The whole process's CPU over the start: the engine's own threads included, and the
-        # parent's Python work stands still meanwhile (the engine holds the GIL).
-        start = time.process_time()
-        spec = {
-            "data": {"values": [{"a": 1}]},
-            "mark": "bar",
-            "encoding": {"x": {"field": "a", "type": "quantitative"}},
-        }
-        vl_convert.vegalite_to_svg(spec)
-        self.cpu = time.process_time() - start
-
-    def join(self) -> None:
-        if self.thread is not None:
-            self.thread.join()
+Draw = Callable[[dict[str, Any]], dict[str, str]]
 
 
-def vega_svg(spec: dict[str, Any]) -> str:
-    """The chart as inline SVG; a chart vl-convert cannot draw becomes a line saying so (the
-    numbers are in the tables beside it), never a failed run."""
+def vega_svg(spec: dict[str, Any], draw: Draw = engine.draw) -> str:
+    """The chart as inline SVG, drawn by `draw` (vl-convert here, or engine.ChartEngine's process);
+    a chart vl-convert cannot draw becomes a line saying so (the numbers are in the tables beside
+    it), never a failed run."""
     spec = {"$schema": "https://vega.github.io/schema/vega-lite/v5.json", "config": {"view": {"stroke": None}}, **spec}
-    try:
-        return vl_convert.vegalite_to_svg(spec)
-    except ValueError as exc:
-        return str(markupsafe.escape(f"(this chart could not be drawn: {str(exc).splitlines()[0]})"))
+    answer = draw(spec)
+    if "svg" in answer:
+        return answer["svg"]
+    first = answer["error"].splitlines()[0] if answer["error"] else "no reason given"
+    return str(markupsafe.escape(f"(this chart could not be drawn: {first})"))
 
 
 def class_share_rows(stats: dict[str, Any], field_name: str) -> list[dict[str, Any]]:
@@ -89,7 +61,7 @@ def class_share_rows(stats: dict[str, Any], field_name: str) -> list[dict[str, A
     return rows
 
 
-def class_share_chart(stats: dict[str, Any], field_name: str) -> str:
+def class_share_chart(stats: dict[str, Any], field_name: str, draw: Draw = engine.draw) -> str:
     """One small bar chart per dataset: each class's share of the split (nulls are a class of their own)."""
     rows = class_share_rows(stats, field_name)
     splits = [label(s) for s in stats["splits"] if any(r["split"] == label(s) for r in rows)]
@@ -115,11 +87,12 @@ def class_share_chart(stats: dict[str, Any], field_name: str) -> str:
                 },
             },
             "resolve": {"scale": {"x": "independent"}},
-        }
+        },
+        draw,
     )
 
 
-def split_size_chart(stats: dict[str, Any]) -> str:
+def split_size_chart(stats: dict[str, Any], draw: Draw = engine.draw) -> str:
     rows = [
         {"split": label(split), "kind": kind, "examples": entry[f"{kind}_examples"]}
         for split, entry in stats["splits"].items()
@@ -137,11 +110,12 @@ def split_size_chart(stats: dict[str, Any]) -> str:
                 "x": {"field": "examples", "type": "quantitative", "stack": "zero"},
                 "color": {"field": "kind", "scale": {"domain": ["image", "text"], "range": ["#4c78a8", "#9ecae9"]}},
             },
-        }
+        },
+        draw,
     )
 
 
-def reason_chart(reasons: list[dict[str, Any]]) -> str | None:
+def reason_chart(reasons: list[dict[str, Any]], draw: Draw = engine.draw) -> str | None:
     if not reasons:
         return None
     return vega_svg(
@@ -161,5 +135,6 @@ def reason_chart(reasons: list[dict[str, Any]]) -> str | None:
                     "scale": {"domain": ["dropped", "failed"], "range": ["#bab0ac", "#e45756"]},
                 },
             },
-        }
+        },
+        draw,
     )
