@@ -52,8 +52,7 @@ from .plan import (
 from .pool import Pool
 from .report import build_stats, final_rows, summary, write_card, write_failures, write_stats
 from .report.card import card_path
-from .report.html import ReportWarmer
-from .report.html import build_report
+from .report.html import ReportWarmer, build_report
 from .report.stats import json_bytes
 from .shards import write_atomic, write_shard_index
 from .state import Progress, RunState, difference, file_digest, identity, images_digest, text_digest

@@ -1,14 +1,17 @@
-"""PNG pixels through libspng (pyspng) give exactly the bytes the Pillow path packs, on every PNG
-variant (colour types, bit depths, palettes with and without transparency, colour keys, Adam7,
-gamma-tagged), and broken files fail as they do with Pillow."""
+"""PNG pixels through libspng (pyspng), with the image data inflated by libdeflate or by libspng
+itself, give exactly the bytes the Pillow path packs, on every PNG variant (colour types, bit
+depths, palettes with and without transparency, colour keys, Adam7, gamma-tagged), and broken files
+fail as they do with Pillow."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import pytest
@@ -16,9 +19,19 @@ from conftest import Workspace, digests
 from PIL import Image
 from pngs import corpus
 
-from packer.images import ImageFailure, encode_image, png_decoder, spng_pixels
+from packer.images import (
+    PNG_DECODERS,
+    ImageFailure,
+    encode_image,
+    image_data_size,
+    png_chunks,
+    png_decoder,
+    spng_pixels,
+    stored_png,
+)
 
 pyspng = pytest.importorskip("pyspng", reason="pyspng (libspng) is not installed: pip install -e .")
+libdeflate = pytest.importorskip("deflate", reason="deflate (libdeflate) is not installed: pip install -e .")
 
 FILES = corpus()
 # Where libspng cannot give Pillow's pixels (it does not apply a palette's tRNS; Pillow reads 16-bit
@@ -44,11 +57,48 @@ def test_every_png_variant_packs_the_same_bytes_with_libspng(name, tmp_path):
     with Image.open(path) as image, open(path, "rb") as handle:
         used = spng_pixels(image, handle) is not None
     assert used == (name not in PILLOW_ONLY), name  # the libspng path really runs where it should
-    spng, pillow = outcome(path, "spng"), outcome(path, "pillow")
-    assert spng[0] == "packed"
-    assert spng == pillow
+    results = {decoder: outcome(path, decoder) for decoder in PNG_DECODERS}
+    assert results["spng"][0] == "packed"
+    assert results["spng"] == results["spng-zlib"] == results["pillow"]
     if "exif" in name:  # the orientation was applied: 83 wide becomes 61 wide... as orig_width says
-        assert pillow[1].endswith(" 61")
+        assert results["pillow"][1].endswith(" 61")
+
+
+@pytest.mark.parametrize("name", sorted(FILES))
+def test_libdeflate_inflates_every_variant_for_libspng(name):
+    """The stored rewrite is what libspng decodes on the default path: it exists for every variant
+    (Adam7 and sub-byte depths included: the header gives the exact inflated size), its Adler-32 and
+    CRC are right (zlib checks both), and libspng decodes it to the very same array."""
+    data = FILES[name]
+    chunks = png_chunks(data)
+    stored = stored_png(data, chunks)
+    assert stored is not None
+    rewritten = png_chunks(stored)  # every chunk whole, its CRC right
+    kinds = [kind for kind, _, _ in chunks]
+    assert [kind for kind, _, _ in rewritten] == [*kinds[: kinds.index(b"IDAT")], b"IDAT", b"IEND"]
+    _, start, end = rewritten[-2]
+    inflated = zlib.decompress(stored[start:end])  # checks the Adler-32
+    assert len(inflated) == image_data_size(data[16:29])
+    assert inflated == zlib.decompress(b"".join(data[s:e] for k, s, e in chunks if k == b"IDAT"))
+    assert (pyspng.load(stored, "RGBA") == pyspng.load(data, "RGBA")).all()
+
+
+def test_libdeflate_declines_what_is_not_one_sound_stream_of_the_right_size():
+    data = FILES["rgb8"]
+    chunks = png_chunks(data)
+    kind, start, end = next(c for c in chunks if c[0] == b"IDAT")
+    stream = zlib.decompress(data[start:end])
+
+    def with_idat(payload: bytes) -> bytes:
+        idat = struct.pack(">I", len(payload)) + b"IDAT" + payload + struct.pack(">I", zlib.crc32(b"IDAT" + payload))
+        return data[: start - 8] + idat + data[end + 4 :]
+
+    short = with_idat(zlib.compress(stream[:-5]))  # a row short of the header's size
+    long = with_idat(zlib.compress(stream + b"\0" * 50))  # more than the header's size
+    bad_adler = with_idat(data[start : end - 1] + bytes([data[end - 1] ^ 1]))
+    for broken_file in (short, long, bad_adler):
+        assert stored_png(broken_file, png_chunks(broken_file)) is None
+    assert stored_png(data, chunks) is not None
 
 
 def broken(data: bytes) -> dict[str, bytes]:
@@ -69,7 +119,7 @@ def test_broken_pngs_fail_or_pack_as_with_pillow(source, tmp_path):
     for name, data in broken(FILES[source]).items():
         path = tmp_path / f"{source}_{name}.png"
         path.write_bytes(data)
-        assert outcome(path, "spng") == outcome(path, "pillow"), name
+        assert outcome(path, "spng") == outcome(path, "spng-zlib") == outcome(path, "pillow"), name
     path = tmp_path / "truncated.png"
     path.write_bytes(FILES[source][:-40])
     assert outcome(path, "spng")[0] == "failed"
@@ -78,15 +128,17 @@ def test_broken_pngs_fail_or_pack_as_with_pillow(source, tmp_path):
 def test_the_switch(monkeypatch):
     monkeypatch.delenv("PACKER_PNG_DECODER", raising=False)
     assert png_decoder() == "spng"
-    monkeypatch.setenv("PACKER_PNG_DECODER", "pillow")
-    assert png_decoder() == "pillow"
+    for decoder in ("pillow", "spng-zlib", "spng"):
+        monkeypatch.setenv("PACKER_PNG_DECODER", decoder)
+        assert png_decoder() == decoder
     monkeypatch.setenv("PACKER_PNG_DECODER", "libpng")
     with pytest.raises(ValueError, match="PACKER_PNG_DECODER='libpng'"):
         png_decoder()
 
 
 def test_a_pack_of_pngs_is_byte_identical_with_and_without_libspng(tmp_path):
-    """Whole runs on 2 real pool workers, as a user switches: PACKER_PNG_DECODER=pillow vs default."""
+    """Whole runs on 2 real pool workers, as a user switches: PACKER_PNG_DECODER=pillow, spng-zlib
+    and the default."""
     ws = Workspace(tmp_path / "ws")
     ws.images.mkdir(parents=True)
     for i, name in enumerate(sorted(FILES)):
@@ -96,13 +148,13 @@ def test_a_pack_of_pngs_is_byte_identical_with_and_without_libspng(tmp_path):
         ws.add(f"mami_{i}", "mami", "train", labels, image=str(path))
     ws.write()
     results = {}
-    for decoder in ("pillow", "spng"):
+    for decoder in PNG_DECODERS:
         env = {**os.environ, "PACKER_PNG_DECODER": decoder}
         command = [sys.executable, "-m", "packer", *ws.args("--workers", "2")]
         done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=ws.root)
         assert done.returncode in (0, 1), done.stderr
         results[decoder] = digests(ws.out)
         ws.out.rename(tmp_path / decoder)  # the next run writes the same paths (stats.json records them)
-    assert results["spng"] == results["pillow"]
+    assert results["spng"] == results["spng-zlib"] == results["pillow"]
     stats = json.loads((tmp_path / "spng" / "stats.json").read_text())
     assert stats["packed_examples"] == len(FILES)

@@ -95,7 +95,13 @@ def test_profiler_on_a_folder_of_images_writes_profile_json(tmp_path):
     for decoder in ("pillow", "spng"):
         assert profile["stages_ms_per_image"][decoder]["png"]["decode"] > 0
         assert set(profile["stages_ms_per_image"][decoder]) == {"jpg", "png"}
-    assert profile["kernel_spng"]["images_per_s"] > 0
+    # The three PNG paths' kernels, each with its CPU seconds; packer's whole runs with theirs.
+    for kernel in ("kernel", "kernel_spng_zlib", "kernel_spng"):
+        assert profile[kernel]["images_per_s"] > 0 and profile[kernel]["cpu_seconds"] > 0
+        assert profile["by_format"]["png"][f"{kernel}_images_per_s"] > 0
+    assert all(run["cpu_seconds"] > 0 for run in profile["packer"].values())
+    assert profile["ratios"]["packer_1_worker_cpu_vs_kernel_cpu"] > 0
+    assert "round 1 of 1" in child.stdout
     assert "bare Pillow kernel" in child.stdout
     assert profile["ratios"]["workers_the_parent_can_feed"] > 0  # tiny here: 3 images barely amortise the plan
     # The Dask line: a LocalCluster of 2 processes (when dask[distributed] is installed).

@@ -125,9 +125,7 @@ def card_metadata(
                 "description": f"packer pack {fingerprint}",
                 "features": sample_features(taxonomy, series == IMAGE_SERIES),
                 # Checked by `datasets` once it has read the shards (a changed file cannot load silently).
-                "splits": [
-                    {"name": f["split"], "num_examples": counts[f["split"]][f"{kind}_examples"]} for f in files
-                ],
+                "splits": [{"name": f["split"], "num_examples": counts[f["split"]][f"{kind}_examples"]} for f in files],
             }
         )
     meta: dict[str, Any] = {
@@ -237,9 +235,7 @@ def render_card(stats: dict[str, Any], taxonomy: Taxonomy, shard_root: Path, car
     )
 
 
-def write_card(
-    stats: dict[str, Any], taxonomy: Taxonomy, shard_root: Path, stats_path: Path, fingerprint: str
-) -> Path:
+def write_card(stats: dict[str, Any], taxonomy: Taxonomy, shard_root: Path, stats_path: Path, fingerprint: str) -> Path:
     """The card; `fingerprint` names the pack (a digest of every shard's name and bytes)."""
     path = card_path(stats_path)
     path.parent.mkdir(parents=True, exist_ok=True)

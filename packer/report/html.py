@@ -26,8 +26,8 @@ from ..config import DIAGNOSTICS, SPLITS, UNIFIED_FIELDS
 from ..guard import REPORT_MARKER
 from ..plan import safe_key
 from ..shards import write_atomic
-from .card import card_template, dataset_counts
 from . import engine
+from .card import card_template, dataset_counts
 from .charts import Draw, class_share_chart, reason_chart, split_size_chart
 from .engine import ChartEngine
 from .samples import contact_sheet, locate, read
@@ -163,7 +163,9 @@ def leakage_pairs(stats: dict[str, Any], shard_root: Path, located: pl.DataFrame
 @functools.cache
 def report_template() -> Template:
     """The page's template, compiled once per process."""
-    env = Environment(loader=PackageLoader("packer", "templates"), undefined=StrictUndefined, autoescape=True, finalize=bounded)
+    env = Environment(
+        loader=PackageLoader("packer", "templates"), undefined=StrictUndefined, autoescape=True, finalize=bounded
+    )
     return env.get_template("report.html.j2")
 
 
