@@ -17,7 +17,9 @@ from packer.cli import main as pack
 from packer.report.charts import split_size_chart, vega_svg
 from packer.report.engine import ChartEngine, draw
 
-STATS = {"splits": {"train": {"image_examples": 7, "text_examples": 2}, "val": {"image_examples": 1, "text_examples": 0}}}
+STATS = {
+    "splits": {"train": {"image_examples": 7, "text_examples": 2}, "val": {"image_examples": 1, "text_examples": 0}}
+}
 BAD_SPEC = {"data": {"values": [{"a": 1}]}, "mark": "no-such-mark", "encoding": {}}
 
 
