@@ -6,10 +6,11 @@
 Measured on the same images in the same run (default corpus: 480 distinct meme-like images of
 1536x2048, 84% JPEG and 16% PNG, each written 3 times under different bytes: 1,440 files):
   kernel   the bare per-image kernel (packer.images.encode_image: draft decode, orient, convert,
-           bicubic resize, JPEG encode, dHash) in a loop, one process, no packer around it: with
-           PNG pixels from Pillow (the bare Pillow kernel the targets judge against), from libspng
-           inflating with zlib, and from libspng after libdeflate's inflate (packer's kernel); and
-           its stages per format, for Pillow and packer's;
+           bicubic resize, JPEG encode, dHash) in a loop, in a process of its own, no packer around
+           it, one change at a time: PNG pixels from Pillow with glibc's default malloc (the bare
+           Pillow kernel the targets judge against); with the malloc tuning packer's workers apply;
+           PNG from libspng inflating with zlib; PNG inflated by libdeflate and unfiltered by
+           libspng (packer's kernel); and the stages per format of the first and the last;
   naive    scripts/naive_webdataset.py, the script a user writes from the webdataset docs: full
            decode, resize, ShardWriter. One process twice: with packer's Pillow build
            (pillow-simd) and with --naive-python, a venv holding Pillow from PyPI (`make profile`
@@ -61,9 +62,17 @@ from packer.shards import sample_bytes  # noqa: E402
 SIZE, QUALITY, MAX_PIXELS = 384, 95, 89_478_485
 MAMI_SUBTYPES = ("shaming", "stereotype", "objectification", "violence")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
-# The kernels timed: the bare Pillow kernel (PNG by Pillow), libspng inflating with zlib, and
-# packer's (PNG inflated by libdeflate, unfiltered by libspng): PACKER_PNG_DECODER's three paths.
-KERNELS = {"kernel": "pillow", "kernel_spng_zlib": "spng-zlib", "kernel_spng": "spng"}
+# The kernels timed, each in a process of its own, one change at a time: (PNG decoder, packer's
+# malloc tuning). The bare Pillow kernel (PNG by Pillow, glibc's default malloc) is the yardstick;
+# then with the malloc tuning every packer worker applies (packer.pool.tune_malloc); then PNG by
+# libspng inflating with zlib; then packer's kernel, PNG inflated by libdeflate and unfiltered by
+# libspng: PACKER_PNG_DECODER's three paths.
+KERNELS = {
+    "kernel": ("pillow", False),
+    "kernel_tuned": ("pillow", True),
+    "kernel_spng_zlib": ("spng-zlib", True),
+    "kernel_spng": ("spng", True),
+}
 NAIVE_LABELS = {"same_pillow": "packer's Pillow build", "pypi_pillow": "Pillow from PyPI"}
 CAPTIONS = ["WHEN YOU SEE IT", "NOBODY:", "ME AT 3 AM", "THEY SAID IT COULDN'T BE DONE", "MONDAY AGAIN", "SUCH WOW"]
 
@@ -182,6 +191,27 @@ def run_kernel(paths: list[Path], **options) -> dict:
         "cpu_seconds": time.process_time() - cpu,
         "seconds_by_suffix": by_suffix,
     }
+
+
+def run_kernel_process(listing: Path, decoder: str, tuned: bool, stages: bool = False) -> dict:
+    """The kernel (or, with `stages`, its stage breakdown) over the files in `listing`, in a child
+    process: with packer's malloc tuning or glibc's default, which a process cannot go back to."""
+    command = [sys.executable, __file__, "--kernel-child", decoder, "--listing", str(listing)]
+    command += ["--tuned-malloc"] * tuned + ["--stages"] * stages
+    child = subprocess.run(command, capture_output=True, text=True, check=True)
+    return json.loads(child.stdout.strip().splitlines()[-1])
+
+
+def kernel_child(args: argparse.Namespace) -> dict:
+    paths = [Path(line) for line in args.listing.read_text().splitlines()]
+    if args.tuned_malloc:
+        from packer.pool import tune_malloc
+
+        tune_malloc()
+    run_kernel(paths[:20], decoder=args.kernel_child)  # imports and the page cache warm
+    if args.stages:
+        return stage_breakdown(paths, args.kernel_child)
+    return run_kernel(paths, decoder=args.kernel_child)
 
 
 def rates(run: dict, paths: list[Path]) -> dict:
@@ -389,9 +419,16 @@ def main() -> None:
     p.add_argument("--cache", type=Path, default=ROOT / ".cache" / "profile")
     p.add_argument("--out", type=Path, default=ROOT / "profile")
     p.add_argument("--measure-plan", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--kernel-child", choices=("pillow", "spng-zlib", "spng"), help=argparse.SUPPRESS)
+    p.add_argument("--listing", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--tuned-malloc", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--stages", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.measure_plan:
         print(json.dumps(measure_plan(args.measure_plan)))
+        return
+    if args.kernel_child:
+        print(json.dumps(kernel_child(args)))
         return
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -406,6 +443,8 @@ def main() -> None:
     corpus_mb = sum(p.stat().st_size for p in paths) / 1e6
     print(f"corpus: {len(paths)} images, {corpus_mb:.0f} MB ({time.perf_counter() - start:.0f} s incl. generation)")
     manifest = write_manifest(args.cache / "corpus_manifest.jsonl", paths)
+    listing = args.cache / "corpus_files.txt"
+    listing.write_text("".join(f"{p}\n" for p in paths))
     n = len(paths)
     run_kernel(paths[:20])  # warm the page cache and imports before timing anything
 
@@ -438,8 +477,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for round_ in range(args.repeat):
             print(f"round {round_ + 1} of {args.repeat}: kernels, naive scripts, packer at 1..{args.max_workers}")
-            for name, decoder in KERNELS.items():
-                kernel_runs[name].append(run_kernel(paths, decoder=decoder))
+            for name, (decoder, tuned) in KERNELS.items():
+                kernel_runs[name].append(run_kernel_process(listing, decoder, tuned))
             for name, python in pythons.items():
                 naive_runs[name].append(run_naive(python, paths, Path(tmp) / name))
             naive_runs["parallel"].append(run_naive(pythons[user], paths, Path(tmp) / "parallel", two))
@@ -447,7 +486,11 @@ def main() -> None:
                 packer_runs[workers].append(run_packer_process(manifest, Path(tmp) / f"w{workers}", workers))
     for name, runs in kernel_runs.items():
         results[name] = rates(min(runs, key=lambda r: r["seconds"]), paths)
-    results["stages_ms_per_image"] = {decoder: stage_breakdown(paths, decoder) for decoder in ("pillow", "spng")}
+    # Stages per format: the bare Pillow kernel's and packer's (libdeflate + libspng, tuned malloc).
+    results["stages_ms_per_image"] = {
+        "pillow": run_kernel_process(listing, "pillow", False, stages=True),
+        "spng": run_kernel_process(listing, "spng", True, stages=True),
+    }
     results["naive"] = {name: naive_result(naive_runs[name], paths, 1) for name in pythons}
     results["naive_parallel"] = naive_result(naive_runs["parallel"], paths, two)
 
@@ -521,6 +564,7 @@ def main() -> None:
         "spng_zlib_kernel_vs_kernel": round(
             results["kernel_spng_zlib"]["images_per_s"] / results["kernel"]["images_per_s"], 3
         ),
+        "tuned_kernel_vs_kernel": round(results["kernel_tuned"]["images_per_s"] / results["kernel"]["images_per_s"], 3),
         # CPU seconds of packer's whole 1-worker run (its children included) against the kernel's.
         "packer_1_worker_cpu_vs_kernel_cpu": round(
             results["kernel"]["cpu_seconds"] / results["packer"][1]["cpu_seconds"], 3
@@ -565,8 +609,11 @@ def main() -> None:
 def report(results: dict) -> None:
     print(f"\n{'run':<56}{'images/s':>10}")
     print(f"{'bare Pillow kernel (PNG by Pillow), 1 process':<56}{results['kernel']['images_per_s']:>10.1f}")
-    zlib_rate = results["kernel_spng_zlib"]["images_per_s"]
-    print(f"{'kernel, PNG by libspng inflating with zlib, 1 process':<56}{zlib_rate:>10.1f}")
+    for name, label in (
+        ("kernel_tuned", "kernel, Pillow, packer's malloc tuning, 1 process"),
+        ("kernel_spng_zlib", "kernel, PNG by libspng (zlib), tuned malloc, 1 process"),
+    ):
+        print(f"{label:<56}{results[name]['images_per_s']:>10.1f}")
     print(
         f"{'packer kernel (PNG: libdeflate + libspng), 1 process':<56}{results['kernel_spng']['images_per_s']:>10.1f}"
     )
@@ -601,6 +648,7 @@ def report(results: dict) -> None:
     for fmt, entry in results["by_format"].items():
         line = (
             f"{fmt}: {entry['images']} images, Pillow kernel {entry['kernel_images_per_s']}/s, "
+            f"tuned malloc {entry['kernel_tuned_images_per_s']}/s, "
             f"libspng with zlib {entry['kernel_spng_zlib_images_per_s']}/s, "
             f"packer kernel {entry['kernel_spng_images_per_s']}/s"
         )
@@ -618,8 +666,9 @@ def report(results: dict) -> None:
         ("packer 1 worker (whole process) >= 1.0x bare Pillow kernel", one, one >= 1.0),
         ("packer 1 worker vs packer's kernel", r["packer_1_worker_vs_spng_kernel"], None),
         ("packer 1 worker vs bare Pillow kernel, CPU seconds", r["packer_1_worker_cpu_vs_kernel_cpu"], None),
-        ("packer kernel (libdeflate + libspng) vs bare Pillow kernel", r["spng_kernel_vs_kernel"], None),
+        ("packer kernel (libdeflate + libspng, tuned) vs bare Pillow kernel", r["spng_kernel_vs_kernel"], None),
         ("kernel with libspng inflating (zlib) vs bare Pillow kernel", r["spng_zlib_kernel_vs_kernel"], None),
+        ("kernel with packer's malloc tuning vs bare Pillow kernel", r["tuned_kernel_vs_kernel"], None),
     ]
     # The scaling target is 2 workers >= 1.8x one; more workers are shown, not judged.
     for w in sorted({two, workers}):

@@ -101,6 +101,28 @@ def test_libdeflate_declines_what_is_not_one_sound_stream_of_the_right_size():
     assert stored_png(data, chunks) is not None
 
 
+def test_image_data_split_over_many_idat_chunks_is_inflated_whole():
+    """libpng writes 8 KiB IDATs: their data is one zlib stream, joined before inflating. IDATs with
+    another chunk between them are not a PNG libspng reads: libdeflate leaves those alone."""
+    data = FILES["rgba8"]
+    kind, start, end = next(c for c in png_chunks(data) if c[0] == b"IDAT")
+    stream = data[start:end]
+    cuts = [0, len(stream) // 3, 2 * len(stream) // 3, len(stream)]
+    pieces = [stream[a:b] for a, b in zip(cuts, cuts[1:])]
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    split = data[: start - 8] + b"".join(chunk(b"IDAT", piece) for piece in pieces) + data[end + 4 :]
+    stored = stored_png(split, png_chunks(split))
+    assert stored is not None
+    assert (pyspng.load(stored, "RGBA") == pyspng.load(data, "RGBA")).all()
+    note = chunk(b"tEXt", b"Comment\0between")
+    apart = data[: start - 8] + chunk(b"IDAT", pieces[0]) + note + chunk(b"IDAT", b"".join(pieces[1:]))
+    apart += data[end + 4 :]
+    assert stored_png(apart, png_chunks(apart)) is None
+
+
 def broken(data: bytes) -> dict[str, bytes]:
     idat = data.index(b"IDAT")
     flipped = bytearray(data)

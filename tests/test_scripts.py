@@ -96,7 +96,7 @@ def test_profiler_on_a_folder_of_images_writes_profile_json(tmp_path):
         assert profile["stages_ms_per_image"][decoder]["png"]["decode"] > 0
         assert set(profile["stages_ms_per_image"][decoder]) == {"jpg", "png"}
     # The three PNG paths' kernels, each with its CPU seconds; packer's whole runs with theirs.
-    for kernel in ("kernel", "kernel_spng_zlib", "kernel_spng"):
+    for kernel in ("kernel", "kernel_tuned", "kernel_spng_zlib", "kernel_spng"):
         assert profile[kernel]["images_per_s"] > 0 and profile[kernel]["cpu_seconds"] > 0
         assert profile["by_format"]["png"][f"{kernel}_images_per_s"] > 0
     assert all(run["cpu_seconds"] > 0 for run in profile["packer"].values())
