@@ -53,7 +53,7 @@ class ChartEngine:
                 stderr=subprocess.DEVNULL,
                 close_fds=True,
             )
-        except OSError:
+        except (OSError, ValueError):  # no interpreter to run (an embedded Python): draw here
             self.child = None
 
     def draw(self, spec: dict[str, Any]) -> dict[str, str]:
