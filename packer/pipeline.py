@@ -121,8 +121,7 @@ def run(config: PackConfig) -> tuple[int, dict[str, Any]]:
         return _run(config, pool, warmer)
     except (InputError, OutputError) as exc:
         # A clean stop: what started during planning is shut down before exiting, and an input
-        # error leaves nothing behind that this run created.
-        warmer.close()
+        # error leaves nothing behind that this run created (the chart engine ends in `finally`).
         pool.close()
         if isinstance(exc, InputError):
             lock.undo()

@@ -245,12 +245,9 @@ def stage_breakdown(paths: list[Path], decoder: str) -> dict[str, dict[str, floa
     }
 
 
-def run_naive(python: str, paths: list[Path], out: Path, processes: int = 1) -> dict:
-    """scripts/naive_webdataset.py once under `python` with `processes` processes: Pillow version,
-    seconds (whole process, start to exit) and seconds per format."""
-    out.mkdir(parents=True, exist_ok=True)
-    listing = out / "images.txt"
-    listing.write_text("".join(f"{p}\n" for p in paths))
+def run_naive(python: str, listing: Path, out: Path, processes: int = 1) -> dict:
+    """scripts/naive_webdataset.py once under `python` with `processes` processes, on the images
+    in `listing`: Pillow version, seconds (whole process, start to exit) and seconds per format."""
     shutil.rmtree(out / "shards", ignore_errors=True)
     command = [python, str(ROOT / "scripts" / "naive_webdataset.py"), str(listing), str(out / "shards")]
     t0 = time.perf_counter()
@@ -480,8 +477,8 @@ def main() -> None:
             for name, (decoder, tuned) in KERNELS.items():
                 kernel_runs[name].append(run_kernel_process(listing, decoder, tuned))
             for name, python in pythons.items():
-                naive_runs[name].append(run_naive(python, paths, Path(tmp) / name))
-            naive_runs["parallel"].append(run_naive(pythons[user], paths, Path(tmp) / "parallel", two))
+                naive_runs[name].append(run_naive(python, listing, Path(tmp) / name))
+            naive_runs["parallel"].append(run_naive(pythons[user], listing, Path(tmp) / "parallel", two))
             for workers in range(1, args.max_workers + 1):
                 packer_runs[workers].append(run_packer_process(manifest, Path(tmp) / f"w{workers}", workers))
     for name, runs in kernel_runs.items():

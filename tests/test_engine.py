@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import MAMI, Workspace
+from conftest import MAMI, Workspace, alive, children
 
 from packer.cli import main as pack
 from packer.report.charts import split_size_chart, vega_svg
@@ -23,20 +23,15 @@ STATS = {
 BAD_SPEC = {"data": {"values": [{"a": 1}]}, "mark": "no-such-mark", "encoding": {}}
 
 
-def engine_children(parent: int) -> list[int]:
-    """Live processes whose parent is `parent` and which run engine.py."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+def engine_processes(parent: int) -> set[int]:
+    """The running processes under `parent` that run engine.py."""
+    found = set()
+    for pid in alive(children(parent)):
         try:
-            stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[1]) == parent and fields[0] != "Z" and b"engine.py" in cmdline:
-            found.append(int(entry.name))
+            if b"engine.py" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.add(pid)
+        except OSError:  # gone meanwhile
+            pass
     return found
 
 
@@ -80,14 +75,11 @@ def test_the_engine_process_ends_with_its_parent_killed_by_sigkill(tmp_path):
     )
     parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     engine_pid = int(parent.stdout.readline())
-    assert engine_pid in engine_children(parent.pid)
+    assert engine_pid in engine_processes(parent.pid)
     os.kill(parent.pid, signal.SIGKILL)
     parent.wait()
     deadline = time.monotonic() + 30
-    while Path(f"/proc/{engine_pid}").exists():
-        status = Path(f"/proc/{engine_pid}/stat").read_text() if Path(f"/proc/{engine_pid}").exists() else ""
-        if status.rsplit(")", 1)[-1].split()[:1] == ["Z"]:
-            break
+    while alive({engine_pid}):
         assert time.monotonic() < deadline, "the engine process outlived its killed parent"
         time.sleep(0.05)
 
@@ -98,6 +90,6 @@ def test_a_pack_leaves_no_engine_process_behind_and_its_report_has_the_charts(tm
         ws.add(f"mami_train_{i}", "mami", "train", MAMI, image=ws.image(f"m{i}.jpg"))
     ws.write()
     assert pack(ws.args("--workers", "1")) == 0
-    assert engine_children(os.getpid()) == []
+    assert engine_processes(os.getpid()) == set()
     page = (ws.out / "report.html").read_text(encoding="utf-8")
     assert page.count("<svg") >= 5 and "could not be drawn" not in page

@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import struct
 import subprocess
 import sys
 import zlib
@@ -17,7 +16,7 @@ from pathlib import Path
 import pytest
 from conftest import Workspace, digests
 from PIL import Image
-from pngs import corpus
+from pngs import chunk, corpus
 
 from packer.images import (
     PNG_DECODERS,
@@ -90,8 +89,7 @@ def test_libdeflate_declines_what_is_not_one_sound_stream_of_the_right_size():
     stream = zlib.decompress(data[start:end])
 
     def with_idat(payload: bytes) -> bytes:
-        idat = struct.pack(">I", len(payload)) + b"IDAT" + payload + struct.pack(">I", zlib.crc32(b"IDAT" + payload))
-        return data[: start - 8] + idat + data[end + 4 :]
+        return data[: start - 8] + chunk(b"IDAT", payload) + data[end + 4 :]
 
     short = with_idat(zlib.compress(stream[:-5]))  # a row short of the header's size
     long = with_idat(zlib.compress(stream + b"\0" * 50))  # more than the header's size
@@ -109,9 +107,6 @@ def test_image_data_split_over_many_idat_chunks_is_inflated_whole():
     stream = data[start:end]
     cuts = [0, len(stream) // 3, 2 * len(stream) // 3, len(stream)]
     pieces = [stream[a:b] for a, b in zip(cuts, cuts[1:])]
-
-    def chunk(kind: bytes, payload: bytes) -> bytes:
-        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
 
     split = data[: start - 8] + b"".join(chunk(b"IDAT", piece) for piece in pieces) + data[end + 4 :]
     stored = stored_png(split, png_chunks(split))

@@ -11,37 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import MAMI, command, digests, run_aside
+from conftest import MAMI, alive, children, command, digests, run_aside
 from PIL import Image
-
-
-def children(pid: int) -> set[int]:
-    """Every descendant process of `pid` (from /proc)."""
-    parents = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-                parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                pass
-    found, frontier = set(), {pid}
-    while frontier:
-        frontier = {p for p, parent in parents.items() if parent in frontier} - found
-        found |= frontier
-    return found
-
-
-def alive(pids: set[int]) -> set[int]:
-    out = set()
-    for pid in pids:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-            if state != "Z":
-                out.add(pid)
-        except OSError:
-            pass
-    return out
 
 
 def kill_when(cmd: list[str], cwd: Path, ready, timeout: float = 60) -> set[int]:
