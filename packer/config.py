@@ -13,6 +13,9 @@ UNIFIED_FIELDS = ("abuse_hate", "offensive", "target_type", "target_group")
 LABEL_ORDER = ("abuse_hate", "offensive", "target_group", "target_type")
 TARGET_TYPES = ("none", "individual", "group", "other")
 SPLITS = ("train", "val", "test")
+# Source split names that mean "this row has no split" in every dataset (INPUTS.md); a taxonomy
+# block may name more under "unsplit". Such rows are assigned 80/10/10 by packer.
+UNSPLIT = ("unsplit",)
 DIAGNOSTICS = "diagnostics"
 RAW_KINDS = ("scalar", "list", "annotators")
 AUX_TYPES = ("int", "str", "list[int]", "list[str]", "list[list[int]]")
@@ -146,9 +149,20 @@ def validate_taxonomy(doc: Any, source: str) -> Taxonomy:
         splits = block.get("splits", {})
         if not isinstance(splits, dict) or any(k not in SPLITS for k in splits):
             raise fail(f"{where}.splits", f"keys must be among {SPLITS}")
-        sources = [s for names in splits.values() for s in names]
-        if len(sources) != len(set(sources)):
-            raise fail(f"{where}.splits", "a source split is listed twice")
+        if not all(isinstance(names, list) and all(isinstance(s, str) for s in names) for names in splits.values()):
+            raise fail(f"{where}.splits", "each split maps to a list of source split names")
+        unsplit = block.get("unsplit", [])
+        if not isinstance(unsplit, list) or not all(isinstance(s, str) for s in unsplit):
+            raise fail(f"{where}.unsplit", "must be a list of source split names")
+        sources = [s for names in splits.values() for s in names] + unsplit
+        if len(sources) != len(set(sources)) or set(sources) & set(UNSPLIT):
+            raise fail(f"{where}.splits", "a source split is listed twice (or as a split and as unsplit)")
+        missing = block.get("assign_when_missing", [])
+        if not isinstance(missing, list) or not all(isinstance(s, str) and s in sources for s in missing):
+            raise fail(f"{where}.assign_when_missing", "must be a list of source split names the block maps")
+        bare = block.get("bare_labels")
+        if bare is not None and bare not in raw:
+            raise fail(f"{where}.bare_labels", f"{bare!r} is not one of the block's raw_fields")
         carve = block.get("carve_val_from")
         if carve is not None and carve not in splits.get("train", []):
             raise fail(f"{where}.carve_val_from", "must name a source split mapped to train")

@@ -460,17 +460,78 @@ def extract_raw(part: pl.DataFrame, fields: dict[str, str]) -> pl.DataFrame:
 PerDataset = Callable[[str, "dict[str, Any] | None"], list[pl.Expr]]
 
 
+# A bare labels_raw that is JSON text of its own (a list, a number, true/false), not a string.
+JSON_LITERAL = r"^(?:\[|-?[0-9]|true$|false$)"
+UNLABELLED = "_unlabelled"
+
+
+def labels_object(name: str, block: dict[str, Any]) -> tuple[pl.Expr, pl.Expr]:
+    """`labels_raw` as an object of the dataset's raw fields, and the reason a row fails where it
+    cannot be one. Polars hands every labels_raw over as text: an object or a list as its JSON, a
+    number as its digits, a string as itself. A bare value (the Step-2 builder writes Hateful
+    Memes' label as 0/1 and HateXplain's annotators as a bare list) is the block's `bare_labels`
+    field; null (or no labels_raw) is no label, read as an empty object and dropped as unlabelled."""
+    text = pl.col("labels_raw")
+    is_object = text.str.starts_with("{")
+    bare = block.get("bare_labels")
+    if bare is None:
+        value = pl.when(is_object).then(text).otherwise(pl.lit("{}"))
+        error = pl.when(text.is_not_null() & ~is_object).then(
+            pl.format(
+                f"labels_raw: a bare value '{{}}' where dataset {name} needs an object of its fields "
+                "(the taxonomy's block names no bare_labels field)",
+                text.str.slice(0, 200),
+            )
+        )
+        return value, error
+    literal = pl.concat_str([pl.lit("{" + json.dumps(bare) + ":"), text, pl.lit("}")])
+    string = pl.struct(text.alias(bare)).struct.json_encode()
+    value = (
+        pl.when(text.is_null())
+        .then(pl.lit("{}"))
+        .when(is_object)
+        .then(text)
+        .when(text.str.contains(JSON_LITERAL))
+        .then(literal)
+        .otherwise(string)
+    )
+    error = pl.lit(None, pl.String)
+    if block["raw_fields"][bare] != "scalar":  # a list field: a lone value is not wrapped into a list
+        error = pl.when(text.is_not_null() & ~is_object & ~text.str.starts_with("[")).then(
+            pl.format(
+                f"labels_raw: a bare value '{{}}' where dataset {name} needs a list ({bare})", text.str.slice(0, 200)
+            )
+        )
+    return value, error
+
+
 def label_part(
     name: str | None, part: pl.DataFrame, taxonomy: Taxonomy, per_dataset: PerDataset | None = None
 ) -> pl.LazyFrame:
     """One dataset's rows with their unified labels, aux JSON and fail/drop reasons (`labels_raw`
     dropped); `per_dataset(name, block)` adds more columns. Rows of a dataset the taxonomy does not
-    describe fail."""
+    describe fail; rows with no labels_raw have every label null (unlabelled)."""
     block = taxonomy.datasets.get(name) if name is not None else None
     if block is None:
         lazy = unknown_dataset(part.lazy())
     else:
-        lazy = DatasetCompiler(name, block, taxonomy.raw_fields()).apply(part)
+        value, shape_error = labels_object(name, block)
+        part = part.with_columns(pl.col("labels_raw").is_null().alias(UNLABELLED), shape_error.alias("_bare_error"))
+        part = part.with_columns(labels_raw=value)
+        unlabelled = pl.col(UNLABELLED)
+        lazy = (
+            DatasetCompiler(name, block, taxonomy.raw_fields())
+            .apply(part)
+            .with_columns(
+                *(pl.when(~unlabelled).then(pl.col(f)).alias(f) for f in LABEL_ORDER),
+                *(
+                    pl.when(~unlabelled).then(pl.col(c)).alias(c)
+                    for c in ("label_drop", "other_targets", "quirks")
+                ),
+                label_error=pl.coalesce("_bare_error", pl.when(~unlabelled).then(pl.col("label_error"))),
+            )
+            .drop(UNLABELLED, "_bare_error")
+        )
     return (lazy.with_columns(per_dataset(name, block)) if per_dataset else lazy).drop("labels_raw")
 
 

@@ -15,7 +15,7 @@ import polars as pl
 
 from .config import InputError, Taxonomy
 
-REQUIRED = {"id": str, "dataset": str, "labels_raw": dict}
+REQUIRED = {"id": str, "dataset": str}
 OPTIONAL_STR = ("split", "image_path", "text_raw", "lang")
 
 OCR_LINE = pl.Struct({"text": pl.String, "conf": pl.Float64, "bbox": pl.String})
@@ -153,7 +153,9 @@ def _labels_raw_check(taxonomy: Taxonomy):
     kinds = taxonomy.raw_fields()
 
     def check(obj: dict) -> str | None:
-        for name, value in obj["labels_raw"].items():
+        labels = obj.get("labels_raw")
+        # A bare value or null is read per dataset (labels.labels_object); only an object's fields are checked here.
+        for name, value in (labels.items() if isinstance(labels, dict) else ()):
             kind = kinds.get(name)
             if kind is None or value is None:
                 continue
@@ -167,11 +169,11 @@ def _labels_raw_check(taxonomy: Taxonomy):
 
 
 def scan_manifest(path: Path, taxonomy: Taxonomy) -> pl.LazyFrame:
-    """The manifest with `row` (for line numbers); `labels_raw` stays JSON text."""
+    """The manifest with `row` (for line numbers); `labels_raw` stays JSON text (any JSON value:
+    an object, a bare value or list, or null; labels.labels_object reads it per dataset)."""
     if not path.is_file():
         raise InputError(f"{path}: manifest not found")
-    frame = pl.scan_ndjson(path, schema=manifest_schema(taxonomy)).with_row_index("row")
-    return frame.with_columns(pl.col("labels_raw").str.starts_with("{").fill_null(False).alias("has_labels_raw"))
+    return pl.scan_ndjson(path, schema=manifest_schema(taxonomy)).with_row_index("row")
 
 
 def scan_ocr(path: Path | None) -> pl.LazyFrame:
@@ -197,7 +199,7 @@ def explain_read_error(manifest: Path, ocr: Path | None, taxonomy: Taxonomy) -> 
 
 def check_manifest(frame: pl.DataFrame, path: Path) -> None:
     """Required fields present, or an InputError naming the line."""
-    bad = frame.filter(pl.col("id").is_null() | pl.col("dataset").is_null() | ~pl.col("has_labels_raw"))
+    bad = frame.filter(pl.col("id").is_null() | pl.col("dataset").is_null())
     if bad.height:
         raise InputError(locate_bad_line(path, REQUIRED, OPTIONAL_STR))
 

@@ -188,7 +188,7 @@ def build_columns(
                 text=combined_text(pl.col("ocr_text"), pl.col("caption"), pl.col("lang")),
                 norm_text=normalized_text(pl.col("caption")),
             )
-            .drop("caption", "text_raw", "has_labels_raw", "ocr_text")
+            .drop("caption", "text_raw", "ocr_text")
         )
         del part
         return lazy.collect(engine="in-memory")
@@ -255,16 +255,17 @@ def build_plan(
         else pl.lit(None, pl.String)
     )
     keys = keys.with_columns(drop=pl.when(duplicate_of_kept()).then(pl.lit("duplicate")).otherwise(copy))
-    update = keys.select("row", "group", new_split="split", drop="drop")
+    update = keys.select("row", "group", new_split="split", new_mode="assign_mode", drop="drop")
     final = (
         rows.join(update, on="row", how="left", maintain_order="left")
         .with_columns(
             split=pl.when(ok).then(pl.col("new_split")).otherwise(pl.col("split")),
+            assign_mode=pl.when(ok).then(pl.col("new_mode")).otherwise(pl.col("assign_mode")),
             reason=pl.coalesce("drop", "reason"),
             status=pl.when(pl.col("drop").is_not_null()).then(pl.lit("dropped")).otherwise(pl.col("status")),
             order=stable_hash(pl.col("id"), config.seed),
         )
-        .drop("new_split", "drop")
+        .drop("new_split", "new_mode", "drop")
     )
     return Plan(final, total, orphans)
 

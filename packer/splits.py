@@ -11,11 +11,12 @@ from typing import Any
 import polars as pl
 import polars_hash as plh
 
-from .config import DIAGNOSTICS, SPLITS, UNIFIED_FIELDS
+from .config import DIAGNOSTICS, SPLITS, UNIFIED_FIELDS, UNSPLIT
 
 HASH_NAME = "polars-hash xxhash64 of '<seed>:<value>'"
 SPLIT_PRIORITY = {"test": 0, "val": 1, "train": 2, DIAGNOSTICS: 3}
 PRIORITY_SPLIT = {v: k for k, v in SPLIT_PRIORITY.items()}
+FOLLOW = "follow"  # the mode of a row without a split that joined its group's dataset-defined split
 
 
 def stable_hash(expr: pl.Expr, seed: int) -> pl.Expr:
@@ -29,7 +30,12 @@ def unit_interval(expr: pl.Expr, seed: int) -> pl.Expr:
 
 def dataset_split(name: str, block: dict[str, Any] | None) -> list[pl.Expr]:
     """For one dataset's rows: `split` (train/val/test/diagnostics, or null where packer assigns
-    it), `assign_mode` (source, carve, assign, diagnostics) and `split_error`."""
+    it), `assign_mode` (source, carve, assign, diagnostics) and `split_error`.
+
+    A row has no split of its own (mode `assign`, 80/10/10) when its source split is null, `unsplit`
+    or one of the block's `unsplit` names, and every row of the dataset has none when no row carries
+    one of the block's `assign_when_missing` splits (Memotion 1.0 from the Kaggle 7k release says
+    `train` on every row: without the SemEval test rows, its rows are assigned)."""
     src = pl.col("source_split")
     none = pl.lit(None, pl.String)
     if block is None:  # not in the taxonomy: the row fails on its labels already
@@ -43,19 +49,23 @@ def dataset_split(name: str, block: dict[str, Any] | None) -> list[pl.Expr]:
     splits = block.get("splits", {})
     names = [s for group in splits.values() for s in group]
     targets = [t for t, group in splits.items() for _ in group]
-    mapped = src.replace_strict(names, targets, default=None, return_dtype=pl.String)
+    unsplit = [*UNSPLIT, *block.get("unsplit", [])]
+    no_split = src.is_null() | src.is_in(unsplit)
+    if block.get("assign_when_missing"):
+        no_split = no_split | ~src.is_in(block["assign_when_missing"]).any()
+    mapped = pl.when(~no_split).then(src.replace_strict(names, targets, default=None, return_dtype=pl.String))
     carve = block.get("carve_val_from")
     mode = (
-        pl.when(src.is_null())
+        pl.when(no_split)
         .then(pl.lit("assign"))
         .when(src == carve if carve else pl.lit(False))
         .then(pl.lit("carve"))
         .when(mapped.is_not_null())
         .then(pl.lit("source"))
     )
-    known = ", ".join(sorted(names)) or "none"
-    error = pl.when(src.is_not_null() & mapped.is_null()).then(
-        pl.format(f"unknown split '{{}}' for dataset {name}; known splits {known}", src)
+    known = ", ".join([*sorted(names), *unsplit]) or "none"
+    error = pl.when(~no_split & mapped.is_null()).then(
+        pl.format(f"unknown split '{{}}' for dataset {name}; known splits {known} (or null)", src)
     )
     return [mapped.alias("split"), mode.alias("assign_mode"), error.alias("split_error")]
 
@@ -66,8 +76,8 @@ def assigned_by_packer() -> pl.Expr:
 
 
 def pool() -> pl.Expr:
-    """The source split a row's split is assigned within ("~" where the dataset has none)."""
-    return pl.coalesce(pl.col("source_split"), pl.lit("~"))
+    """The source split a row's split is assigned within ("~" where the dataset gives none)."""
+    return pl.when(pl.col("assign_mode").is_in(["assign", FOLLOW])).then(pl.lit("~")).otherwise(pl.coalesce(pl.col("source_split"), pl.lit("~")))
 
 
 def connected_groups(frame: pl.DataFrame) -> pl.Series:
@@ -150,6 +160,15 @@ def assign_splits(frame: pl.DataFrame, seed: int, val_ratio: float, ratios: tupl
         )
         .otherwise(pl.col("split"))
     )
+    # A row packer assigns follows a split its group already has (a row of a dataset-defined split,
+    # in any dataset, the most protected of them), so that a shared image or text stays in one split.
+    # Such a row's mode becomes `follow`: its split was not drawn, so the balance check leaves it out.
+    fixed = pl.when(pl.col("assign_mode") == "source").then(split_priority()).min().over("group")
+    follows = (pl.col("assign_mode") == "assign") & fixed.is_not_null()
+    mode = pl.col("assign_mode")
+    if frame["assign_mode"].is_in(["assign"]).any() and frame["assign_mode"].is_in(["source"]).any():
+        assigned = pl.when(follows).then(fixed.replace_strict(PRIORITY_SPLIT, return_dtype=pl.String)).otherwise(assigned)
+        mode = pl.when(follows).then(pl.lit(FOLLOW)).otherwise("assign_mode")
     if frame["pinned_split"].null_count() < frame.height:
         pinned_group = pl.col("pinned_split").drop_nulls().first().over(pl.col("dataset"), pool(), pl.col("group"))
         movable = assigned_by_packer()
@@ -160,7 +179,7 @@ def assign_splits(frame: pl.DataFrame, seed: int, val_ratio: float, ratios: tupl
             .then(pinned_group)
             .otherwise(assigned)
         )
-    return frame.with_columns(split=assigned).drop("g_frac")
+    return frame.with_columns(split=assigned, assign_mode=mode).drop("g_frac")
 
 
 def duplicate_of_kept() -> pl.Expr:

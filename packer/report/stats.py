@@ -16,7 +16,7 @@ from ..config import SPLITS, UNIFIED_FIELDS, PackConfig
 from ..execute import ExecutionResult
 from ..guard import inert
 from ..shards import IMAGE_SERIES, write_atomic
-from ..splits import HASH_NAME
+from ..splits import FOLLOW, HASH_NAME
 
 MAX_FAILURE_RATE = 0.005
 
@@ -114,6 +114,69 @@ def dataset_report(rows: pl.DataFrame) -> dict[str, Any]:
     return report
 
 
+def mapping_target(mode: str | None, split: str | None, config: PackConfig) -> str:
+    """What a source split became, in words: a split, a carve, or packer's assignment."""
+    if mode in ("assign", FOLLOW):
+        return "assigned " + "/".join(f"{100 * r:g}" for r in config.split_ratios)
+    if mode == "carve":
+        return f"train + carved val ({100 * config.val_ratio:g}%)"
+    if mode in ("source", "diagnostics"):
+        return str(split)
+    return "no split"
+
+
+def split_mapping(rows: pl.DataFrame, config: PackConfig) -> dict[str, dict[str, Any]]:
+    """dataset -> source split ("null" where the row has none) -> what it was mapped to, its rows,
+    how many were packed into each split, and the rows dropped and failed by reason: every row of
+    every source split is accounted for here."""
+    table = rows.select(
+        "dataset",
+        "split",
+        "status",
+        source=pl.col("source_split").fill_null("null"),
+        mode="assign_mode",
+        reason=reason_category(),
+    )
+    out: dict[str, dict[str, Any]] = {}
+    for (dataset, source), part in table.sort("dataset", "source").group_by("dataset", "source", maintain_order=True):
+        modes = part.select("mode", "split").unique().iter_rows()
+        described = sorted({mapping_target(mode, split, config) for mode, split in modes})
+        packed = part.filter(pl.col("status") == "packed").group_by("split").len()
+        entry: dict[str, Any] = {
+            "to": " | ".join(described),
+            "rows": part.height,
+            "packed": {s: n for s, n in sorted(packed.iter_rows(), key=lambda r: SPLIT_ORDER.get(r[0], 9))},
+        }
+        followed = part.filter(pl.col("mode") == FOLLOW).height
+        if followed:  # rows without a split that joined a shared image's or text's dataset-defined split
+            entry["joined_their_groups_split"] = followed
+        for status in ("dropped", "failed"):
+            reasons = part.filter(pl.col("status") == status).group_by("reason").len()
+            entry[status] = dict(reasons.sort(["len", "reason"], descending=[True, False]).iter_rows())
+        out.setdefault(dataset, {})[source] = entry
+    return out
+
+
+SPLIT_ORDER = {s: i for i, s in enumerate(SPLITS)}
+
+
+def mapping_lines(mapping: dict[str, dict[str, Any]]) -> list[str]:
+    """One line per dataset and source split: `hateful_memes  dev -> val: 500 rows, 500 packed`."""
+    lines = []
+    for dataset, sources in mapping.items():
+        for source, e in sources.items():
+            packed = sum(e["packed"].values())
+            line = f"  {dataset:<14} {source} -> {e['to']}: {e['rows']} rows, {packed} packed"
+            if len(e["packed"]) > 1 or (e["packed"] and e["to"] not in e["packed"]):
+                line += " (" + ", ".join(f"{s} {n}" for s, n in e["packed"].items()) + ")"
+            for status in ("dropped", "failed"):
+                if e[status]:
+                    detail = ", ".join(f"{r} {n}" for r, n in e[status].items())
+                    line += f", {sum(e[status].values())} {status} ({detail})"
+            lines.append(line)
+    return lines
+
+
 def library_versions() -> dict[str, str | None]:
     versions: dict[str, str | None] = {}
     for dist in ("polars", "polars-hash", "pyarrow", "webdataset", "joblib", "tqdm", "pillow-simd", "Pillow"):
@@ -187,6 +250,7 @@ def build_stats(
         "splits": {s: per_split.get(s, empty_split()) for s in (*SPLITS, *sorted(set(per_split) - set(SPLITS)))},
         "labels": label_counts(packed),
         "datasets": dataset_report(rows),
+        "split_mapping": split_mapping(rows, config),
         "ocr": {
             "image_examples": image_rows.height,
             "with_ocr": int(image_rows["has_ocr"].sum()),
@@ -242,6 +306,8 @@ def summary(stats: dict[str, Any]) -> str:
     for status in ("dropped", "failed"):
         for reason, n in stats["reasons"][status].items():
             lines.append(f"  {status} {n:>6}  {reason}")
+    lines.append("  source splits:")
+    lines += mapping_lines(stats.get("split_mapping", {}))
     ocr = stats["ocr"]
     lines.append(
         f"  OCR: {ocr['with_ocr']}/{ocr['image_examples']} image examples, {ocr['lines_kept']} lines kept, "
