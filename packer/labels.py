@@ -524,10 +524,7 @@ def label_part(
             .apply(part)
             .with_columns(
                 *(pl.when(~unlabelled).then(pl.col(f)).alias(f) for f in LABEL_ORDER),
-                *(
-                    pl.when(~unlabelled).then(pl.col(c)).alias(c)
-                    for c in ("label_drop", "other_targets", "quirks")
-                ),
+                *(pl.when(~unlabelled).then(pl.col(c)).alias(c) for c in ("label_drop", "other_targets", "quirks")),
                 label_error=pl.coalesce("_bare_error", pl.when(~unlabelled).then(pl.col("label_error"))),
             )
             .drop(UNLABELLED, "_bare_error")

@@ -155,7 +155,7 @@ def _labels_raw_check(taxonomy: Taxonomy):
     def check(obj: dict) -> str | None:
         labels = obj.get("labels_raw")
         # A bare value or null is read per dataset (labels.labels_object); only an object's fields are checked here.
-        for name, value in (labels.items() if isinstance(labels, dict) else ()):
+        for name, value in labels.items() if isinstance(labels, dict) else ():
             kind = kinds.get(name)
             if kind is None or value is None:
                 continue

@@ -77,7 +77,11 @@ def assigned_by_packer() -> pl.Expr:
 
 def pool() -> pl.Expr:
     """The source split a row's split is assigned within ("~" where the dataset gives none)."""
-    return pl.when(pl.col("assign_mode").is_in(["assign", FOLLOW])).then(pl.lit("~")).otherwise(pl.coalesce(pl.col("source_split"), pl.lit("~")))
+    return (
+        pl.when(pl.col("assign_mode").is_in(["assign", FOLLOW]))
+        .then(pl.lit("~"))
+        .otherwise(pl.coalesce(pl.col("source_split"), pl.lit("~")))
+    )
 
 
 def connected_groups(frame: pl.DataFrame) -> pl.Series:
@@ -167,7 +171,9 @@ def assign_splits(frame: pl.DataFrame, seed: int, val_ratio: float, ratios: tupl
     follows = (pl.col("assign_mode") == "assign") & fixed.is_not_null()
     mode = pl.col("assign_mode")
     if frame["assign_mode"].is_in(["assign"]).any() and frame["assign_mode"].is_in(["source"]).any():
-        assigned = pl.when(follows).then(fixed.replace_strict(PRIORITY_SPLIT, return_dtype=pl.String)).otherwise(assigned)
+        assigned = (
+            pl.when(follows).then(fixed.replace_strict(PRIORITY_SPLIT, return_dtype=pl.String)).otherwise(assigned)
+        )
         mode = pl.when(follows).then(pl.lit(FOLLOW)).otherwise("assign_mode")
     if frame["pinned_split"].null_count() < frame.height:
         pinned_group = pl.col("pinned_split").drop_nulls().first().over(pl.col("dataset"), pool(), pl.col("group"))

@@ -71,6 +71,13 @@ def make_jpeg(path: Path, size=(600, 400), colour=(200, 40, 40)) -> str:
     return str(path)
 
 
+def tiny_png(path: Path) -> None:
+    """8x8 pixels of noise seeded by the file's path: distinct bytes and dHash per file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    noise = b"".join(hashlib.sha256(f"{path}:{i}".encode()).digest() for i in range(6))
+    Image.frombytes("RGB", (8, 8), noise[:192]).save(path, "PNG")
+
+
 class Workspace:
     """A Step_2 / Step_3 layout under a temporary folder, and a way to run the CLI on it."""
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import MAMI, MAMI_NOT, Workspace, summed
+from conftest import MAMI, MAMI_NOT, Workspace
 
 ANNOTATORS_HATE = [
     {"label": "hatespeech", "annotator_id": 1, "target": ["African"]},
@@ -97,7 +97,9 @@ def test_keep_unlabelled_packs_null_labels_as_null(ws):
     ws.add("mami_test_2.jpg", "mami", "test", MAMI_NOT, ws.image("m2.jpg", colour=(1, 1, 1)))
     assert ws.run("--keep-unlabelled") == 0
     docs = labels_of(ws)
-    assert docs["mami_test_1.jpg"]["labels"] == dict.fromkeys(("abuse_hate", "offensive", "target_type", "target_group"))
+    assert docs["mami_test_1.jpg"]["labels"] == dict.fromkeys(
+        ("abuse_hate", "offensive", "target_type", "target_group")
+    )
     assert docs["mami_test_2.jpg"]["labels"]["target_type"] == "none"
 
 
@@ -189,7 +191,10 @@ def test_the_builders_split_names(ws, capsys):
     hatexplain = mapping["hatexplain"]
     assert set(hatexplain) == {"null", "unsplit"}
     assert {v["to"] for v in hatexplain.values()} == {"assigned 80/10/10"}
-    assigned = {s: hatexplain["null"]["packed"].get(s, 0) + hatexplain["unsplit"]["packed"].get(s, 0) for s in "train val test".split()}
+    assigned = {
+        s: hatexplain["null"]["packed"].get(s, 0) + hatexplain["unsplit"]["packed"].get(s, 0)
+        for s in "train val test".split()
+    }
     assert sum(assigned.values()) == 300
     assert all(abs(assigned[s] / 300 - r) <= 0.03 for s, r in (("train", 0.8), ("val", 0.1), ("test", 0.1))), assigned
     assert "  memotion1      train -> assigned 80/10/10: 400 rows, 400 packed (train " in out

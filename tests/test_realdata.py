@@ -8,26 +8,17 @@ dev_unseen name the same 400 files), different bytes for different files.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 import pytest
-from conftest import REALDATA, Workspace, summed
-from PIL import Image
+from conftest import REALDATA, Workspace, summed, tiny_png
 
 from packer.sources import Options, convert
 
 pytestmark = pytest.mark.skipif(not (REALDATA / "olid").is_dir(), reason="../shared/realdata is not here")
 
 DATASETS = ("hateful_memes", "mami", "olid", "hatecheck", "memotion1")
-
-
-def tiny_png(path: Path) -> None:
-    """8x8 pixels of noise seeded by the file's path: distinct bytes and dHash per file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    noise = b"".join(hashlib.sha256(f"{path}:{i}".encode()).digest() for i in range(6))
-    Image.frombytes("RGB", (8, 8), noise[:192]).save(path, "PNG")
 
 
 @pytest.fixture(scope="module")
