@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from importlib import resources
@@ -93,6 +94,23 @@ class Taxonomy:
     def diagnostics(self) -> list[str]:
         """The datasets packed only on request, into their own `diagnostics` folder (HateCheck)."""
         return [name for name, block in self.datasets.items() if block.get("diagnostics")]
+
+
+# SHA-256 of every label_taxonomy.json packer has shipped before this one. A taxonomy file that is
+# byte-identical to one of them was written by packer and never edited: a run reads the current
+# default in its place and rewrites it, so that an old pilot's file does not hold back new mappings.
+FORMER_DEFAULT_TAXONOMIES = frozenset(
+    {
+        "0b9503991a9f4c7ced3f5b5ecd7f4309ae01c13cb722b4a9a8eedb5877b57bff",
+        "fe885e6917688a56dd726faddaf1002cc2b8e1075284b8ac8aee33c13ff63d19",
+        "a536999e0c9b043f4948ada9d08231f7d073857d4279aef42067831ef70541ad",
+    }
+)
+
+
+def is_former_default(data: bytes) -> bool:
+    """Whether a taxonomy file is one packer wrote as its default in an earlier version, unedited."""
+    return hashlib.sha256(data).hexdigest() in FORMER_DEFAULT_TAXONOMIES
 
 
 def default_taxonomy_text() -> str:

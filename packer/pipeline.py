@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 from functools import partial
@@ -19,6 +20,7 @@ from .config import (
     PackConfig,
     Taxonomy,
     default_taxonomy_text,
+    is_former_default,
     load_taxonomy,
 )
 from .energon import remove_meta, write_meta, write_tar_indexes
@@ -136,8 +138,16 @@ def _run(config: PackConfig, pool: Pool, warmer: ReportWarmer) -> tuple[int, dic
     timings: dict[str, float] = {}
     start = time.perf_counter()
     taxonomy_path = config.label_taxonomy
-    taxonomy_text = taxonomy_path.read_bytes() if taxonomy_path.is_file() else default_taxonomy_text().encode()
-    taxonomy = load_taxonomy(taxonomy_path if taxonomy_path.is_file() else None)
+    taxonomy_text = taxonomy_path.read_bytes() if taxonomy_path.is_file() else None
+    if taxonomy_text is not None and is_former_default(taxonomy_text):
+        print(
+            f"packer: {inert(str(taxonomy_path))} is an earlier packer's default, unedited: "
+            "replaced by this version's default",
+            file=sys.stderr,
+        )
+        taxonomy_text = None
+    taxonomy = load_taxonomy(taxonomy_path if taxonomy_text is not None else None)
+    taxonomy_text = taxonomy_text if taxonomy_text is not None else default_taxonomy_text().encode()
     state = RunState(config.output_dir)
     previous = None if config.fresh else state.load()
     pins = config.splits.read_bytes() if config.splits.is_file() else None
@@ -207,7 +217,7 @@ def write_run(
     # The catalog and energon's metadata describe the shards: rewritten once they are all done.
     (config.output_dir / CATALOG).unlink(missing_ok=True)
     remove_meta(config.output_dir)
-    if not config.label_taxonomy.is_file():
+    if not config.label_taxonomy.is_file() or is_former_default(config.label_taxonomy.read_bytes()):
         write_atomic(config.label_taxonomy, default_taxonomy_text().encode("utf-8"))
     if progress is None:
         for split in SPLIT_DIRS:

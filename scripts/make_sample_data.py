@@ -1,7 +1,13 @@
 """Write a Step-2 style sample: manifest, OCR file and meme-like images for all eight datasets.
 
-Labels are in each dataset's ORIGINAL format (../shared/docs/INPUTS.md); a few images are broken
-on purpose (truncated, empty, not an image, missing). Deterministic for a given --seed.
+Most rows are in the shapes the users' own Step-2 builder writes (docs/inputs.md, "The Step-2
+builder's manifest"): Hateful Memes with the Kaggle mirror's train/dev/test and a bare 0/1 label
+(null in test), HateXplain's bare annotator list with `unsplit` rows, MAMI and OLID test rows with
+null labels, Memotion 1.0 with `train` on every row, Memotion 2.0's label-less test rows in a folder
+with a space in its name, MMHS150K's `unsplit`. Some rows keep the original-release forms (Hateful
+Memes' dev_seen/dev_unseen twins with fine-grained labels, HateXplain objects, OLID's three
+subtasks, HateCheck). A few images are broken on purpose (truncated, empty, not an image, missing).
+Deterministic for a given --seed.
 
     python scripts/make_sample_data.py --out sample/Step_2 [--per-dataset 60] [--seed 0]
 """
@@ -124,20 +130,26 @@ def broken_images(folder: Path) -> list[str]:
     return [str(p.resolve()) for p in (truncated, empty, not_image, missing)]
 
 
-def labels_for(dataset: str, rng: random.Random, split: str) -> dict:
+def labels_for(dataset: str, rng: random.Random, split: str) -> object:
+    """`labels_raw` as the Step-2 builder writes it for `split` (a bare value, a list, or null)."""
     if dataset == "hateful_memes":
-        labels: dict = {} if split.startswith("test") and rng.random() < 0.3 else {"label": rng.choice([0, 1])}
-        if labels and rng.random() < 0.6:
-            hateful = labels["label"] == 1
-            labels["gold_hate"] = ["hateful" if hateful else "not_hateful"]
-            labels["gold_pc"] = (
-                rng.sample(["race", "religion", "sex", "nationality", "disability"], rng.randint(1, 2))
-                if hateful
-                else ["pc_empty"]
-            )
-            labels["gold_attack"] = ["mocking"] if hateful else ["attack_empty"]
+        if split == "test":
+            return None  # the Kaggle mirror's test.jsonl has no labels
+        if split in ("train", "dev"):
+            return rng.choice([0, 1])  # the builder writes the bare label
+        labels: dict = {"label": rng.choice([0, 1])}  # the original release's object, fine-grained
+        hateful = labels["label"] == 1
+        labels["gold_hate"] = ["hateful" if hateful else "not_hateful"]
+        labels["gold_pc"] = (
+            rng.sample(["race", "religion", "sex", "nationality", "disability"], rng.randint(1, 2))
+            if hateful
+            else ["pc_empty"]
+        )
+        labels["gold_attack"] = ["mocking"] if hateful else ["attack_empty"]
         return labels
     if dataset == "mami":
+        if split == "test" and rng.random() < 0.2:
+            return None  # no line in test_labels.txt
         m = rng.choice([0, 1])
         return {
             "misogynous": m,
@@ -148,47 +160,49 @@ def labels_for(dataset: str, rng: random.Random, split: str) -> dict:
         names = ["NotHate", "Racist", "Sexist", "Homophobe", "Religion", "OtherHate"]
         return {"labels": codes, "labels_str": [names[c] for c in codes]}
     if dataset == "memotion1":
+        # The Kaggle 7k labels.csv: lower-case columns; case and spaces of values vary in the wild.
         offensive = rng.choice(["not_offensive", "slight", "very_offensive", "hateful_offensive", "Not_Offensive "])
-        keys = (
-            ("Humour", "Sarcasm", "Offensive", "Motivational", "Overall_Sentiment")
-            if rng.random() < 0.5
-            else ("humour", "sarcasm", "offensive", "motivational", "overall_sentiment")
-        )
-        values = (
-            rng.choice(["funny", "not_funny", "very_funny", "hilarious"]),
-            rng.choice(["general", "not_sarcastic"]),
-            offensive,
-            rng.choice(["motivational", "not_motivational"]),
-            rng.choice(["very_negative", "negative", "neutral", "positive", "very_positive"]),
-        )
-        return dict(zip(keys, values))
+        return {
+            "humour": rng.choice(["funny", "not_funny", "very_funny", "hilarious"]),
+            "sarcasm": rng.choice(["general", "not_sarcastic"]),
+            "offensive": offensive,
+            "motivational": rng.choice(["motivational", "not_motivational"]),
+            "overall_sentiment": rng.choice(["very_negative", "negative", "neutral", "positive", "very_positive"]),
+        }
     if dataset == "memotion2":
+        based_on = {"classification_based_on": rng.choice(["image", "text", "both"])}
+        if split == "test":
+            return based_on  # the builder's test rows hold only this: no labels
         return {
             "humour": rng.choice(["funny", "not_funny"]),
             "sarcastic": rng.choice(["not_sarcastic", "very_sarcastic"]),
             "offensive": rng.choice(["not_offensive", "slight", "hateful_offensive"]),
             "motivational": rng.choice(["motivational", "not_motivational"]),
             "overall_sentiment": rng.choice(["negative", "neutral", "positive"]),
+            **based_on,
         }
     if dataset == "hatexplain":
         tokens = sentence(rng).split()
         majority = rng.choice(["hatespeech", "offensive", "normal"])
         labels_ = [majority, majority, rng.choice(["hatespeech", "offensive", "normal"])]
-        if rng.random() < 0.1:
-            labels_ = ["hatespeech", "offensive", "normal"]  # undecided
+        if split == "unsplit":
+            labels_ = ["hatespeech", "offensive", "normal"]  # in no division: the undecided posts
         target = rng.choice(HATEXPLAIN_TARGETS)
+        annotators = [
+            {"label": lab, "annotator_id": i + 1, "target": ["None"] if lab == "normal" else [target]}
+            for i, lab in enumerate(labels_)
+        ]
+        if rng.random() < 0.8:
+            return annotators  # the builder writes the bare list
         return {
-            "annotators": [
-                {"label": lab, "annotator_id": i + 1, "target": ["None"] if lab == "normal" else [target]}
-                for i, lab in enumerate(labels_)
-            ],
+            "annotators": annotators,
             "rationales": [[rng.choice([0, 1]) for _ in tokens]] if majority != "normal" else [],
             "post_tokens": tokens,
         }
     if dataset == "olid":
         a = rng.choice(["NOT", "OFF"])
         if split == "test":
-            return {"subtask_a": a, "subtask_b": None, "subtask_c": None}
+            return None if rng.random() < 0.1 else {"subtask_a": a}  # the builder's test rows: level A only
         b = "NULL" if a == "NOT" else rng.choice(["TIN", "UNT"])
         c = rng.choice(["IND", "GRP", "OTH"]) if b == "TIN" else "NULL"
         return {"subtask_a": a, "subtask_b": b, "subtask_c": c}
@@ -204,17 +218,40 @@ def labels_for(dataset: str, rng: random.Random, split: str) -> dict:
     }
 
 
+# The split names as the builder writes them (the first is the most common).
 SPLITS = {
-    "hateful_memes": ["train", "dev_seen", "dev_unseen", "test_seen", "test_unseen"],
+    "hateful_memes": ["train", "dev", "test"],
     "mami": ["train", "test"],
-    "mmhs150k": ["train", "val", "test"],
-    "memotion1": ["train", "test"],
+    "mmhs150k": ["train", "val", "test", "unsplit"],
+    "memotion1": ["train"],
     "memotion2": ["train", "val", "test"],
-    "hatexplain": ["train", "val", "test"],
+    "hatexplain": ["train", "val", "test", "unsplit"],
     "olid": ["train", "test"],
     "hatecheck": ["test"],
 }
 IMAGE_DATASETS = {"hateful_memes", "mami", "mmhs150k", "memotion1", "memotion2"}
+
+
+def paddle_lines(lines: list[dict], path: str) -> list[dict]:
+    """The lines as the builder's PaddleOCR 3.x writes them: [x1, y1, x2, y2] floats in the pixels
+    of a copy whose longest side is at most 1024 px."""
+    with Image.open(path) as image:
+        scale = min(1.0, 1024 / max(image.size))
+    out = []
+    for line in lines:
+        xs, ys = [p[0] for p in line["bbox"]], [p[1] for p in line["bbox"]]
+        box = [round(v * scale, 2) for v in (min(xs), min(ys), max(xs), max(ys))]
+        out.append({**line, "bbox": box})
+    return out
+
+
+def example_id(dataset: str, split: str, n: int) -> str:
+    """The builder's ids: no split in MMHS150K's and HateXplain's, the image name in Memotion's."""
+    if dataset == "memotion1":
+        return f"memotion1_image_{n}.jpg"
+    if dataset in ("mmhs150k", "hatexplain"):
+        return f"{dataset}_{1100000000000000000 + n}"
+    return f"{dataset}_{split}_{n:05d}"
 
 
 def make(out: Path, per_dataset: int, seed: int) -> None:
@@ -227,9 +264,8 @@ def make(out: Path, per_dataset: int, seed: int) -> None:
     for dataset, splits in SPLITS.items():
         for n in range(per_dataset):
             split = splits[0] if n < per_dataset * 0.6 else rng.choice(splits)
-            example_id = f"{n:05d}" if dataset != "memotion1" else f"image_{n}.jpg"
             row = {
-                "id": f"{dataset}_{split}_{example_id}",
+                "id": example_id(dataset, split, n),
                 "dataset": dataset,
                 "split": split,
                 "image_path": None,
@@ -237,10 +273,17 @@ def make(out: Path, per_dataset: int, seed: int) -> None:
                 "labels_raw": labels_for(dataset, rng, split),
             }
             if dataset in IMAGE_DATASETS:
-                path, lines = save_image(rng, images, f"{dataset}_{n:05d}", image_index)
+                # Memotion 2.0's folders have a space in their name; its test rows may have no image.
+                folder = images / "image folder" / f"{split}_images" if dataset == "memotion2" else images
+                folder.mkdir(parents=True, exist_ok=True)
+                path, lines = save_image(rng, folder, f"{dataset}_{n:05d}", image_index)
                 image_index += 1
                 row["image_path"] = path
-                if rng.random() < 0.9:
+                if dataset == "memotion2" and split == "test" and n % 4 == 0:
+                    row["image_path"] = None
+                elif rng.random() < 0.9:
+                    if rng.random() < 0.8:
+                        lines = paddle_lines(lines, path)
                     ocr.append(
                         {
                             "id": row["id"],
@@ -251,14 +294,14 @@ def make(out: Path, per_dataset: int, seed: int) -> None:
                         }
                     )
             manifest.append(row)
-    # Hateful Memes ships some memes in both dev_seen and dev_unseen: the same image and text.
+    # The original release ships some memes in both dev_seen and dev_unseen: the same image and text
+    # (and its fine-grained labels, as an object).
     for n in range(3):
-        twin = next(
-            r for r in manifest if r["dataset"] == "hateful_memes" and r["split"] == "train" and r["labels_raw"]
-        )
+        twin = next(r for r in manifest if r["dataset"] == "hateful_memes" and r["split"] == "train")
         manifest.remove(twin)
+        labels = labels_for("hateful_memes", rng, "dev_seen")
         for split in ("dev_seen", "dev_unseen"):
-            manifest.append({**twin, "id": f"hateful_memes_{split}_dup{n}", "split": split})
+            manifest.append({**twin, "id": f"hateful_memes_{split}_dup{n}", "split": split, "labels_raw": labels})
     for i, path in enumerate(broken):
         manifest.append(
             {

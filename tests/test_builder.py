@@ -237,3 +237,41 @@ def test_a_row_packer_assigns_follows_its_groups_dataset_split(ws):
     assert {docs[f"hatexplain_u{i}"]["split"] for i in range(40)} == {"test"}
     assert ws.stats["split_mapping"]["hatexplain"]["unsplit"]["joined_their_groups_split"] == 40
     assert ws.stats["leakage"]["texts_in_two_splits"] == 0
+
+
+def previous_default() -> bytes:
+    """The default label_taxonomy.json of the version before the builder's shapes were read: the
+    current one less `bare_labels`, `assign_when_missing` and Hateful Memes' dev/test."""
+    from packer.config import default_taxonomy_text
+
+    doc = json.loads(default_taxonomy_text())
+    for block in doc["datasets"].values():
+        block.pop("bare_labels", None)
+        block.pop("assign_when_missing", None)
+    hm = doc["datasets"]["hateful_memes"]["splits"]
+    hm["val"].remove("dev")
+    hm["test"].remove("test")
+    return (json.dumps(doc, indent=1, ensure_ascii=False) + "\n").encode()
+
+
+def test_an_unedited_older_default_taxonomy_is_replaced_an_edited_one_kept(ws, capsys):
+    """`make pilot` over an older sample: its Step_3/label_taxonomy.json is the older default,
+    which would fail the builder's bare labels; packer wrote it and nobody edited it, so it is
+    replaced. A file a user edited is the user's: read as it is, never rewritten."""
+    from packer.config import default_taxonomy_text, is_former_default
+
+    old = previous_default()
+    assert is_former_default(old) and not is_former_default(default_taxonomy_text().encode())
+    ws.out.mkdir(parents=True)
+    (ws.out / "label_taxonomy.json").write_bytes(old)
+    ws.add("hateful_memes_train_1", "hateful_memes", "train", 1, ws.image("1.png"))
+    assert ws.run() == 0
+    assert (ws.out / "label_taxonomy.json").read_text() == default_taxonomy_text()
+    assert "is an earlier packer's default, unedited: replaced" in capsys.readouterr().err
+
+    edited = old.replace(b'"version": 1', b'"version": 1, "note": "mine"')
+    (ws.out / "label_taxonomy.json").write_bytes(edited)
+    assert ws.run() == 1  # the edited file has no bare_labels: the row fails, with the fix named
+    assert (ws.out / "label_taxonomy.json").read_bytes() == edited
+    (failure,) = ws.failures()
+    assert "names no bare_labels field" in failure["reason"]
