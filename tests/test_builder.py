@@ -275,3 +275,14 @@ def test_an_unedited_older_default_taxonomy_is_replaced_an_edited_one_kept(ws, c
     assert (ws.out / "label_taxonomy.json").read_bytes() == edited
     (failure,) = ws.failures()
     assert "names no bare_labels field" in failure["reason"]
+
+
+def test_the_readmes_mapping_lines_are_the_pilots(pilot):
+    """The split-mapping lines the README shows are what `make pilot` prints for the built-in sample."""
+    from conftest import doc_blocks
+
+    from packer.report.stats import mapping_lines
+
+    (block,) = [b for b in doc_blocks("text") if "dev -> val" in b]
+    printed = mapping_lines(json.loads((pilot / "stats.json").read_text())["split_mapping"])
+    assert block.splitlines() and all(line in printed for line in block.splitlines()), printed

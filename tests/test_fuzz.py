@@ -57,8 +57,11 @@ def hostile_row(draw, index: int) -> dict:
         "dataset": draw(st.sampled_from(DATASETS) | st.sampled_from(DATASETS) | st.sampled_from(DATASETS) | any_text),
         # Label values of any JSON type that keeps the field's shape: a scalar where the taxonomy reads
         # one value, a list (of anything) where it reads a list of annotators.
+        # labels_raw may be any JSON value: an object, a bare value or list (the Step-2 builder's
+        # shapes), null, or absent.
         "labels_raw": draw(
             st.just(MAMI)
+            | json_value
             | st.fixed_dictionaries(
                 {},
                 optional={
@@ -68,8 +71,11 @@ def hostile_row(draw, index: int) -> dict:
             )
         ),
     }
+    if draw(st.integers(0, 9)) == 0:
+        del row["labels_raw"]
     for name in OPTIONAL:
-        usual = st.sampled_from(["train", "test", "val"] if name == "split" else ["/nonexistent/x.jpg", "en", "a b"])
+        splits = ["train", "test", "val", "unsplit", "dev"]
+        usual = st.sampled_from(splits if name == "split" else ["/nonexistent/x.jpg", "en", "a b"])
         value = draw(st.none() | usual | usual | any_text)
         if value is not None or draw(st.booleans()):
             row[name] = value
@@ -87,15 +93,15 @@ def hostile_row(draw, index: int) -> dict:
 VALID_LABELS = {
     "mami": MAMI,
     "olid": {"subtask_a": "OFF"},
-    "hateful_memes": {"label": 1},
+    "hateful_memes": 1,  # the builder's bare label
+    "hatexplain": [{"label": "normal", "target": ["None"]}] * 2,  # the builder's bare annotator list
 }
 
 
 BREAKS = {  # what makes a whole manifest invalid (exit 2), and the field the message must name
+    # (a missing or odd labels_raw is not among them: it fails or drops its row alone)
     "drop_id": "field 'id': missing",
     "drop_dataset": "field 'dataset': missing",
-    "drop_labels_raw": "field 'labels_raw': missing",
-    "labels_raw_list": "field 'labels_raw': expected dict",
     "infinity": "not valid JSON: Infinity is not a JSON value",
 }
 
@@ -104,10 +110,8 @@ def broken(row: dict, how: str) -> dict:
     row = dict(row)
     if how.startswith("drop_"):
         row.pop(how[len("drop_") :])
-    elif how == "infinity":
-        row["extra"] = float("inf")  # json.dumps writes Infinity, which is not JSON
     else:
-        row["labels_raw"] = [1, 2]
+        row["extra"] = float("inf")  # json.dumps writes Infinity, which is not JSON
     return row
 
 
