@@ -76,8 +76,8 @@ def meme_image(rng: random.Random, width: int, height: int, mode: str) -> tuple[
         image = colour.convert("RGBA")
         image.putalpha(Image.linear_gradient("L").resize((width, height)))
         return image, lines
-    if mode == "P":
-        return colour.convert("P", palette=Image.Palette.ADAPTIVE, colors=64), lines
+    if mode == "P":  # the fast quantizer: the adaptive one took 0.3 s per image
+        return colour.quantize(64, method=Image.Quantize.FASTOCTREE), lines
     if mode == "L":
         return colour.convert("L"), lines
     return colour, lines
@@ -96,15 +96,15 @@ def save_image(rng: random.Random, folder: Path, name: str, index: int) -> tuple
     elif kind == 5:
         image, lines = meme_image(rng, width, height, "RGBA")
         path = folder / f"{name}.png"
-        image.save(path)
+        image.save(path, compress_level=1)
     elif kind == 6:
         image, lines = meme_image(rng, width, height, "P")
         path = folder / f"{name}.png"
-        image.save(path)
+        image.save(path, compress_level=1)
     elif kind == 7:
         image, lines = meme_image(rng, width, height, "L")
         path = folder / f"{name}.png"
-        image.save(path)
+        image.save(path, compress_level=1)
     elif kind == 8:
         image, lines = meme_image(rng, width, height, "P")
         path = folder / f"{name}.gif"
@@ -113,7 +113,7 @@ def save_image(rng: random.Random, folder: Path, name: str, index: int) -> tuple
         image, lines = meme_image(rng, width, height, "RGB")
         fmt = "WEBP" if features.check("webp") else "BMP"
         path = folder / f"{name}.{fmt.lower()}"
-        image.save(path, fmt)
+        image.save(path, fmt, **({"method": 0} if fmt == "WEBP" else {}))
     return str(path.resolve()), lines
 
 

@@ -169,7 +169,7 @@ def packed(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("sample")
     step2 = root / "Step_2"
     subprocess.run(
-        [sys.executable, str(ROOT / "scripts/make_sample_data.py"), "--out", str(step2), "--per-dataset", "24"],
+        [sys.executable, str(ROOT / "scripts/make_sample_data.py"), "--out", str(step2), "--per-dataset", "48"],
         check=True,
         capture_output=True,
     )
