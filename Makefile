@@ -7,6 +7,7 @@ MANIFEST ?=
 OCR ?=
 OUT ?= Step_3
 WORKERS ?= $(shell nproc 2>/dev/null || echo 1)
+TEST_WORKERS ?= $(WORKERS)
 LIMIT ?=
 PACK_FLAGS ?=
 PROFILE_FLAGS ?=
@@ -15,10 +16,10 @@ ENERGON_VENV ?= .cache/energon-venv
 # pillow-simd uses AVX2 only when compiled for it.
 SIMD_CC := $(shell grep -qw avx2 /proc/cpuinfo 2>/dev/null && echo "cc -mavx2" || echo cc)
 
-.PHONY: help install pilot pack report test lint profile clean energon
+.PHONY: help install pilot pack report test test-quick lint profile clean energon
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 	@echo "  variables: MANIFEST=... OCR=... OUT=Step_3 WORKERS=$(WORKERS) LIMIT=N PACK_FLAGS='...'"
 
 $(VENV)/.installed: pyproject.toml Makefile
@@ -60,9 +61,12 @@ pack: $(VENV)/.installed ## pack everything: make pack MANIFEST=Step_2/data_mani
 report: $(VENV)/.installed ## rebuild report.html of an earlier pack: make report OUT=Step_3
 	$(PY) -m packer.report $(OUT)
 
-test: $(VENV)/.installed ## run the test suite (makes the energon venv first; its tests skip without it)
+test: $(VENV)/.installed ## the whole test suite on every core (makes the energon venv first; its tests skip without it)
 	@$(MAKE) --no-print-directory energon || echo "note: could not build $(ENERGON_VENV); the energon tests skip"
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
+
+test-quick: $(VENV)/.installed ## the edit loop: the tests that need no venv, browser, cluster or ../shared
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup -m "not heavy"
 
 # Megatron-Energon's own venv: pyproject's `energon` list alone (it needs PyPI's Pillow, not pillow-simd).
 $(ENERGON_VENV)/.installed: pyproject.toml | $(VENV)/.installed

@@ -6,12 +6,15 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 from PIL import Image
 
 from packer.cli import main
@@ -163,20 +166,39 @@ MAMI = {"misogynous": 1, "shaming": 0, "stereotype": 1, "objectification": 0, "v
 MAMI_NOT = {"misogynous": 0, "shaming": 0, "stereotype": 0, "objectification": 0, "violence": 0}
 
 
+def built_once(tmp_path_factory, name: str, build: Callable[[Path], None]) -> Path:
+    """A folder that `build` fills once per test session, shared by every pytest-xdist worker of it:
+    the first worker to ask builds it under a lock, the others wait and read it. Tests only read it;
+    a test that changes a pack copies it first."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # the session's folder, above each worker's own
+    folder, done = base / name, base / f"{name}.built"
+    with FileLock(str(base / f"{name}.lock")):
+        if not done.exists():
+            if folder.exists():
+                shutil.rmtree(folder)  # a build that failed in another worker
+            folder.mkdir()
+            build(folder)
+            done.touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def packed(tmp_path_factory) -> Path:
     """The built-in sample (all eight datasets, some broken images) packed with small shards."""
-    root = tmp_path_factory.mktemp("sample")
-    step2 = root / "Step_2"
-    subprocess.run(
-        [sys.executable, str(ROOT / "scripts/make_sample_data.py"), "--out", str(step2), "--per-dataset", "48"],
-        check=True,
-        capture_output=True,
-    )
-    out = root / "Step_3"
-    # Exit 1: the sample's 4 broken images are over 0.5% of so few examples (the one failing check).
-    assert main(sample_args(step2, out)) == 1
-    return out
+
+    def build(root: Path) -> None:
+        step2 = root / "Step_2"
+        subprocess.run(
+            [sys.executable, str(ROOT / "scripts/make_sample_data.py"), "--out", str(step2), "--per-dataset", "48"],
+            check=True,
+            capture_output=True,
+        )
+        # Exit 1: the sample's 4 broken images are over 0.5% of so few examples (the one failing check).
+        assert main(sample_args(step2, root / "Step_3")) == 1
+
+    return built_once(tmp_path_factory, "sample", build) / "Step_3"
 
 
 def sample_args(step2: Path, out: Path, *extra: str) -> list[str]:
@@ -190,12 +212,14 @@ def sample_args(step2: Path, out: Path, *extra: str) -> list[str]:
 @pytest.fixture(scope="session")
 def pilot(tmp_path_factory) -> Path:
     """The built-in sample as `make pilot` packs it (default --min-shards 16), at <root>/Step_3."""
-    root = tmp_path_factory.mktemp("pilot")
-    step2 = root / "Step_2"
-    subprocess.run([sys.executable, str(ROOT / "scripts/make_sample_data.py"), "--out", str(step2)], check=True)
-    args = [a for a in sample_args(step2, root / "Step_3") if a not in ("--shard-maxcount", "16")]
-    assert main(args) == 0
-    return root / "Step_3"
+
+    def build(root: Path) -> None:
+        step2 = root / "Step_2"
+        subprocess.run([sys.executable, str(ROOT / "scripts/make_sample_data.py"), "--out", str(step2)], check=True)
+        args = [a for a in sample_args(step2, root / "Step_3") if a not in ("--shard-maxcount", "16")]
+        assert main(args) == 0
+
+    return built_once(tmp_path_factory, "pilot", build) / "Step_3"
 
 
 # -- a corpus whose image stage takes a few seconds (crash, resume and Dask tests) ----------------
@@ -205,7 +229,10 @@ N_IMAGES = 160
 @pytest.fixture(scope="session")
 def corpus(tmp_path_factory) -> Path:
     """A manifest of MAMI memes and OLID posts whose images take a few seconds to pack on 2 workers."""
-    root = tmp_path_factory.mktemp("corpus")
+    return built_once(tmp_path_factory, "corpus", write_corpus)
+
+
+def write_corpus(root: Path) -> None:
     noise = Image.effect_noise((1400, 1000), 50).convert("RGB")
     rows = []
     for i in range(N_IMAGES):
@@ -235,7 +262,6 @@ def corpus(tmp_path_factory) -> Path:
             }
         )
     write_jsonl(root / "manifest.jsonl", rows)
-    return root
 
 
 def command(corpus: Path, out: Path, *extra: str) -> list[str]:

@@ -19,9 +19,12 @@ from conftest import ROOT, doc_blocks
 ENERGON_PYTHON = Path(os.environ.get("PACKER_ENERGON_PYTHON") or ROOT / ".cache/energon-venv/bin/python")
 READER = Path(__file__).with_name("energon_reader.py")
 
-pytestmark = pytest.mark.skipif(
-    not ENERGON_PYTHON.is_file(), reason=f"megatron-energon's venv is not here ({ENERGON_PYTHON}): make energon"
-)
+pytestmark = [
+    pytest.mark.heavy,  # a venv of its own
+    pytest.mark.skipif(
+        not ENERGON_PYTHON.is_file(), reason=f"megatron-energon's venv is not here ({ENERGON_PYTHON}): make energon"
+    ),
+]
 
 
 def energon(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:

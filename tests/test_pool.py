@@ -51,6 +51,7 @@ def test_the_commands_backend_choices_are_the_pools():
     assert set(BACKENDS) == {"loky", "dask"}
 
 
+@pytest.mark.heavy  # Dask: waits out its connect timeout
 def test_a_scheduler_that_cannot_be_reached_is_an_input_error_from_ready():
     pytest.importorskip("distributed", reason="dask[distributed] is not installed (make install adds it)")
     pool = Pool("dask", 1, "tcp://127.0.0.1:9")  # the discard port: nothing listens

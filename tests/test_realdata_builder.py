@@ -21,7 +21,11 @@ from pathlib import Path
 import pytest
 from conftest import REALDATA, summed, tiny_png, write_jsonl
 
-pytestmark = pytest.mark.skipif(not (REALDATA / "olid").is_dir(), reason="../shared/realdata is not here")
+pytestmark = [
+    pytest.mark.skipif(not (REALDATA / "olid").is_dir(), reason="../shared/realdata is not here"),
+    pytest.mark.heavy,
+    pytest.mark.xdist_group("realdata_builder"),  # one module fixture: one pack
+]
 
 HX_LABELS = ("hatespeech", "offensive", "normal")
 # HateXplain's published majorities over its 19,229 decided posts.

@@ -154,6 +154,7 @@ def chromium_driver():
     return webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver))
 
 
+@pytest.mark.heavy  # a browser
 def test_report_renders_in_headless_chromium_offline(packed, tmp_path):
     stats = json.loads((packed / "stats.json").read_text())
     browser = chromium_driver()
@@ -190,6 +191,7 @@ def test_report_renders_in_headless_chromium_offline(packed, tmp_path):
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
 
 
+@pytest.mark.heavy  # a browser
 def test_report_warns_blurs_and_keeps_wide_charts_inside_the_page(packed):
     browser = chromium_driver()
     try:

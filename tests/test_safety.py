@@ -359,8 +359,14 @@ def test_report_texts_are_cut_and_the_shard_keeps_them_whole(tmp_path):
     ws = Workspace(tmp_path)
     long_text = "hateful " * 250_000  # 2,000,000 characters
     for i in range(3):
-        ws.add(f"mami_train_{i}", "mami", "train", MAMI, image=ws.image(f"{i}.jpg", colour=(i * 60, 0, 0)),
-               text=long_text + str(i))
+        ws.add(
+            f"mami_train_{i}",
+            "mami",
+            "train",
+            MAMI,
+            image=ws.image(f"{i}.jpg", colour=(i * 60, 0, 0)),
+            text=long_text + str(i),
+        )
     ws.write()
     assert pack(ws.args(), tmp_path).returncode == 0
     report = (ws.out / "report.html").read_text(encoding="utf-8")
@@ -379,7 +385,6 @@ def test_rebuilding_the_report_never_replaces_a_report_packer_did_not_write(tmp_
     run = subprocess.run([sys.executable, "-m", "packer.report", str(tmp_path)], capture_output=True)
     assert run.returncode == 2 and "is not a packer report" in one_line(run.stderr)
     assert (tmp_path / "report.html").read_text() == "<html>my own page</html>"
-
 
 
 def test_an_output_inside_the_shards_folder_is_refused_up_front(dataset, tmp_path):

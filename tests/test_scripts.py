@@ -111,7 +111,6 @@ def test_profiler_on_a_folder_of_images_writes_profile_json(tmp_path):
     assert Image.open(tmp_path / "prof" / "profile.png").format == "PNG"
 
 
-
 def test_the_yardstick_sees_every_byte_but_the_timings(packed, tmp_path):
     """conftest.digests, which every byte-identity test relies on: a flipped byte in any file, or a
     change to stats.json outside its seconds block, changes it; the timings do not."""

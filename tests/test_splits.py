@@ -17,6 +17,8 @@ from PIL import Image
 
 from packer.splits import connected_groups
 
+pytestmark = pytest.mark.xdist_group("splits")  # its module fixture, built once
+
 
 def noise_image(path: Path, seed: str, size: int = 12) -> str:
     """A small image of pseudo-random pixels: distinct bytes and distinct dHash per seed."""

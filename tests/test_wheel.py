@@ -11,7 +11,10 @@ import venv
 import zipfile
 from pathlib import Path
 
+import pytest
 from conftest import ROOT
+
+pytestmark = pytest.mark.heavy  # a venv of its own
 
 # What setuptools prints when the package configuration misses part of the tree.
 PACKAGING_WARNINGS = ("SetuptoolsDeprecationWarning", "is absent from the `packages` configuration", "!!")
