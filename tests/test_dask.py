@@ -13,7 +13,7 @@ import time
 import pytest
 from conftest import command, digests, run_aside, sample_args
 
-pytestmark = [pytest.mark.heavy, pytest.mark.xdist_group("dask")]  # a cluster, and module fixtures
+pytestmark = [pytest.mark.heavy, pytest.mark.xdist_group(name="dask")]  # a cluster, and module fixtures
 
 distributed = pytest.importorskip("distributed", reason="dask[distributed] is not installed (make install adds it)")
 

@@ -19,7 +19,7 @@ from packer.sources import Options, convert
 pytestmark = [
     pytest.mark.skipif(not (REALDATA / "olid").is_dir(), reason="../shared/realdata is not here"),
     pytest.mark.heavy,
-    pytest.mark.xdist_group("realdata"),  # one module fixture: one pack
+    pytest.mark.xdist_group(name="realdata"),  # one module fixture: one pack
 ]
 
 DATASETS = ("hateful_memes", "mami", "olid", "hatecheck", "memotion1")

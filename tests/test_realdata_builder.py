@@ -24,7 +24,7 @@ from conftest import REALDATA, summed, tiny_png, write_jsonl
 pytestmark = [
     pytest.mark.skipif(not (REALDATA / "olid").is_dir(), reason="../shared/realdata is not here"),
     pytest.mark.heavy,
-    pytest.mark.xdist_group("realdata_builder"),  # one module fixture: one pack
+    pytest.mark.xdist_group(name="realdata_builder"),  # one module fixture: one pack
 ]
 
 HX_LABELS = ("hatespeech", "offensive", "normal")

@@ -17,7 +17,7 @@ from PIL import Image
 
 from packer.splits import connected_groups
 
-pytestmark = pytest.mark.xdist_group("splits")  # its module fixture, built once
+pytestmark = pytest.mark.xdist_group(name="splits")  # its module fixture, built once
 
 
 def noise_image(path: Path, seed: str, size: int = 12) -> str:
