@@ -100,7 +100,9 @@ def test_killed_run_resumes_to_identical_output(corpus, tmp_path, point):
 
 def test_changed_input_or_flag_starts_fresh_and_says_why(corpus, tmp_path):
     # This test rewrites an image: its own copy of the corpus, which other tests read meanwhile.
-    corpus = Path(shutil.copytree(corpus, tmp_path / "corpus"))
+    shared, corpus = corpus, Path(shutil.copytree(corpus, tmp_path / "corpus"))
+    manifest = corpus / "manifest.jsonl"
+    manifest.write_text(manifest.read_text().replace(str(shared / "images"), str(corpus / "images")))
     out = tmp_path / "Step_3"
     expected = reference(corpus, out)
     kill_when(command(corpus, out, "--seed", "5"), tmp_path, lambda _pid: journal_lines(out, "shard") >= 3)
