@@ -7,7 +7,10 @@ MANIFEST ?=
 OCR ?=
 OUT ?= Step_3
 WORKERS ?= $(shell nproc 2>/dev/null || echo 1)
-TEST_WORKERS ?= $(WORKERS)
+# make test runs serially unless TEST_WORKERS=N is given (see README: a loky warning race under
+# parallel load); make test-quick, the edit loop, uses every core.
+TEST_WORKERS ?= 0
+QUICK_WORKERS ?= $(WORKERS)
 LIMIT ?=
 PACK_FLAGS ?=
 PROFILE_FLAGS ?=
@@ -61,12 +64,12 @@ pack: $(VENV)/.installed ## pack everything: make pack MANIFEST=Step_2/data_mani
 report: $(VENV)/.installed ## rebuild report.html of an earlier pack: make report OUT=Step_3
 	$(PY) -m packer.report $(OUT)
 
-test: $(VENV)/.installed ## the whole test suite on every core (makes the energon venv first; its tests skip without it)
+test: $(VENV)/.installed ## the whole test suite (makes the energon venv first; its tests skip without it)
 	@$(MAKE) --no-print-directory energon || echo "note: could not build $(ENERGON_VENV); the energon tests skip"
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 test-quick: $(VENV)/.installed ## the edit loop: the tests that need no venv, browser, cluster or ../shared
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup -m "not heavy"
+	$(PY) -m pytest -q -n $(QUICK_WORKERS) --dist loadgroup -m "not heavy"
 
 # Megatron-Energon's own venv: pyproject's `energon` list alone (it needs PyPI's Pillow, not pillow-simd).
 $(ENERGON_VENV)/.installed: pyproject.toml | $(VENV)/.installed

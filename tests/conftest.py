@@ -138,8 +138,12 @@ class Workspace:
         ]
 
     def run(self, *extra: str, shards: str = "shards") -> int:
+        """Pack the workspace. One worker (the parent runs the tasks: no pool to start) unless the
+        test asks for more: what the pool changes is tested where `--workers` is given, and a
+        pack's bytes are the same for any worker count (tests/test_cli.py, test_dask.py)."""
         self.write()
-        return main(self.args(*extra, shards=shards))
+        workers = () if "--workers" in extra else ("--workers", "1")
+        return main(self.args(*extra, *workers, shards=shards))
 
     @property
     def stats(self) -> dict:
