@@ -68,7 +68,7 @@ test: $(VENV)/.installed ## the whole test suite (makes the energon venv first; 
 	@$(MAKE) --no-print-directory energon || echo "note: could not build $(ENERGON_VENV); the energon tests skip"
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
-test-quick: $(VENV)/.installed ## the edit loop: the tests that need no venv, browser, cluster or ../shared
+test-quick: $(VENV)/.installed ## the edit loop: the tests that need no venv, browser, cluster or real annotation files
 	$(PY) -m pytest -q -n $(QUICK_WORKERS) --dist loadgroup -m "not heavy"
 
 # Megatron-Energon's own venv: pyproject's `energon` list alone (it needs PyPI's Pillow, not pillow-simd).
