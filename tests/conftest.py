@@ -74,11 +74,12 @@ def make_jpeg(path: Path, size=(600, 400), colour=(200, 40, 40)) -> str:
     return str(path)
 
 
-def tiny_png(path: Path) -> None:
+def tiny_png(path: Path) -> str:
     """8x8 pixels of noise seeded by the file's path: distinct bytes and dHash per file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     noise = b"".join(hashlib.sha256(f"{path}:{i}".encode()).digest() for i in range(6))
     Image.frombytes("RGB", (8, 8), noise[:192]).save(path, "PNG")
+    return str(path)
 
 
 class Workspace:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import MAMI, MAMI_NOT, Workspace
+from conftest import MAMI, MAMI_NOT, Workspace, tiny_png
 
 ANNOTATORS_HATE = [
     {"label": "hatespeech", "annotator_id": 1, "target": ["African"]},
@@ -134,25 +134,12 @@ def test_what_still_stops_a_run(ws, capsys):
     assert not (ws.out / "stats.json").exists()
 
 
-def noise_png(ws: Workspace, name: str, seed: int) -> str:
-    """A small PNG whose bytes differ per seed (distinct images, so no two rows are grouped)."""
-    import hashlib
-
-    from PIL import Image
-
-    path = ws.images / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pixels = b"".join(hashlib.sha256(f"{seed}:{i}".encode()).digest() for i in range(6))[:192]
-    Image.frombytes("RGB", (8, 8), pixels).save(path, "PNG")
-    return str(path)
-
-
 def test_the_builders_split_names(ws, capsys):
     """Hateful Memes' Kaggle dev/test; `unsplit` and null assigned 80/10/10; memotion1 with `train`
     on every row assigned 80/10/10; each mapping said in stats.json and on the console."""
     for i in range(10):
-        ws.add(f"hateful_memes_dev_{i}", "hateful_memes", "dev", i % 2, noise_png(ws, f"hm_dev{i}.png", i), f"d{i}")
-        ws.add(f"hateful_memes_test_{i}", "hateful_memes", "test", None, noise_png(ws, f"hm_t{i}.png", 100 + i))
+        ws.add(f"hateful_memes_dev_{i}", "hateful_memes", "dev", i % 2, tiny_png(ws.images / f"hm_dev{i}.png"), f"d{i}")
+        ws.add(f"hateful_memes_test_{i}", "hateful_memes", "test", None, tiny_png(ws.images / f"hm_t{i}.png"))
     offensive = ["not_offensive", "slight", "very_offensive", "hateful_offensive"]
     for i in range(400):
         labels = {
@@ -162,7 +149,7 @@ def test_the_builders_split_names(ws, capsys):
             "motivational": "not_motivational",
             "overall_sentiment": "positive",
         }
-        ws.add(f"memotion1_img_{i}.jpg", "memotion1", "train", labels, noise_png(ws, f"mo{i}.png", 1000 + i), f"m{i}")
+        ws.add(f"memotion1_img_{i}.jpg", "memotion1", "train", labels, tiny_png(ws.images / f"mo{i}.png"), f"m{i}")
     for i in range(300):
         split = "unsplit" if i % 2 else None
         ws.add(f"hatexplain_u{i}", "hatexplain", split, ANNOTATORS_HATE if i % 3 else ANNOTATORS_NORMAL, text=f"p {i}")
@@ -208,7 +195,7 @@ def test_memotion1_with_its_test_rows_keeps_train_carve_and_test(ws):
     for i in range(40):
         split = "test" if i < 10 else "train"
         labels = {"offensive": "not_offensive" if i % 2 else "hateful_offensive"} if split == "train" else None
-        ws.add(f"memotion1_{split}_{i}.jpg", "memotion1", split, labels, noise_png(ws, f"m{i}.png", i), f"t{i}")
+        ws.add(f"memotion1_{split}_{i}.jpg", "memotion1", split, labels, tiny_png(ws.images / f"m{i}.png"), f"t{i}")
     assert ws.run() == 0
     mapping = ws.stats["split_mapping"]["memotion1"]
     assert mapping["train"]["to"] == "train + carved val (10%)"

@@ -307,7 +307,7 @@ def summary(stats: dict[str, Any]) -> str:
         for reason, n in stats["reasons"][status].items():
             lines.append(f"  {status} {n:>6}  {reason}")
     lines.append("  source splits:")
-    lines += mapping_lines(stats.get("split_mapping", {}))
+    lines += mapping_lines(stats["split_mapping"])
     ocr = stats["ocr"]
     lines.append(
         f"  OCR: {ocr['with_ocr']}/{ocr['image_examples']} image examples, {ocr['lines_kept']} lines kept, "
