@@ -19,7 +19,7 @@ from typing import Any
 import polars as pl
 
 from .config import UNIFIED_FIELDS
-from .shards import END_OF_ARCHIVE, IMAGE_SERIES, SERIES_NAMES, TEXT_SERIES, write_atomic
+from .shards import END_OF_ARCHIVE, SERIES_NAMES, write_atomic
 
 CATALOG = "samples.parquet"
 
@@ -34,7 +34,7 @@ class CatalogError(RuntimeError):
 def build_catalog(samples: pl.DataFrame, packed: dict[str, int], shards: Iterable[Any]) -> pl.DataFrame:
     """The catalog of a run.
 
-    `samples`: the plan's samples in packing order (plan.ordered_samples); `packed`: id -> bytes of
+    `samples`: the plan's samples in packing order, with their series (plan.ordered_samples); `packed`: id -> bytes of
     the sample's tar members, for every packed sample; `shards`: the run's shards (ShardInfo: split,
     series, path, examples, bytes) in order. The samples of each (split, series) fill its shards in
     order, so a sample's shard and index follow from the shards' counts, and its offset from the
@@ -43,9 +43,7 @@ def build_catalog(samples: pl.DataFrame, packed: dict[str, int], shards: Iterabl
         {"id": list(packed), "size": list(packed.values())}, schema={"id": pl.String, "size": pl.Int64}
     )
     rows = samples.join(sizes, on="id", how="inner", maintain_order="left").with_columns(
-        series=pl.when(pl.col("image_path").is_not_null())
-        .then(pl.lit(SERIES_NAMES[IMAGE_SERIES]))
-        .otherwise(pl.lit(SERIES_NAMES[TEXT_SERIES]))
+        series=pl.col("series").replace_strict(SERIES_NAMES, return_dtype=pl.String)
     )
     listing = pl.DataFrame(
         [

@@ -23,6 +23,13 @@ def positive_int(text: str) -> int:
     return value
 
 
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
 def ratios(text: str) -> tuple[float, float, float]:
     parts = [float(p) for p in text.split(",")]
     if len(parts) != 3 or any(p < 0 for p in parts) or abs(sum(parts) - 1.0) > 1e-6:
@@ -101,6 +108,33 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--fresh", action="store_true", help="start over even where an interrupted run of the same inputs could resume"
+    )
+    video = p.add_argument_group("videos and speech (manifest rows with video_path; Step 2B's ASR file)")
+    video.add_argument("--asr", type=Path, default=None, help="Step_2B/asr.jsonl: Whisper-style segments per clip")
+    video.add_argument(
+        "--video-frames",
+        type=positive_int,
+        default=8,
+        help="evenly spaced frames per clip (fNN.jpg), besides the middle one",
+    )
+    video.add_argument(
+        "--max-video-seconds", type=positive_float, default=4 * 3600.0, help="longer clips fail as video_too_large"
+    )
+    video.add_argument(
+        "--video-timeout", type=positive_float, default=120.0, help="seconds of decoding one clip may take"
+    )
+    video.add_argument(
+        "--asr-max-no-speech",
+        type=float,
+        default=0.6,
+        help="a segment is silence when its no_speech_prob is above this and its avg_logprob below --asr-min-logprob",
+    )
+    video.add_argument("--asr-min-logprob", type=float, default=-1.0)
+    video.add_argument(
+        "--asr-max-compression",
+        type=float,
+        default=2.4,
+        help="a segment whose compression_ratio is above this is a repetition loop, dropped",
     )
     p.add_argument(
         "--report-sample", type=int, default=48, metavar="N", help="examples per split on report.html's contact sheets"

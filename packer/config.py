@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -19,7 +20,9 @@ SPLITS = ("train", "val", "test")
 UNSPLIT = ("unsplit",)
 DIAGNOSTICS = "diagnostics"
 RAW_KINDS = ("scalar", "list", "annotators")
-AUX_TYPES = ("int", "str", "list[int]", "list[str]", "list[list[int]]")
+# time_spans: a text holding [start, end] pairs of HH:MM:SS (or MM:SS) stamps -> [[seconds, seconds], ...]
+AUX_TYPES = ("int", "str", "list[int]", "list[str]", "list[list[int]]", "time_spans")
+SET_NORMALIZE = ("lower",)
 
 
 # PackConfig fields that change how a run executes, never a byte of its output.
@@ -65,6 +68,14 @@ class PackConfig:
     fresh: bool = False  # ignore an interrupted run's state and start over
     backend: str = "loky"  # where the image stage runs: "loky" (this machine) or "dask"
     scheduler: str | None = None  # a Dask scheduler's address (default: a local cluster)
+    # Videos (manifest rows with video_path) and their speech (Step 2B's ASR file).
+    asr: Path | None = None
+    video_frames: int = 8  # evenly spaced frames per clip, besides the middle one
+    max_video_seconds: float = 4 * 3600.0  # longer clips fail as video_too_large
+    video_timeout: float = 120.0  # seconds of decoding one clip may take before it fails
+    asr_max_no_speech: float = 0.6  # a segment with no_speech_prob above this and ...
+    asr_min_logprob: float = -1.0  # ... avg_logprob below this is silence (Whisper's own rule)
+    asr_max_compression: float = 2.4  # a segment whose compression_ratio is above this is a repetition loop
 
     @property
     def failures_log(self) -> Path:
@@ -104,6 +115,7 @@ FORMER_DEFAULT_TAXONOMIES = frozenset(
         "0b9503991a9f4c7ced3f5b5ecd7f4309ae01c13cb722b4a9a8eedb5877b57bff",
         "fe885e6917688a56dd726faddaf1002cc2b8e1075284b8ac8aee33c13ff63d19",
         "a536999e0c9b043f4948ada9d08231f7d073857d4279aef42067831ef70541ad",
+        "acf2f4cddb7ca9d6e1f3b328c77f42d0525ee2b233f13f992dccc75ca79b3fc9",
     }
 )
 
@@ -251,6 +263,16 @@ def _check_rule(rule: Any, raw: dict, where: str, lname: str, vocab: set[str], f
     if rule.get("unknown", "fail") not in ("fail", "other"):
         raise fail(f"{where}.unknown", "is 'fail' or 'other'")
     _check_values(rule["map"].values(), lname, vocab, f"{where}.map", fail)
+    if "split_on" in rule:
+        # A set read from one text cell ("Blacks, Jews"), cut where the regex matches.
+        if kinds != ["set"] or not isinstance(rule["split_on"], str):
+            raise fail(f"{where}.split_on", "is a regular expression (a string), on a `set` rule")
+        try:
+            re.compile(rule["split_on"])
+        except re.error as exc:
+            raise fail(f"{where}.split_on", f"not a regular expression: {exc}") from None
+        if rule.get("normalize", "lower") not in SET_NORMALIZE:
+            raise fail(f"{where}.normalize", f"is one of {SET_NORMALIZE} on a split set")
 
 
 def _check_conditions(conds: Any, raw: dict, where: str, lname: str | None, fail) -> None:

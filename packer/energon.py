@@ -26,7 +26,7 @@ import polars as pl
 import yaml
 
 from .guard import META_FILE, check_no_link, remove_owned
-from .shards import END_OF_ARCHIVE, IMAGE_SERIES, TEXT_SERIES, write_atomic
+from .shards import END_OF_ARCHIVE, IMAGE_SERIES, TEXT_SERIES, VIDEO_SERIES, write_atomic
 
 # The energon release these formats are written for; any 7.x reads them. For another version,
 # `energon prepare` rebuilds the metadata from the shards (README, "Megatron-Energon").
@@ -34,10 +34,12 @@ ENERGON_VERSION = "7.4.1"
 META_DIR = ".nv-meta"
 
 # split config -> the shard series it lists. split.yaml (energon's default) takes the image series.
+# split.video.yaml is written only for a pack with video shards (a pack without is as before).
 SPLIT_CONFIGS = {
     "split.yaml": (IMAGE_SERIES,),
     "split.text.yaml": (TEXT_SERIES,),
-    "split.all.yaml": (IMAGE_SERIES, TEXT_SERIES),
+    "split.all.yaml": (IMAGE_SERIES, TEXT_SERIES, VIDEO_SERIES),
+    "split.video.yaml": (VIDEO_SERIES,),
 }
 
 # dataset config -> how energon reads a sample. dataset.yaml (energon's default) is the crude
@@ -85,7 +87,10 @@ def write_meta(shard_root: Path, shards: Iterable[Any], splits: Iterable[str]) -
     counts = {s.name: s.examples for s in shards}
     info = {"energon_version": ENERGON_VERSION, "shard_counts": dict(sorted(counts.items()))}
     write_atomic(meta / ".info.json", json.dumps(info, indent=2).encode("utf-8"))
+    has_video = any(s.series == VIDEO_SERIES for s in shards)
     for config, series in SPLIT_CONFIGS.items():
+        if series == (VIDEO_SERIES,) and not has_video:
+            continue
         parts = {split: [p for one in series for p in brace(names.get((split, one), []))] for split in splits}
         doc = {"split_parts": parts, "exclude": []}
         write_atomic(meta / config, yaml.safe_dump(doc, sort_keys=False).encode("utf-8"))

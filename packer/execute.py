@@ -26,6 +26,7 @@ from .images import ImageFailure, encode_image
 from .shards import SERIES, ShardWriter, sample_bytes, series_of
 from .specs import ChunkResult, ChunkSpec, SampleOutcome, SampleSpec
 from .state import ClosedShard, Progress, RunState
+from .video import VideoSettings, encode_clip
 
 if TYPE_CHECKING:
     from .pool import Pool
@@ -36,12 +37,13 @@ class ImageSettings:
     size: int
     quality: int
     max_pixels: int
+    video: VideoSettings = VideoSettings()  # clips: how many frames, and the bounds of one decode
 
 
 @dataclass
 class ShardInfo:
     split: str
-    series: str  # shards.IMAGE_SERIES or shards.TEXT_SERIES
+    series: str  # shards.IMAGE_SERIES, TEXT_SERIES or VIDEO_SERIES
     path: str
     examples: int
     bytes: int
@@ -60,7 +62,9 @@ class ExecutionResult:
     shards: list[ShardInfo] = field(default_factory=list)
 
 
-def sample_json(spec: SampleSpec, image: dict | None) -> bytes:
+def sample_json(spec: SampleSpec, image: dict | None, video: dict | None = None) -> bytes:
+    """The sample's `.json`; a video example's also holds `video` (its facts) and `asr` (the kept
+    speech segments, when it has an ASR row). Image and text examples have neither key."""
     labels = dict(spec.labels)
     groups = labels.get("target_group")
     if groups is not None:
@@ -76,6 +80,9 @@ def sample_json(spec: SampleSpec, image: dict | None) -> bytes:
         "lang": spec.lang,
         "image": image,
     }
+    if video is not None:
+        doc["video"] = video
+        doc["asr"] = json.loads(spec.asr_json) if spec.asr_json is not None else None
     return json.dumps(doc, ensure_ascii=False).encode("utf-8")
 
 
@@ -86,8 +93,19 @@ def pack_chunk(chunk: ChunkSpec, chunk_path: str | None, settings: ImageSettings
     with os.fdopen(create_exclusive(Path(chunk_path)), "wb") if chunk_path else io.BytesIO() as out:
         for spec in chunk.samples():
             members = {"txt": spec.text.encode("utf-8")}
-            image = near_hash = None
-            if spec.image_path is not None:
+            image = near_hash = video = None
+            if spec.video_path is not None:
+                try:
+                    clip = encode_clip(
+                        spec.video_path, settings.size, settings.quality, settings.max_pixels, settings.video
+                    )
+                except ImageFailure as exc:
+                    outcomes.append(SampleOutcome(spec.id, "failed", reason=exc.reason, detail=exc.detail))
+                    continue
+                members["jpg"] = clip.middle
+                members.update({f"f{i:02d}.jpg": frame for i, frame in enumerate(clip.frames)})
+                image, video, near_hash = clip.image, clip.facts, clip.dhash
+            elif spec.image_path is not None:
                 try:
                     encoded = encode_image(spec.image_path, settings.size, settings.quality, settings.max_pixels)
                 except ImageFailure as exc:
@@ -100,10 +118,12 @@ def pack_chunk(chunk: ChunkSpec, chunk_path: str | None, settings: ImageSettings
                     "orig_format": encoded.orig_format,
                 }
                 near_hash = encoded.dhash
-            members["json"] = sample_json(spec, image)
+            members["json"] = sample_json(spec, image, video)
             data = sample_bytes(spec.key, members)
             out.write(data)
-            outcomes.append(SampleOutcome(spec.id, "packed", nbytes=len(data), image=image, dhash=near_hash))
+            outcomes.append(
+                SampleOutcome(spec.id, "packed", nbytes=len(data), image=image, dhash=near_hash, video=video)
+            )
         data = None if chunk_path else out.getvalue()
     return ChunkResult(chunk.split, chunk.index, chunk.start, chunk_path, tuple(outcomes), data)
 
@@ -146,9 +166,7 @@ class ShardCutter:
         while self.next_start < len(self.starts) and self.starts[self.next_start] <= position:
             boundary, self.next_start = True, self.next_start + 1
         w = self.writer
-        if w is not None and (
-            boundary or w.count >= self.maxcount or (w.count and w.size + len(data) > self.maxsize)
-        ):
+        if w is not None and (boundary or w.count >= self.maxcount or (w.count and w.size + len(data) > self.maxsize)):
             self.finish()
         if self.writer is None:
             self.writer = ShardWriter(self.directory, self.index, self.series)
@@ -234,7 +252,7 @@ def execute(
                             state.shard_closed,
                         )
                 for position, outcome, data in _read_samples(chunk_result):
-                    series = series_of(outcome.image)
+                    series = series_of(outcome.image, outcome.video)
                     # A resumed run encodes again from the earliest unfinished sample of the split;
                     # a series keeps the samples that are already in its complete shards.
                     if position >= progress.end(split, series):

@@ -33,7 +33,9 @@ LOCK = ".lock"
 WORK_DIRS = (".run", ".chunks")  # the run state and the loky workers' chunk files
 SPLIT_DIRS = (*SPLITS, DIAGNOSTICS)
 # Names packer writes in a split folder, and in its work folders (temporary names included).
-SPLIT_FILE = re.compile(r"(shard|text)-\d{5}\.tar(\.tmp|\.idx|\.idx\.tmp)?|index(\.images|\.text)?\.json(\.tmp)?")
+SPLIT_FILE = re.compile(
+    r"(shard|text|video)-\d{5}\.tar(\.tmp|\.idx|\.idx\.tmp)?|index(\.images|\.text|\.video)?\.json(\.tmp)?"
+)
 WORK_FILE = re.compile(r"(state|pins)\.json(\.tmp)?|journal\.jsonl|[A-Za-z0-9_-]+\.part")
 # Top-level names in the shards folder besides the split and work folders.
 ROOT_FILE = re.compile(r"\.packer|\.lock|samples\.parquet(\.tmp)?")
@@ -101,9 +103,7 @@ def check_shard_folder(root: Path) -> None:
     for entry in entries:
         if entry.name in (*SPLIT_DIRS, *WORK_DIRS, *ROOT_DIRS):
             if entry.is_symlink() or not entry.is_dir():
-                raise _refuse(
-                    entry, "is a link or not a folder", "packer writes a folder of its own there: remove it"
-                )
+                raise _refuse(entry, "is a link or not a folder", "packer writes a folder of its own there: remove it")
             pattern = SPLIT_FILE if entry.name in SPLIT_DIRS else META_FILE if entry.name in ROOT_DIRS else WORK_FILE
             _check_tree(entry, pattern, root)
         elif entry.is_symlink():

@@ -105,6 +105,29 @@ class DatasetCompiler:
             expr = expr.str.strip_chars().str.to_lowercase().str.replace_all(r"[\s\-]+", "_")
         return expr
 
+    def split_scalar(self, field: str, pattern: str, normalize: str | None) -> pl.Expr:
+        """A text cell naming several values ("Blacks, Jews") as the list of its trimmed, non-empty
+        pieces, cut where `pattern` matches; lower-cased with normalize "lower"."""
+        piece = pl.element().str.strip_chars()
+        if normalize == "lower":
+            piece = piece.str.to_lowercase()
+        pieces = self.scalar(field).str.replace_all(pattern, "\x1f").str.split("\x1f").list.eval(piece)
+        return pieces.list.eval(pl.element().filter(pl.element() != ""))
+
+    def time_spans(self, field: str) -> pl.Expr:
+        """A text holding [start, end] pairs of HH:MM:SS (or MM:SS) stamps, as HateMM's
+        hate_snippet "[['00:00:34', '00:01:24']]", -> [[34.0, 84.0]]; a lone last stamp is left out."""
+        stamps = self.scalar(field).str.extract_all(r"\d+(?::\d+){1,2}(?:\.\d+)?")
+        whole = pl.when(pl.element().str.count_matches(":") == 1).then("0:" + pl.element()).otherwise(pl.element())
+        hours = whole.str.extract(r"^(\d+):", 1).cast(pl.Float64)
+        minutes = whole.str.extract(r"^\d+:(\d+):", 1).cast(pl.Float64)
+        secs = whole.str.extract(r":([0-9.]+)$", 1).cast(pl.Float64)
+        seconds = stamps.list.head(stamps.list.len() - stamps.list.len() % 2).list.eval(
+            (hours * 3600 + minutes * 60 + secs).cast(pl.String)
+        )
+        pairs = seconds.list.join(",").str.replace_all(r"([^,]+),([^,]+)(,|$)", "[$1,$2]$3")
+        return pl.concat_str(pl.lit("["), pairs, pl.lit("]")).str.json_decode(pl.List(pl.List(pl.Float64)))
+
     def json_list(self, field: str, dtype: pl.DataType) -> pl.Expr:
         text = pl.col(raw_col(field))
         # Decode only well-formed lists: json_decode fails the whole frame otherwise.
@@ -230,6 +253,7 @@ class DatasetCompiler:
         dtype = LABEL_DTYPES[label]
         value: Any = pl.lit(encode_value(label, rule.get("else")), dtype)
         errors: list[pl.Expr] = []
+        others: list[pl.Expr] = []
         taken = pl.lit(False)
         branches = []
         for case in rule["cases"]:
@@ -240,12 +264,15 @@ class DatasetCompiler:
                 branches.append((cond, sub.value))
                 if sub.error is not None:
                     errors.append(pl.when(~taken & cond).then(sub.error))
+                if sub.other is not None:  # source targets that fell back to "other", counted
+                    others.append(pl.when(~taken & cond).then(sub.other))
             else:
                 branches.append((cond, pl.lit(encode_value(label, then), dtype)))
             taken = taken | cond
         for cond, then in reversed(branches):
             value = pl.when(cond).then(then).otherwise(value)
-        return Compiled(value, error=first_not_null(errors) if errors else None)
+        other = pl.coalesce(others) if others else None
+        return Compiled(value, error=first_not_null(errors) if errors else None, other=other)
 
     def compile_rule(self, label: str, rule: Any, done: dict[str, Compiled]) -> Compiled:
         if rule is None:
@@ -256,6 +283,10 @@ class DatasetCompiler:
             return self.vote(label, rule)
         if "vote_set" in rule:
             return self.vote_set(rule)
+        if "set" in rule and "split_on" in rule:
+            return self.map_groups(
+                rule, self.split_scalar(rule["set"], rule["split_on"], rule.get("normalize")), rule["set"]
+            )
         if "set" in rule:
             return self.map_groups(rule, self.json_list(rule["set"], pl.List(pl.String)), rule["set"])
         src = self.scalar(rule["field"], rule.get("normalize"))
@@ -268,6 +299,8 @@ class DatasetCompiler:
             return pl.struct([p[0] for p in parts]).alias(name), first_not_null([p[1] for p in parts])
         kind = spec.get("type", "str")
         field = spec["field"]
+        if kind == "time_spans":
+            return self.time_spans(field).alias(name), None
         if kind in AUX_DTYPES:
             return self.json_list(field, AUX_DTYPES[kind]).alias(name), None
         src = self.scalar(field, spec.get("normalize"))

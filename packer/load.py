@@ -16,10 +16,20 @@ import polars as pl
 from .config import InputError, Taxonomy
 
 REQUIRED = {"id": str, "dataset": str}
-OPTIONAL_STR = ("split", "image_path", "text_raw", "lang")
+OPTIONAL_STR = ("split", "image_path", "video_path", "text_raw", "lang")
 
 OCR_LINE = pl.Struct({"text": pl.String, "conf": pl.Float64, "bbox": pl.String})
 OCR_SCHEMA = {"id": pl.String, "ocr": pl.Struct({"lines": pl.List(OCR_LINE)})}
+# Step 2B's speech file: Whisper-style segments per clip (INPUTS.md section 4); the quality fields
+# may be absent (tools other than Whisper).
+ASR_NUMBERS = ("start", "end", "avg_logprob", "no_speech_prob", "compression_ratio")
+ASR_SEGMENT = pl.Struct(
+    {**{n: pl.Float64 for n in ASR_NUMBERS[:2]}, "text": pl.String, **{n: pl.Float64 for n in ASR_NUMBERS[2:]}}
+)
+ASR_SCHEMA = {
+    "id": pl.String,
+    "asr": pl.Struct({"language": pl.String, "duration": pl.Float64, "segments": pl.List(ASR_SEGMENT)}),
+}
 
 
 def manifest_schema(taxonomy: Taxonomy) -> dict[str, pl.DataType]:
@@ -31,6 +41,7 @@ def manifest_schema(taxonomy: Taxonomy) -> dict[str, pl.DataType]:
         "dataset": pl.String,
         "split": pl.String,
         "image_path": pl.String,
+        "video_path": pl.String,
         "text_raw": pl.String,
         "labels_raw": raw,
         "lang": pl.String,
@@ -186,14 +197,28 @@ def scan_ocr(path: Path | None) -> pl.LazyFrame:
     return frame.select("id", pl.col("ocr").struct.field("lines"), "ocr_row")
 
 
+def scan_asr(path: Path | None) -> pl.LazyFrame:
+    """ASR rows: id, the language Whisper detected and the segments (start, end, text, quality)."""
+    if path is None:
+        return pl.LazyFrame(
+            schema={"id": pl.String, "language": pl.String, "segments": pl.List(ASR_SEGMENT), "asr_row": pl.UInt32}
+        )
+    if not path.is_file():
+        raise InputError(f"{path}: ASR file not found")
+    frame = pl.scan_ndjson(path, schema=ASR_SCHEMA).with_row_index("asr_row")
+    return frame.select("id", pl.col("asr").struct.field("language"), pl.col("asr").struct.field("segments"), "asr_row")
+
+
 READ_ERRORS = (pl.exceptions.ComputeError, pl.exceptions.SchemaError, pl.exceptions.InvalidOperationError)
 
 
-def explain_read_error(manifest: Path, ocr: Path | None, taxonomy: Taxonomy) -> InputError:
+def explain_read_error(manifest: Path, ocr: Path | None, taxonomy: Taxonomy, asr: Path | None = None) -> InputError:
     """Polars refused an input file: find which one, and its first bad line."""
     message = locate_bad_line(manifest, REQUIRED, OPTIONAL_STR, _labels_raw_check(taxonomy))
     if ocr is not None and message.endswith("could not be read as JSON lines"):
         message = locate_bad_line(ocr, {"id": str}, (), _ocr_check)
+    if asr is not None and message.endswith("could not be read as JSON lines"):
+        message = locate_bad_line(asr, {"id": str}, (), _asr_check)
     return InputError(message)
 
 
@@ -218,6 +243,39 @@ def check_unique_ids(frame: pl.DataFrame, path: Path) -> None:
 def check_ocr(frame: pl.DataFrame, path: Path | None) -> None:
     if path is not None and frame["id"].null_count():
         raise InputError(locate_bad_line(path, {"id": str}, (), _ocr_check))
+
+
+def check_asr(frame: pl.DataFrame, path: Path | None) -> None:
+    if path is not None and frame["id"].null_count():
+        raise InputError(locate_bad_line(path, {"id": str}, (), _asr_check))
+
+
+def _number(value: Any) -> bool:
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+
+def _asr_check(obj: dict) -> str | None:
+    asr = obj.get("asr")
+    if asr is None:
+        return None
+    if not isinstance(asr, dict):
+        return "field 'asr': expected an object {language, duration, segments}"
+    if asr.get("language") is not None and not isinstance(asr["language"], str):
+        return "field 'asr.language': expected a string"
+    if not _number(asr.get("duration")):
+        return "field 'asr.duration': expected a number"
+    segments = asr.get("segments")
+    if segments is not None and not isinstance(segments, list):
+        return "field 'asr.segments': expected a list of {start, end, text, ...}"
+    for i, segment in enumerate(segments or []):
+        if not isinstance(segment, dict):
+            return f"field 'asr.segments[{i}]': expected an object"
+        if segment.get("text") is not None and not isinstance(segment["text"], str):
+            return f"field 'asr.segments[{i}].text': expected a string"
+        for name in ASR_NUMBERS:
+            if not _number(segment.get(name)):
+                return f"field 'asr.segments[{i}].{name}': expected a number"
+    return None
 
 
 def _ocr_check(obj: dict) -> str | None:

@@ -58,6 +58,7 @@ from .report.html import ReportWarmer, build_report
 from .report.stats import json_bytes
 from .shards import write_atomic, write_shard_index
 from .state import Progress, RunState, difference, file_digest, identity, images_digest, text_digest
+from .video import VideoSettings
 
 
 def guided_chunks(workers: int, largest: int) -> Callable[[int], int]:
@@ -86,7 +87,11 @@ def output_paths(config: PackConfig) -> dict[str, Path]:
 def check_outputs(config: PackConfig) -> None:
     """Before anything changes: the run may write every output path (guard.py), or InputError."""
     outputs = output_paths(config)
-    inputs = {"manifest": config.manifest, **({"OCR file": config.ocr} if config.ocr else {})}
+    inputs = {
+        "manifest": config.manifest,
+        **({"OCR file": config.ocr} if config.ocr else {}),
+        **({"ASR file": config.asr} if config.asr else {}),
+    }
     check_no_overlap(outputs, inputs)
     check_shard_folder(config.output_dir)
     for name, kind, flag in (
@@ -159,7 +164,9 @@ def _run(config: PackConfig, pool: Pool, warmer: ReportWarmer) -> tuple[int, dic
 
     start = time.perf_counter()
     plan = build_plan(config, taxonomy, pinned, partial(fingerprint, workers=config.workers))
-    image_paths = plan.rows.filter(pl.col("status") == "ok")["image_path"].drop_nulls().to_list()
+    # The image and video files to read (the safety checks, the resume identity and the workers' check).
+    ok = plan.rows.filter(pl.col("status") == "ok")
+    image_paths = pl.concat([ok["image_path"], ok["video_path"]]).drop_nulls().to_list()
     check_images_outside(output_paths(config), image_paths)
     ident = identity(
         config.to_json(),
@@ -168,6 +175,7 @@ def _run(config: PackConfig, pool: Pool, warmer: ReportWarmer) -> tuple[int, dic
         text_digest(taxonomy_text),
         text_digest(pins),
         images_digest(image_paths, config.workers),
+        file_digest(config.asr),
     )
     progress = resume_point(state, previous, ident)
     timings["plan"] = time.perf_counter() - start
@@ -229,7 +237,8 @@ def write_run(
         state.begin(ident, pins, keep_journal=True)
         print(f"packer: resuming: {progress.kept_shards} finished shards kept")
 
-    settings = ImageSettings(config.image_size, config.jpeg_quality, config.max_image_pixels)
+    video = VideoSettings(config.video_frames, config.max_video_seconds, config.video_timeout)
+    settings = ImageSettings(config.image_size, config.jpeg_quality, config.max_image_pixels, video)
     total = samples_to_pack(plan.rows) - sum(len(o) for o in progress.outcomes.values())
     start = time.perf_counter()
     pool.ready()
@@ -276,7 +285,7 @@ def write_run(
     splits_doc = json_bytes(splits_document(rows))
     state.splits_written(text_digest(splits_doc))
     write_atomic(config.splits, splits_doc)
-    stats = build_stats(config, rows, result, plan.manifest_rows, plan.ocr_orphans, timings)
+    stats = build_stats(config, rows, result, plan.manifest_rows, plan.ocr_orphans, timings, plan.asr_orphans)
     # The pack's fingerprint: a digest of every shard's name and bytes (hashed as they were written).
     listing = "".join(f"{s.name} {s.sha256}\n" for s in result.shards)
     fingerprint = text_digest(listing)[:16]

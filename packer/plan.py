@@ -24,18 +24,20 @@ from .config import DIAGNOSTICS, SPLITS, UNIFIED_FIELDS, InputError, PackConfig,
 from .labels import label_part
 from .load import (
     READ_ERRORS,
+    check_asr,
     check_manifest,
     check_ocr,
     check_unique_ids,
     explain_read_error,
     replace_lone_surrogates,
+    scan_asr,
     scan_manifest,
     scan_ocr,
 )
-from .shards import IMAGE_SERIES, TEXT_SERIES
+from .shards import IMAGE_SERIES, TEXT_SERIES, VIDEO_SERIES
 from .specs import SAMPLE_COLUMNS, ChunkSpec
 from .splits import assign_splits, connected_groups, cross_split_copy, dataset_split, duplicate_of_kept, stable_hash
-from .text import clean_text, combined_text, normalized_text, ocr_text
+from .text import ASR_DROPS, asr_text, clean_text, combined_text, normalized_text, ocr_text
 
 KEY_MAX = 80
 
@@ -45,6 +47,20 @@ class Plan:
     rows: pl.DataFrame  # one row per selected manifest row: status ("ok"/"dropped"/"failed"), reason, ...
     manifest_rows: int
     ocr_orphans: int
+    asr_orphans: int = 0  # ASR rows whose id is no video example of the manifest
+
+
+@dataclass
+class Inputs:
+    """The inputs as the plan reads them: the selected manifest rows, the OCR text and the speech
+    per id, and what is counted against the whole manifest."""
+
+    rows: pl.DataFrame
+    texts: pl.DataFrame
+    speech: pl.DataFrame
+    manifest_rows: int
+    ocr_orphans: int
+    asr_orphans: int
 
 
 def safe_key() -> pl.Expr:
@@ -90,6 +106,9 @@ def status_columns(config: PackConfig) -> list[pl.Expr]:
     unlabelled = pl.all_horizontal(pl.col(f).is_null() for f in UNIFIED_FIELDS)
     failure = pl.coalesce(
         pl.col("unicode_error"),
+        pl.when(pl.col("image_path").is_not_null() & pl.col("video_path").is_not_null()).then(
+            pl.lit("both image_path and video_path: an example is an image or a video, not both")
+        ),
         pl.col("label_error"),
         pl.col("split_error"),
         pl.when(pl.col("key_repeated")).then(pl.format("key collision: '{}'", pl.col("key"))),
@@ -111,37 +130,40 @@ def status_columns(config: PackConfig) -> list[pl.Expr]:
     return [status.alias("status"), pl.coalesce(failure, drop).alias("reason"), pl.lit("plan").alias("stage")]
 
 
-def load_inputs(config: PackConfig, taxonomy: Taxonomy) -> tuple[pl.DataFrame, pl.DataFrame, int, int]:
-    """The selected manifest rows (checked), the OCR text per id, the manifest's row count, and the
-    OCR rows whose id is in no manifest row (counted against the whole manifest, not the subset).
+def load_inputs(config: PackConfig, taxonomy: Taxonomy) -> Inputs:
+    """The selected manifest rows (checked), the OCR text and the speech per id, the manifest's row
+    count, and the OCR and ASR rows whose id is in no manifest row (counted against the whole
+    manifest, not the subset; for ASR, no video row).
 
     Polars refuses a JSON string holding a lone UTF-16 surrogate (`"\\ud800"`, which JSON allows
     and Unicode does not). Only then are the files read again, with each lone surrogate replaced
     by U+FFFD from a temporary copy; a manifest row that held one fails with the field named."""
     try:
-        return _load_inputs(config, taxonomy, config.manifest, config.ocr)
+        return _load_inputs(config, taxonomy, config.manifest, config.ocr, config.asr)
     except READ_ERRORS:
         pass
     with tempfile.TemporaryDirectory(prefix="packer-") as tmp:
         manifest, bad_rows = replace_lone_surrogates(config.manifest, Path(tmp) / "manifest.jsonl")
         ocr, _ = replace_lone_surrogates(config.ocr, Path(tmp) / "ocr.jsonl") if config.ocr else (None, {})
-        if not bad_rows and manifest == config.manifest and ocr == config.ocr:
-            raise explain_read_error(config.manifest, config.ocr, taxonomy) from None
+        asr, _ = replace_lone_surrogates(config.asr, Path(tmp) / "asr.jsonl") if config.asr else (None, {})
+        if not bad_rows and manifest == config.manifest and ocr == config.ocr and asr == config.asr:
+            raise explain_read_error(config.manifest, config.ocr, taxonomy, config.asr) from None
         try:
-            rows, texts, total, orphans = _load_inputs(config, taxonomy, manifest, ocr)
+            inputs = _load_inputs(config, taxonomy, manifest, ocr, asr)
         except READ_ERRORS:
-            raise explain_read_error(config.manifest, config.ocr, taxonomy) from None
+            raise explain_read_error(config.manifest, config.ocr, taxonomy, config.asr) from None
     reasons = pl.DataFrame(
         {"row": list(bad_rows), "unicode_error": list(bad_rows.values())},
         schema={"row": pl.UInt32, "unicode_error": pl.String},
     )
-    rows = rows.drop("unicode_error").join(reasons, on="row", how="left", maintain_order="left")
-    return rows, texts, total, orphans
+    rows = inputs.rows.drop("unicode_error").join(reasons, on="row", how="left", maintain_order="left")
+    inputs.rows = rows
+    return inputs
 
 
 def _load_inputs(
-    config: PackConfig, taxonomy: Taxonomy, manifest_path: Path, ocr_path: Path | None
-) -> tuple[pl.DataFrame, pl.DataFrame, int, int]:
+    config: PackConfig, taxonomy: Taxonomy, manifest_path: Path, ocr_path: Path | None, asr_path: Path | None
+) -> Inputs:
     full = scan_manifest(manifest_path, taxonomy).with_columns(unicode_error=pl.lit(None, pl.String))
     manifest = full
     if config.examples_limit:
@@ -149,35 +171,62 @@ def _load_inputs(
         eligible = full if config.include_diagnostics else full.filter(~pl.col("dataset").is_in(taxonomy.diagnostics()))
         manifest = limit_examples(eligible, config.examples_limit, config.seed)
     ocr = scan_ocr(ocr_path)
-    queries = [manifest, ocr_text(ocr, config.ocr_min_conf), ocr.select("id").unique()]
+    asr = scan_asr(asr_path)
+    speech = asr_text(asr, config.asr_max_no_speech, config.asr_min_logprob, config.asr_max_compression)
+    videos = full.filter(pl.col("video_path").is_not_null()).select("id")
+    queries = [
+        manifest,
+        ocr_text(ocr, config.ocr_min_conf),
+        ocr.select("id").unique(),
+        speech,
+        asr.select("id").unique(),
+        videos,
+    ]
     if config.examples_limit:
         queries.append(full.select("id"))
-    rows, texts, ocr_ids, *rest = pl.collect_all(queries)
+    rows, texts, ocr_ids, speech_rows, asr_ids, video_ids, *rest = pl.collect_all(queries)
     all_ids = rest[0] if rest else rows.select("id")
     check_manifest(rows, config.manifest)
     check_ocr(ocr_ids, config.ocr)
+    check_asr(asr_ids, config.asr)
     if rows.height == 0:
         raise InputError(f"{config.manifest}: no examples (the file has no manifest rows)")
     orphans = ocr_ids.join(all_ids, on="id", how="anti").height
-    return rows, texts, all_ids.height, orphans
+    asr_orphans = asr_ids.join(video_ids, on="id", how="anti").height
+    return Inputs(rows, texts, speech_rows, all_ids.height, orphans, asr_orphans)
 
 
 def build_columns(
-    config: PackConfig, taxonomy: Taxonomy, parts: dict[str | None, pl.DataFrame], texts: pl.DataFrame
+    config: PackConfig,
+    taxonomy: Taxonomy,
+    parts: dict[str | None, pl.DataFrame],
+    texts: pl.DataFrame,
+    speech: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
     """Labels, text, key, source split and status of every selected row.
 
     One dataset at a time (each part is released once done), so that the intermediate columns of
     only one dataset are in memory at once."""
     caption = clean_text(pl.col("text_raw"))
+    speech = speech if speech is not None else asr_text(scan_asr(None), 0, 0, 0).collect()
+    # Speech joins video examples only: an ASR row of an image or text example is an orphan.
+    heard = pl.col("video_path").is_not_null() & pl.col("asr_json").is_not_null()
 
     def build(name: str | None) -> pl.DataFrame:
         part = parts.pop(name).rename({"split": "source_split"})
         lazy = (
             label_part(name, part, taxonomy, dataset_split)
             .join(texts.lazy(), on="id", how="left", maintain_order="left")
+            .join(speech.lazy(), on="id", how="left", maintain_order="left")
             .with_columns(
-                lang=pl.col("lang").fill_null("en"),
+                asr_text=pl.when(heard).then(pl.col("asr_text")),
+                asr_json=pl.when(heard).then(pl.col("asr_json")),
+                has_asr=heard,
+                **{f"asr_{c}": pl.when(heard).then(pl.col(f"asr_{c}")).fill_null(0) for c in ("kept", *ASR_DROPS)},
+            )
+            .with_columns(
+                # An example with speech takes its language from the manifest, else from the ASR.
+                lang=pl.coalesce("lang", pl.when(heard).then(pl.col("asr_language")), pl.lit("en")),
                 has_ocr=pl.col("has_ocr").fill_null(False),
                 ocr_lines_kept=pl.col("ocr_lines_kept").fill_null(0),
                 ocr_lines_low_conf=pl.col("ocr_lines_low_conf").fill_null(0),
@@ -185,10 +234,10 @@ def build_columns(
                 key=safe_key(),
             )
             .with_columns(
-                text=combined_text(pl.col("ocr_text"), pl.col("caption"), pl.col("lang")),
+                text=combined_text(pl.col("ocr_text"), pl.col("caption"), pl.col("lang"), pl.col("asr_text")),
                 norm_text=normalized_text(pl.col("caption")),
             )
-            .drop("caption", "text_raw", "ocr_text")
+            .drop("caption", "text_raw", "ocr_text", "asr_text", "asr_language")
         )
         del part
         return lazy.collect(engine="in-memory")
@@ -210,19 +259,21 @@ def build_plan(
     pinned: dict[str, str],
     fingerprint: Callable[[list[str]], dict[str, str | None]],
 ) -> Plan:
-    manifest, texts, total, orphans = load_inputs(config, taxonomy)
-    parts = {name: part for (name,), part in manifest.partition_by("dataset", as_dict=True).items()}
-    del manifest
-    rows = build_columns(config, taxonomy, parts, texts)
-    del texts
+    inputs = load_inputs(config, taxonomy)
+    parts = {name: part for (name,), part in inputs.rows.partition_by("dataset", as_dict=True).items()}
+    inputs.rows = pl.DataFrame()
+    rows = build_columns(config, taxonomy, parts, inputs.texts, inputs.speech).with_columns(
+        media_path=pl.coalesce("image_path", "video_path")
+    )
 
-    # Every image to pack gets a key equal exactly when its bytes are (see execute.fingerprint):
-    # duplicates, groups and the leakage audit all compare images by it.
-    to_key = rows.filter(pl.col("image_path").is_not_null() & (pl.col("status") == "ok"))["image_path"]
+    # Every image (and clip) to pack gets a key equal exactly when its bytes are (see
+    # execute.fingerprint): duplicates, groups and the leakage audit all compare images by it, and
+    # two clips with the same bytes count as one image does.
+    to_key = rows.filter(pl.col("media_path").is_not_null() & (pl.col("status") == "ok"))["media_path"]
     image_keys = fingerprint(to_key.to_list()) if to_key.len() else {}
     key_frame = pl.DataFrame(
-        {"image_path": list(image_keys), "image_key": list(image_keys.values())},
-        schema={"image_path": pl.String, "image_key": pl.String},
+        {"media_path": list(image_keys), "image_key": list(image_keys.values())},
+        schema={"media_path": pl.String, "image_key": pl.String},
     )
     pinned_frame = pl.DataFrame(
         {"id": list(pinned), "pinned_split": list(pinned.values())}, schema={"id": pl.String, "pinned_split": pl.String}
@@ -230,7 +281,7 @@ def build_plan(
     ok = pl.col("status") == "ok"
     rows = (
         rows.join(pinned_frame, on="id", how="left", maintain_order="left")
-        .join(key_frame, on="image_path", how="left", maintain_order="left")
+        .join(key_frame, on="media_path", how="left", maintain_order="left")
         .with_columns(image_key=pl.when(ok).then(pl.col("image_key")))
     )
     # Groups, splits and duplicates are worked out on a narrow frame of keys; the wide rows are
@@ -265,9 +316,9 @@ def build_plan(
             status=pl.when(pl.col("drop").is_not_null()).then(pl.lit("dropped")).otherwise(pl.col("status")),
             order=stable_hash(pl.col("id"), config.seed),
         )
-        .drop("new_split", "new_mode", "drop")
+        .drop("new_split", "new_mode", "drop", "media_path")
     )
-    return Plan(final, total, orphans)
+    return Plan(final, inputs.manifest_rows, inputs.ocr_orphans, inputs.asr_orphans)
 
 
 def samples_to_pack(rows: pl.DataFrame) -> int:
@@ -280,8 +331,19 @@ def ordered_samples(rows: pl.DataFrame) -> pl.DataFrame:
     order = {s: i for i, s in enumerate((*SPLITS, DIAGNOSTICS))}
     return (
         rows.filter(pl.col("status") == "ok")
-        .with_columns(split_rank=pl.col("split").replace_strict(order, return_dtype=pl.Int32))
+        .with_columns(split_rank=pl.col("split").replace_strict(order, return_dtype=pl.Int32), series=series())
         .sort("split_rank", "order", "id")
+    )
+
+
+def series() -> pl.Expr:
+    """The shard series of a sample: a clip, an image, or text only."""
+    return (
+        pl.when(pl.col("video_path").is_not_null())
+        .then(pl.lit(VIDEO_SERIES))
+        .when(pl.col("image_path").is_not_null())
+        .then(pl.lit(IMAGE_SERIES))
+        .otherwise(pl.lit(TEXT_SERIES))
     )
 
 
@@ -294,15 +356,13 @@ def shard_starts(samples: pl.DataFrame, min_shards: int, maxcount: int) -> dict[
     floor((i+1)*n/k). Cut by plan position, the shards are the same whatever the workers, backend
     or resumes; an image that then fails to decode leaves its shard one example short.
     """
-    series = samples.select(
-        "split", image=pl.col("image_path").is_not_null(), position=pl.int_range(pl.len()).over("split")
-    )
+    listed = samples.select("split", "series", position=pl.int_range(pl.len()).over("split"))
     starts: dict[tuple[str, str], list[int]] = {}
-    for (split, has_image), part in series.group_by("split", "image", maintain_order=True):
+    for (split, one), part in listed.group_by("split", "series", maintain_order=True):
         positions = part["position"].to_list()
         n = len(positions)
         k = max(min(min_shards, n), -(-n // maxcount))
-        starts[split, IMAGE_SERIES if has_image else TEXT_SERIES] = [positions[i * n // k] for i in range(1, k)]
+        starts[split, one] = [positions[i * n // k] for i in range(1, k)]
     return starts
 
 

@@ -105,14 +105,16 @@ def _missing(paths: list[str]) -> list[str]:
 
 
 def _build() -> dict[str, str]:
-    """What decides the encoded bytes besides the inputs: packer's and Pillow's versions. Loads
-    packer's image code as a task would (a Pillow whose compiled core does not match fails here)."""
+    """What decides the encoded bytes besides the inputs: packer's, Pillow's and PyAV's (FFmpeg's)
+    versions. Loads packer's image and video code as a task would (a Pillow whose compiled core
+    does not match fails here)."""
+    import av
     from PIL import __version__ as pil
 
     from . import __version__ as packer
-    from . import images  # noqa: F401
+    from . import images, video  # noqa: F401
 
-    return {"packer": packer, "Pillow": pil}
+    return {"packer": packer, "Pillow": pil, "av": av.__version__}
 
 
 # -- the backends ---------------------------------------------------------------------------------

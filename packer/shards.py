@@ -36,17 +36,23 @@ def sample_bytes(key: str, members: dict[str, bytes]) -> bytes:
     return out.getvalue()
 
 
-# The two shard series of a split: examples with an image (jpg, txt, json) and text-only ones (txt, json).
-# Every shard holds samples with the same members, so every reader infers one schema per shard.
+# The shard series of a split: examples with an image (jpg, txt, json), text-only ones (txt, json)
+# and video clips (jpg, f00.jpg .. fNN.jpg, txt, json). Every shard holds samples with the same
+# members, so every reader infers one schema per shard.
 IMAGE_SERIES = "shard"
 TEXT_SERIES = "text"
-SERIES = (IMAGE_SERIES, TEXT_SERIES)
+VIDEO_SERIES = "video"
+SERIES = (IMAGE_SERIES, TEXT_SERIES, VIDEO_SERIES)
 # The series as readers see them: the dataset card's configs and the catalog's `series` column.
-SERIES_NAMES = {IMAGE_SERIES: "images", TEXT_SERIES: "text"}
+SERIES_NAMES = {IMAGE_SERIES: "images", TEXT_SERIES: "text", VIDEO_SERIES: "video"}
+# The stats' per-split counts of each series (`image_examples`, `text_shards`, `video_examples`...).
+SERIES_KINDS = {IMAGE_SERIES: "image", TEXT_SERIES: "text", VIDEO_SERIES: "video"}
 
 
-def series_of(image: dict | None) -> str:
-    """The series a packed sample goes to, by its image metadata (None: text-only)."""
+def series_of(image: dict | None, video: dict | None = None) -> str:
+    """The series a packed sample goes to, by its metadata: video facts, else image (None: text-only)."""
+    if video is not None:
+        return VIDEO_SERIES
     return IMAGE_SERIES if image is not None else TEXT_SERIES
 
 
@@ -98,12 +104,17 @@ def write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-# The index files of a split: both series (image shards first), and each series alone.
-INDEXES = {"index.json": SERIES, "index.images.json": (IMAGE_SERIES,), "index.text.json": (TEXT_SERIES,)}
+# The index files of a split: every series (image shards first), and each series alone.
+INDEXES = {
+    "index.json": SERIES,
+    "index.images.json": (IMAGE_SERIES,),
+    "index.text.json": (TEXT_SERIES,),
+    "index.video.json": (VIDEO_SERIES,),
+}
 
 
 def write_shard_index(directory: Path, shards: list[tuple[str, int]]) -> None:
-    """`<split>/index.json`, `index.images.json` and `index.text.json` in the layout of webdataset's
+    """`<split>/index.json`, `index.images.json`, `index.text.json` and `index.video.json` in the layout of webdataset's
     `wids`: each shard's url (relative to the index) and its number of samples. An index that would
     list no shard is not written (wids refuses an empty shardlist); a split with none has no index."""
     for name, series in INDEXES.items():

@@ -8,7 +8,19 @@ from typing import Any
 from .config import UNIFIED_FIELDS
 
 # The plan's columns a chunk carries (besides the unified labels): every SampleSpec field but `labels`.
-SAMPLE_COLUMNS = ["id", "key", "dataset", "split", "source_split", "lang", "image_path", "text", "aux_json"]
+SAMPLE_COLUMNS = [
+    "id",
+    "key",
+    "dataset",
+    "split",
+    "source_split",
+    "lang",
+    "image_path",
+    "video_path",
+    "text",
+    "aux_json",
+    "asr_json",
+]
 
 
 @dataclass(frozen=True)
@@ -20,9 +32,11 @@ class SampleSpec:
     source_split: str | None
     lang: str
     image_path: str | None
+    video_path: str | None  # a video example (image_path is then None)
     text: str
     labels: dict[str, Any]
     aux_json: str
+    asr_json: str | None  # a video example's kept speech segments (the sample JSON's `asr`), when it has an ASR row
 
 
 @dataclass(frozen=True)
@@ -58,6 +72,7 @@ class SampleOutcome:
     detail: str | None = None
     image: dict[str, Any] | None = None
     dhash: int | None = None
+    video: dict[str, Any] | None = None  # a packed video example's facts (duration, fps, size, frame times)
 
 
 @dataclass(frozen=True)

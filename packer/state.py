@@ -69,7 +69,13 @@ def images_digest(paths: list[str], workers: int) -> str:
 
 
 def identity(
-    config: dict[str, Any], manifest: str | None, ocr: str | None, taxonomy: str | None, pins: str | None, images: str
+    config: dict[str, Any],
+    manifest: str | None,
+    ocr: str | None,
+    taxonomy: str | None,
+    pins: str | None,
+    images: str,
+    asr: str | None = None,
 ) -> dict[str, Any]:
     # As JSON reads it back (tuples become lists), so that an identity compares equal to its stored self.
     flags = json.loads(json.dumps({k: v for k, v in sorted(config.items()) if k not in NEUTRAL_FLAGS}))
@@ -78,6 +84,7 @@ def identity(
         "packer": __version__,
         "manifest": manifest,
         "ocr": ocr,
+        "asr": asr,
         "label_taxonomy": taxonomy,
         "pinned_splits": pins,
         "images": images,
@@ -90,9 +97,10 @@ def difference(old: dict[str, Any], new: dict[str, Any]) -> str | None:
     names = {
         "manifest": "the manifest changed",
         "ocr": "the OCR file changed",
+        "asr": "the ASR file changed",
         "label_taxonomy": "the label taxonomy changed",
         "pinned_splits": "the input splits.json changed",
-        "images": "image files changed (size or modification time)",
+        "images": "image or video files changed (size or modification time)",
     }
     for key in ("format", "packer"):
         if old.get(key) != new[key]:
@@ -195,7 +203,9 @@ class RunState:
             if split not in progress.done_splits:
                 # The first packed sample that is not in a complete shard of its series.
                 for pos, outcome in by_position.items():
-                    if outcome.status == "packed" and pos >= progress.end(split, series_of(outcome.image)):
+                    if outcome.status == "packed" and pos >= progress.end(
+                        split, series_of(outcome.image, outcome.video)
+                    ):
                         start = pos
                         break
             progress.start[split] = start

@@ -21,25 +21,92 @@ def normalized_text(cleaned: pl.Expr) -> pl.Expr:
     return cleaned.str.to_lowercase()
 
 
-def combined_text(ocr_text: pl.Expr, caption: pl.Expr, lang: pl.Expr) -> pl.Expr:
-    """`[OCR] <ocr> [/OCR] [CAP] <caption> [/CAP] <lang=xx>`, both blocks always present.
+def combined_text(ocr_text: pl.Expr, caption: pl.Expr, lang: pl.Expr, asr: pl.Expr | None = None) -> pl.Expr:
+    """`[OCR] <ocr> [/OCR] [CAP] <caption> [/CAP] <lang=xx>`, both blocks always present; with
+    `asr` (the kept speech, null where the example has no ASR row) an example that has one gets
+    `[OCR] .. [/OCR] [ASR] <speech> [/ASR] [CAP] .. [/CAP] <lang=xx>`.
 
-    Both parts are already clean (NFC, single spaces, trimmed), so an empty block is `[OCR] [/OCR]`.
+    Every part is already clean (NFC, single spaces, trimmed), so an empty block is `[OCR] [/OCR]`.
     """
 
     def block(part: pl.Expr) -> pl.Expr:
         return pl.when(part.is_not_null() & (part != "")).then(part + " ")
 
-    return pl.concat_str(
-        pl.lit("[OCR] "),
-        block(ocr_text),
-        pl.lit("[/OCR] [CAP] "),
-        block(caption),
-        pl.lit("[/CAP] <lang="),
-        clean_text(lang),
-        pl.lit(">"),
-        ignore_nulls=True,
+    def text(*speech: pl.Expr) -> pl.Expr:
+        return pl.concat_str(
+            pl.lit("[OCR] "),
+            block(ocr_text),
+            *speech,
+            pl.lit("[/OCR] [CAP] ") if not speech else pl.lit("[CAP] "),
+            block(caption),
+            pl.lit("[/CAP] <lang="),
+            clean_text(lang),
+            pl.lit(">"),
+            ignore_nulls=True,
+        )
+
+    if asr is None:
+        return text()
+    spoken = text(pl.lit("[/OCR] [ASR] "), block(asr), pl.lit("[/ASR] "))
+    return pl.when(asr.is_not_null()).then(spoken).otherwise(text())
+
+
+# Why a speech segment is left out, in the order the reasons are tried (INPUTS.md section 4).
+ASR_DROPS = ("silence", "repetition", "empty")
+
+
+def asr_text(asr: pl.LazyFrame, max_no_speech: float, min_logprob: float, max_compression: float) -> pl.LazyFrame:
+    """One row per clip with an ASR row: its kept segments' text in time order (`asr_text`), the
+    sample JSON's `asr` as JSON text (`asr_json`: the kept segments with their times, the dropped
+    ones counted by reason, the detected language), and the counts.
+
+    A segment is dropped as Whisper drops it: silence where no_speech_prob is above
+    `max_no_speech` and avg_logprob below `min_logprob`; a repetition loop where compression_ratio
+    is above `max_compression`; and where its text is empty. A quality field that is absent
+    drops nothing."""
+    first = asr.unique(subset="id", keep="first", maintain_order=True)
+    segments = (
+        first.select("id", "segments")
+        .explode("segments")
+        .unnest("segments")
+        .filter(pl.col("start").is_not_null() | pl.col("end").is_not_null() | pl.col("text").is_not_null())
+        .with_columns(text=clean_text(pl.col("text")))
     )
+    silence = (pl.col("no_speech_prob") > max_no_speech) & (pl.col("avg_logprob") < min_logprob)
+    repetition = pl.col("compression_ratio") > max_compression
+    empty = pl.col("text").is_null() | (pl.col("text") == "")
+    reason = (
+        pl.when(silence.fill_null(False))
+        .then(pl.lit(ASR_DROPS[0]))
+        .when(repetition.fill_null(False))
+        .then(pl.lit(ASR_DROPS[1]))
+        .when(empty)
+        .then(pl.lit(ASR_DROPS[2]))
+    )
+    segments = segments.with_columns(drop=reason)
+    kept = (
+        segments.filter(pl.col("drop").is_null())
+        .sort("id", "start", "end", nulls_last=True, maintain_order=True)
+        .group_by("id", maintain_order=True)
+        .agg(asr_text=pl.col("text").str.join(" "), kept=pl.struct("start", "end", "text"), asr_kept=pl.len())
+    )
+    counts = segments.group_by("id").agg(**{f"asr_{r}": (pl.col("drop") == r).sum().cast(pl.UInt32) for r in ASR_DROPS})
+    frame = (
+        first.select("id", asr_language="language")
+        .join(kept, on="id", how="left", maintain_order="left")
+        .join(counts, on="id", how="left", maintain_order="left")
+        .with_columns(
+            pl.col("asr_text").fill_null(""),
+            pl.col("asr_kept").fill_null(0).cast(pl.UInt32),
+            *(pl.col(f"asr_{r}").fill_null(0) for r in ASR_DROPS),
+        )
+    )
+    dropped = pl.struct(**{r: pl.col(f"asr_{r}") for r in ASR_DROPS})
+    segments_kept = pl.col("kept").fill_null(
+        pl.lit([], dtype=pl.List(pl.Struct({"start": pl.Float64, "end": pl.Float64, "text": pl.String})))
+    )
+    doc = pl.struct(language=pl.col("asr_language"), segments=segments_kept, dropped=dropped)
+    return frame.with_columns(asr_json=doc.struct.json_encode()).drop("kept")
 
 
 def ocr_text(ocr: pl.LazyFrame, min_conf: float) -> pl.LazyFrame:

@@ -34,6 +34,7 @@ AUX_FEATURES: dict[str, dict[str, Any]] = {
     "list[int]": {"sequence": "int64"},
     "list[str]": {"sequence": "string"},
     "list[list[int]]": {"sequence": {"sequence": "int64"}},
+    "time_spans": {"sequence": {"sequence": "float64"}},
 }
 
 

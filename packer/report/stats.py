@@ -15,8 +15,9 @@ from ..audit import assigned_leaks, balance, largest_groups, leakage
 from ..config import SPLITS, UNIFIED_FIELDS, PackConfig
 from ..execute import ExecutionResult
 from ..guard import inert
-from ..shards import IMAGE_SERIES, write_atomic
+from ..shards import SERIES_KINDS, write_atomic
 from ..splits import FOLLOW, HASH_NAME
+from ..text import ASR_DROPS
 
 MAX_FAILURE_RATE = 0.005
 
@@ -30,6 +31,7 @@ def final_rows(rows: pl.DataFrame, result: ExecutionResult) -> pl.DataFrame:
             "w_reason": [o.reason for o in result.outcomes],
             "w_detail": [o.detail for o in result.outcomes],
             "dhash": [o.dhash for o in result.outcomes],
+            "video_facts": [json.dumps(o.video) if o.video is not None else None for o in result.outcomes],
         },
         schema={
             "id": pl.String,
@@ -37,6 +39,7 @@ def final_rows(rows: pl.DataFrame, result: ExecutionResult) -> pl.DataFrame:
             "w_reason": pl.String,
             "w_detail": pl.String,
             "dhash": pl.UInt64,
+            "video_facts": pl.String,
         },
     )
     joined = rows.join(outcomes, on="id", how="left", maintain_order="left")
@@ -190,10 +193,53 @@ def library_versions() -> dict[str, str | None]:
     return versions
 
 
-def empty_split() -> dict[str, int]:
-    """A split's shard totals: all of them, then per series (shard-*.tar with images, text-*.tar)."""
+def empty_split(video: bool = False) -> dict[str, int]:
+    """A split's shard totals: all of them, then per series (shard-*.tar with images, text-*.tar,
+    and in a pack with clips video-*.tar)."""
     kinds = ("image_examples", "image_shards", "text_examples", "text_shards")
+    kinds += ("video_examples", "video_shards") if video else ()
     return {"examples": 0, "shards": 0, "bytes": 0, **dict.fromkeys(kinds, 0)}
+
+
+def video_report(rows: pl.DataFrame, asr_orphans: int, config: PackConfig) -> dict[str, Any]:
+    """Clips and their speech: video examples per split, frames written, clips failed by reason,
+    durations, and ASR coverage (clips with an ASR row, with kept speech, segments kept and
+    dropped per filter)."""
+    clips = rows.filter(pl.col("video_path").is_not_null())
+    packed = clips.filter(pl.col("status") == "packed")
+    failed = clips.filter(pl.col("status") == "failed").group_by(reason_category()).len()
+    durations = packed["video_facts"].str.json_path_match("$.duration").cast(pl.Float64).drop_nulls().sort().to_list()
+    heard = clips.filter("has_asr")
+    return {
+        "examples": clips.height,
+        "packed": packed.height,
+        "packed_per_split": dict(packed.group_by("split").len().sort("split").iter_rows()),
+        "frames_per_clip": config.video_frames,
+        "frames_written": packed.height * (config.video_frames + 1),
+        "failed": dict(failed.sort(["len", "reason"], descending=[True, False]).iter_rows()),
+        "dropped": clips.filter(pl.col("status") == "dropped").height,
+        "seconds": {
+            "total": round(sum(durations), 3),
+            "min": durations[0] if durations else None,
+            "median": durations[len(durations) // 2] if durations else None,
+            "max": durations[-1] if durations else None,
+        },
+        "durations": durations,
+        "asr": {
+            "clips_with_asr_row": heard.height,
+            "clips_without_asr_row": clips.height - heard.height,
+            "clips_with_kept_speech": heard.filter(pl.col("asr_kept") > 0).height,
+            "segments_kept": int(clips["asr_kept"].sum()),
+            "segments_dropped": {r: int(clips[f"asr_{r}"].sum()) for r in ASR_DROPS},
+            "asr_rows_without_video_row": asr_orphans,
+            "filters": {
+                "silence": f"no_speech_prob > {config.asr_max_no_speech:g} "
+                f"and avg_logprob < {config.asr_min_logprob:g}",
+                "repetition": f"compression_ratio > {config.asr_max_compression:g}",
+                "empty": "no text",
+            },
+        },
+    }
 
 
 def build_stats(
@@ -203,6 +249,7 @@ def build_stats(
     manifest_rows: int,
     ocr_orphans: int,
     timings: dict[str, float],
+    asr_orphans: int = 0,
 ) -> dict[str, Any]:
     total = rows.height
     counts = dict(rows.group_by("status").len().iter_rows())
@@ -218,13 +265,15 @@ def build_stats(
         )
         for status in ("dropped", "failed")
     }
+    # Clips in the manifest (or an ASR file) make the video counts appear; a pack without has none.
+    has_video = bool(rows["video_path"].is_not_null().any()) or config.asr is not None
     per_split: dict[str, Any] = {}
     for shard in result.shards:
-        entry = per_split.setdefault(shard.split, empty_split())
+        entry = per_split.setdefault(shard.split, empty_split(has_video))
         entry["examples"] += shard.examples
         entry["shards"] += 1
         entry["bytes"] += shard.bytes
-        kind = "image" if shard.series == IMAGE_SERIES else "text"
+        kind = SERIES_KINDS[shard.series]
         entry[f"{kind}_examples"] += shard.examples
         entry[f"{kind}_shards"] += 1
     image_rows = rows.filter(pl.col("image_path").is_not_null())
@@ -247,7 +296,9 @@ def build_stats(
         "failure_rate": failure_rate,  # failed_examples / total_examples, unrounded (OUTPUTS.md)
         "manifest_rows": manifest_rows,
         "reasons": reasons,
-        "splits": {s: per_split.get(s, empty_split()) for s in (*SPLITS, *sorted(set(per_split) - set(SPLITS)))},
+        "splits": {
+            s: per_split.get(s, empty_split(has_video)) for s in (*SPLITS, *sorted(set(per_split) - set(SPLITS)))
+        },
         "labels": label_counts(packed),
         "datasets": dataset_report(rows),
         "split_mapping": split_mapping(rows, config),
@@ -259,6 +310,7 @@ def build_stats(
             "lines_low_confidence": int(rows["ocr_lines_low_conf"].sum()),
             "ocr_rows_without_manifest_row": ocr_orphans,
         },
+        **({"video": video_report(rows, asr_orphans, config)} if has_video else {}),
         "duplicates_dropped": int(rows.filter(pl.col("reason") == "duplicate").height),
         "leakage": leakage(rows, config.near_dup_bits),
         "balance": bal,
@@ -298,10 +350,15 @@ def summary(stats: dict[str, Any]) -> str:
         f"failure rate {100 * stats['failure_rate']:.2f}%)",
     ]
     for split, entry in stats["splits"].items():
+        clips = (
+            f", {entry['video_examples']} clips in {entry['video_shards']} video shards"
+            if "video_examples" in entry
+            else ""
+        )
         lines.append(
             f"  {split:<12} {entry['examples']:>8} examples ({entry['image_examples']} with an image in "
             f"{entry['image_shards']} image shards, {entry['text_examples']} text-only in {entry['text_shards']} "
-            f"text shards)  {entry['bytes']:>12} bytes"
+            f"text shards{clips})  {entry['bytes']:>12} bytes"
         )
     for status in ("dropped", "failed"):
         for reason, n in stats["reasons"][status].items():
@@ -314,6 +371,8 @@ def summary(stats: dict[str, Any]) -> str:
         f"{ocr['lines_low_confidence']} low-confidence, "
         f"{ocr['ocr_rows_without_manifest_row']} OCR rows without manifest row"
     )
+    if "video" in stats:
+        lines += video_lines(stats["video"])
     leak = stats["leakage"]
     by_pair = ", ".join(f"{pair} {entry['shared']}" for pair, entry in leak["images"].items())
     lines.append(
@@ -325,6 +384,21 @@ def summary(stats: dict[str, Any]) -> str:
         lines.append(f"  check {name}: {'PASS' if ok else 'FAIL'}")
     # Reasons quote input values: every control character is shown escaped, never sent to the terminal.
     return "\n".join(inert(line) for line in lines)
+
+
+def video_lines(video: dict[str, Any]) -> list[str]:
+    """The console's lines about clips and speech."""
+    failed = ", ".join(f"{r} {n}" for r, n in video["failed"].items()) or "none"
+    asr = video["asr"]
+    dropped = ", ".join(f"{r} {n}" for r, n in asr["segments_dropped"].items())
+    return [
+        f"  videos: {video['packed']}/{video['examples']} clips packed, {video['frames_written']} frames written "
+        f"({video['frames_per_clip']} + the middle one per clip), {video['seconds']['total']:.0f} s of video; "
+        f"failed: {failed}",
+        f"  ASR: {asr['clips_with_asr_row']}/{video['examples']} clips with an ASR row, "
+        f"{asr['clips_with_kept_speech']} with kept speech; {asr['segments_kept']} segments kept, dropped: {dropped}; "
+        f"{asr['asr_rows_without_video_row']} ASR rows without a video row",
+    ]
 
 
 def json_bytes(doc: Any) -> bytes:
