@@ -1,7 +1,8 @@
 """Step_3/README.md: a Hugging Face dataset card.
 
-Its YAML declares two configs, `images` (the `shard-*.tar` series) and `text` (the `text-*.tar`
-series), with their data files per split and the features of every sample member, so that
+Its YAML declares a config per shard series, `images` (the `shard-*.tar` series), `text` (the
+`text-*.tar` series) and, in a pack with clips, `video` (`video-*.tar`), with their data files per
+split and the features of every sample member, so that
 `datasets.load_dataset("Step_3", "images", split="train")` reads the shards with no other argument
 (the features are declared, not inferred from the first samples, whose JSON nulls cannot tell an
 integer from a list). Below the YAML, for people: what the data is, its counts and how to read it.
@@ -22,7 +23,7 @@ from markupsafe import Markup
 
 from ..config import DIAGNOSTICS, SPLITS, UNIFIED_FIELDS, Taxonomy
 from ..guard import CARD_MARKER, inert
-from ..shards import IMAGE_SERIES, SERIES_NAMES, write_atomic
+from ..shards import SERIES_KINDS, SERIES_NAMES, TEXT_SERIES, VIDEO_SERIES, write_atomic
 
 MARKER = CARD_MARKER  # the card's first body line (guard.py recognises packer's cards by it)
 CONFIGS = {name: series for series, name in SERIES_NAMES.items()}
@@ -72,8 +73,28 @@ def aux_features(taxonomy: Taxonomy) -> dict[str, dict[str, Any]]:
     return dict(sorted(union.items()))
 
 
-def sample_features(taxonomy: Taxonomy, with_image: bool) -> list[dict[str, Any]]:
-    """The members of one sample as the webdataset builder yields them: key, url, jpg, txt, json."""
+def video_features() -> dict[str, dict[str, Any]]:
+    """A video sample's JSON besides the image's: the clip's facts and its kept speech."""
+    number, integer, string = {"dtype": "float64"}, {"dtype": "int64"}, {"dtype": "string"}
+    video = {
+        "duration": number,
+        "fps": number,
+        "width": integer,
+        "height": integer,
+        "codec": string,
+        "rotation": integer,
+        "middle_time": number,
+        "frame_times": {"sequence": "float64"},
+    }
+    segment = [_feature(n, spec) for n, spec in {"start": number, "end": number, "text": string}.items()]
+    dropped = {"silence": integer, "repetition": integer, "empty": integer}
+    asr = {"language": string, "segments": {"list": segment}, "dropped": _struct(dropped)}
+    return {"video": _struct(video), "asr": _struct(asr)}
+
+
+def sample_features(taxonomy: Taxonomy, with_image: bool, frames: int = 0) -> list[dict[str, Any]]:
+    """The members of one sample as the webdataset builder yields them: key, url, jpg, txt, json;
+    with `frames`, a video sample's fNN.jpg too (every frame an image column)."""
     labels = {
         "abuse_hate": {"dtype": "int64"},
         "offensive": {"dtype": "int64"},
@@ -93,7 +114,10 @@ def sample_features(taxonomy: Taxonomy, with_image: bool) -> list[dict[str, Any]
         "lang": string,
         "image": _struct({"orig_width": {"dtype": "int64"}, "orig_height": {"dtype": "int64"}, "orig_format": string}),
     }
+    if frames:
+        doc.update(video_features())
     members = {"__key__": string, "__url__": string}
+    members.update({f"f{i:02d}.jpg": {"dtype": "image"} for i in range(frames)})
     if with_image:
         members["jpg"] = {"dtype": "image"}
     members["json"] = _struct(doc)
@@ -107,8 +131,9 @@ def card_metadata(
     """The YAML header: a config per shard series that has shards, a data-files pattern per split."""
     counts = stats["splits"]
     configs, infos = [], []
+    frames = stats["config"].get("video_frames", 0)
     for name, series in CONFIGS.items():
-        kind = "image" if series == IMAGE_SERIES else "text"
+        kind = SERIES_KINDS[series]
         files = [
             {"split": split, "path": f"{relative(shard_root / split, card_dir)}/{series}-*.tar"}
             for split in (*SPLITS, DIAGNOSTICS)
@@ -124,7 +149,7 @@ def card_metadata(
                 # patterns match: the pack's fingerprint (its shards' bytes) makes another pack, in this
                 # folder or another one of the same name, another cache entry, never stale rows.
                 "description": f"packer pack {fingerprint}",
-                "features": sample_features(taxonomy, series == IMAGE_SERIES),
+                "features": sample_features(taxonomy, series != TEXT_SERIES, frames if series == VIDEO_SERIES else 0),
                 # Checked by `datasets` once it has read the shards (a changed file cannot load silently).
                 "splits": [{"name": f["split"], "num_examples": counts[f["split"]][f"{kind}_examples"]} for f in files],
             }

@@ -96,8 +96,10 @@ def split_size_chart(stats: dict[str, Any], draw: Draw = engine.draw) -> str:
     rows = [
         {"split": label(split), "kind": kind, "examples": entry[f"{kind}_examples"]}
         for split, entry in stats["splits"].items()
-        for kind in ("image", "text")
+        for kind in ("image", "text", "video")
+        if f"{kind}_examples" in entry
     ]
+    kinds = ["image", "text", "video"] if "video" in stats else ["image", "text"]
     return vega_svg(
         {
             "title": "examples per split",
@@ -108,7 +110,28 @@ def split_size_chart(stats: dict[str, Any], draw: Draw = engine.draw) -> str:
             "encoding": {
                 "y": {"field": "split", "type": "nominal", "sort": [label(s) for s in stats["splits"]], "title": None},
                 "x": {"field": "examples", "type": "quantitative", "stack": "zero"},
-                "color": {"field": "kind", "scale": {"domain": ["image", "text"], "range": ["#4c78a8", "#9ecae9"]}},
+                "color": {"field": "kind", "scale": {"domain": kinds, "range": ["#4c78a8", "#9ecae9", "#f58518"]}},
+            },
+        },
+        draw,
+    )
+
+
+def duration_chart(stats: dict[str, Any], draw: Draw = engine.draw) -> str | None:
+    """A histogram of the packed clips' durations (seconds), where the pack has clips."""
+    durations = stats.get("video", {}).get("durations", [])
+    if not durations:
+        return None
+    return vega_svg(
+        {
+            "title": "clip durations",
+            "data": {"values": [{"seconds": d} for d in durations]},
+            "width": 420,
+            "height": 140,
+            "mark": {"type": "bar", "tooltip": True, "color": "#f58518"},
+            "encoding": {
+                "x": {"field": "seconds", "type": "quantitative", "bin": {"maxbins": 30}, "title": "seconds"},
+                "y": {"aggregate": "count", "type": "quantitative", "title": "clips"},
             },
         },
         draw,

@@ -28,7 +28,7 @@ from ..plan import safe_key
 from ..shards import write_atomic
 from . import engine
 from .card import card_template, dataset_counts
-from .charts import Draw, class_share_chart, reason_chart, split_size_chart
+from .charts import Draw, class_share_chart, duration_chart, reason_chart, split_size_chart
 from .engine import ChartEngine
 from .samples import contact_sheet, locate, read
 
@@ -234,6 +234,7 @@ def build_report(
         verdict=verdict(stats),
         passed=all(stats["checks"].values()),
         split_chart=split_size_chart(stats, draw),
+        duration_chart=duration_chart(stats, draw),
         class_charts=[(f, class_share_chart(stats, f, draw)) for f in UNIFIED_FIELDS],
         balance=balance_rows(stats),
         ratios=ratio_rows(stats),

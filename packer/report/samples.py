@@ -41,6 +41,15 @@ class Sample:
         return markupsafe.Markup("data:image/jpeg;base64," + base64.b64encode(self.jpg).decode("ascii"))
 
     @property
+    def first_speech(self) -> str | None:
+        """A clip's first kept ASR segment, as `[start-end s] text`; None for other samples."""
+        segments = (self.doc.get("asr") or {}).get("segments") or []
+        if not segments:
+            return None
+        first = segments[0]
+        return f"[{first.get('start')}-{first.get('end')} s] {first.get('text')}"
+
+    @property
     def labels(self) -> str:
         return json.dumps(self.doc.get("labels", {}), ensure_ascii=False)
 
