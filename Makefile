@@ -5,6 +5,7 @@ PY := $(VENV)/bin/python
 SAMPLE ?= sample
 MANIFEST ?=
 OCR ?=
+ASR ?=
 OUT ?= Step_3
 WORKERS ?= $(shell nproc 2>/dev/null || echo 1)
 # make test runs serially unless TEST_WORKERS=N is given (see README: a loky warning race under
@@ -23,7 +24,7 @@ SIMD_CC := $(shell grep -qw avx2 /proc/cpuinfo 2>/dev/null && echo "cc -mavx2" |
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
-	@echo "  variables: MANIFEST=... OCR=... OUT=Step_3 WORKERS=$(WORKERS) LIMIT=N PACK_FLAGS='...'"
+	@echo "  variables: MANIFEST=... OCR=... ASR=... OUT=Step_3 WORKERS=$(WORKERS) LIMIT=N PACK_FLAGS='...'"
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -47,17 +48,17 @@ pilot: $(VENV)/.installed ## pack a pilot (the built-in sample data unless MANIF
 ifeq ($(MANIFEST),)
 	$(MAKE) --no-print-directory $(SAMPLE)/Step_2/data_manifest.jsonl
 	$(PY) -m packer --manifest $(SAMPLE)/Step_2/data_manifest.jsonl --ocr $(SAMPLE)/Step_2/ocr.jsonl \
-		--output-dir $(SAMPLE)/Step_3/shards --label-taxonomy $(SAMPLE)/Step_3/label_taxonomy.json \
+		--asr $(SAMPLE)/Step_2/asr.jsonl --output-dir $(SAMPLE)/Step_3/shards --label-taxonomy $(SAMPLE)/Step_3/label_taxonomy.json \
 		--splits $(SAMPLE)/Step_3/splits.json --workers $(WORKERS) --include-diagnostics $(PACK_FLAGS)
 else
-	$(PY) -m packer --manifest $(MANIFEST) $(if $(OCR),--ocr $(OCR)) --output-dir $(OUT)/shards \
+	$(PY) -m packer --manifest $(MANIFEST) $(if $(OCR),--ocr $(OCR)) $(if $(ASR),--asr $(ASR)) --output-dir $(OUT)/shards \
 		--label-taxonomy $(OUT)/label_taxonomy.json --splits $(OUT)/splits.json --workers $(WORKERS) \
 		--examples-limit $(or $(LIMIT),5000) $(PACK_FLAGS)
 endif
 
-pack: $(VENV)/.installed ## pack everything: make pack MANIFEST=Step_2/data_manifest.jsonl OCR=Step_2/ocr.jsonl OUT=Step_3
-	@test -n "$(MANIFEST)" || { echo "usage: make pack MANIFEST=Step_2/data_manifest.jsonl OCR=Step_2/ocr.jsonl OUT=Step_3"; exit 2; }
-	$(PY) -m packer --manifest $(MANIFEST) $(if $(OCR),--ocr $(OCR)) --output-dir $(OUT)/shards \
+pack: $(VENV)/.installed ## pack everything: make pack MANIFEST=Step_2/data_manifest.jsonl OCR=Step_2/ocr.jsonl [ASR=Step_2B/asr.jsonl] OUT=Step_3
+	@test -n "$(MANIFEST)" || { echo "usage: make pack MANIFEST=Step_2/data_manifest.jsonl OCR=Step_2/ocr.jsonl [ASR=Step_2B/asr.jsonl] OUT=Step_3"; exit 2; }
+	$(PY) -m packer --manifest $(MANIFEST) $(if $(OCR),--ocr $(OCR)) $(if $(ASR),--asr $(ASR)) --output-dir $(OUT)/shards \
 		--label-taxonomy $(OUT)/label_taxonomy.json --splits $(OUT)/splits.json --workers $(WORKERS) \
 		$(if $(LIMIT),--examples-limit $(LIMIT)) $(PACK_FLAGS)
 

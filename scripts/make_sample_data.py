@@ -7,9 +7,12 @@ null labels, Memotion 1.0 with `train` on every row, Memotion 2.0's label-less t
 with a space in its name, MMHS150K's `unsplit`. Some rows keep the original-release forms (Hateful
 Memes' dev_seen/dev_unseen twins with fine-grained labels, HateXplain objects, OLID's three
 subtasks, HateCheck). A few images are broken on purpose (truncated, empty, not an image, missing).
-Deterministic for a given --seed.
+HateMM: --clips small real clips (H.264 MP4, VP9 WebM, MPEG-4 Matroska, odd sizes, one with a display
+rotation) in Step 1's hate_videos/ and non_hate_videos/ folders, with manifest rows in INPUTS.md's
+shape and Step 2B's Whisper-style `asr.jsonl` for most of them (some segments silence or
+repetition loops that the filters drop). Deterministic for a given --seed.
 
-    python scripts/make_sample_data.py --out sample/Step_2 [--per-dataset 60] [--seed 0]
+    python scripts/make_sample_data.py --out sample/Step_2 [--per-dataset 60] [--clips 12] [--seed 0]
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import json
 import random
 from pathlib import Path
 
+import av
 from PIL import Image, ImageDraw, features
 
 WORDS = (
@@ -245,6 +249,136 @@ def paddle_lines(lines: list[dict], path: str) -> list[dict]:
     return out
 
 
+# (container suffix, codec, pixel format): what PyAV's own FFmpeg writes everywhere.
+CLIP_KINDS = (("mp4", "libx264", "yuv420p"), ("webm", "libvpx-vp9", "yuv420p"), ("mkv", "mpeg4", "yuv420p"))
+HATEMM_TARGETS = ("Blacks", "Jews", "Muslims", "Women", "Jews, Blacks", "LGBTQ", "Others")
+
+
+def write_clip(
+    path: Path,
+    codec: str = "libx264",
+    size: tuple[int, int] = (96, 64),
+    seconds: float = 2.0,
+    fps: int = 8,
+    seed: int = 0,
+    gop: int | None = None,
+    rotation: int | None = None,
+    pix_fmt: str = "yuv420p",
+    audio: bool = False,
+    video: bool = True,
+) -> Path:
+    """A real clip: a coloured field with a square that moves across it (frame i's square sits at
+    i / (frames - 1) of the free width, so a frame's time can be read off its pixels), optionally an
+    AAC track (or only one: video=False) and a display rotation (counter-clockwise degrees)."""
+    rng = random.Random(seed)
+    width, height = size
+    background = tuple(rng.randrange(40, 200) for _ in range(3))
+    square = tuple(255 - c for c in background)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as container:
+        sound = container.add_stream("aac", rate=16000) if audio else None
+        frames = max(1, round(seconds * fps)) if video else 0
+        if video:
+            stream = container.add_stream(codec, rate=fps)
+            stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
+            if gop:
+                stream.codec_context.gop_size = gop
+            if rotation is not None:
+                stream.set_display_rotation(rotation)
+        side = max(2, height // 3)
+        for i in range(frames):
+            image = Image.new("RGB", size, background)
+            x = (width - side) * i // max(1, frames - 1)
+            ImageDraw.Draw(image).rectangle([x, height // 3, x + side - 1, height // 3 + side - 1], fill=square)
+            for packet in stream.encode(av.VideoFrame.from_image(image)):
+                container.mux(packet)
+        for packet in stream.encode() if video else ():
+            container.mux(packet)
+        if sound is not None:
+            silence = av.AudioFrame(format="fltp", layout="mono", samples=1024)
+            silence.sample_rate = 16000
+            for plane in silence.planes:
+                plane.update(bytes(plane.buffer_size))
+            for k in range(int(seconds * 16000 / 1024)):
+                silence.pts = k * 1024
+                for packet in sound.encode(silence):
+                    container.mux(packet)
+            for packet in sound.encode():
+                container.mux(packet)
+    return path
+
+
+def asr_segments(rng: random.Random, seconds: float) -> list[dict]:
+    """Whisper-style segments, unsorted, some that its filters drop (silence, a repetition loop)."""
+    segments = []
+    start = 0.0
+    while start < seconds - 0.3:
+        end = min(seconds, start + rng.uniform(0.3, 0.8))
+        kind = rng.random()
+        segment = {"start": round(start, 2), "end": round(end, 2), "text": " " + sentence(rng, 4)}
+        if kind < 0.15:
+            segment.update(avg_logprob=-1.4, no_speech_prob=0.91, compression_ratio=1.1)  # silence
+        elif kind < 0.25:
+            segment.update(text=" la la la la la la", avg_logprob=-0.4, no_speech_prob=0.05, compression_ratio=3.1)
+        else:
+            segment.update(avg_logprob=-0.3, no_speech_prob=0.02, compression_ratio=1.4)
+        segments.append(segment)
+        start = end
+    rng.shuffle(segments)
+    return segments
+
+
+def hatemm_clips(out: Path, count: int, rng: random.Random) -> tuple[list[dict], list[dict]]:
+    """HateMM as Step 1 keeps it (clips in hate_videos/ and non_hate_videos/) and Step 2's rows for
+    it, with Step 2B's ASR rows for about two clips in three."""
+    manifest, asr = [], []
+    root = out / "videos"
+    for n in range(count):
+        hate = n % 3 == 0
+        suffix, codec, pix_fmt = CLIP_KINDS[n % len(CLIP_KINDS)]
+        even = codec != "libvpx-vp9"  # H.264 and MPEG-4 in 4:2:0 need even sizes; VP9 takes odd ones
+        width, height = rng.randrange(48, 112), rng.randrange(32, 80)
+        size = (width - width % 2, height - height % 2) if even else (width | 1, height | 1)
+        seconds = rng.choice((1.5, 2.0, 3.0))
+        name = f"{'hate' if hate else 'non_hate'}_video_{n}.{suffix}"
+        path = root / ("hate_videos" if hate else "non_hate_videos") / name
+        rotation = 90 if n == 1 else None
+        write_clip(path, codec, size, seconds, 8, seed=n, gop=4, rotation=rotation, pix_fmt=pix_fmt)
+        labels = {
+            "label": "Hate" if hate else "Non Hate",
+            "hate_snippet": "[['00:00:00', '00:00:01']]" if hate else "",
+            "target": rng.choice(HATEMM_TARGETS) if hate else "",
+        }
+        row_id = f"hatemm_{name}"
+        manifest.append(
+            {
+                "id": row_id,
+                "dataset": "hatemm",
+                "split": None,
+                "image_path": None,
+                "video_path": str(path.resolve()),
+                "text_raw": None,
+                "labels_raw": labels,
+            }
+        )
+        if n % 3 != 2:
+            asr.append(
+                {
+                    "id": row_id,
+                    "dataset": "hatemm",
+                    "split": None,
+                    "video_path": str(path.resolve()),
+                    "asr": {
+                        "language": "en",
+                        "language_probability": 0.97,
+                        "duration": seconds,
+                        "segments": asr_segments(rng, seconds),
+                    },
+                }
+            )
+    return manifest, asr
+
+
 def example_id(dataset: str, split: str, n: int) -> str:
     """The builder's ids: no split in MMHS150K's and HateXplain's, the image name in Memotion's."""
     if dataset == "memotion1":
@@ -254,7 +388,7 @@ def example_id(dataset: str, split: str, n: int) -> str:
     return f"{dataset}_{split}_{n:05d}"
 
 
-def make(out: Path, per_dataset: int, seed: int) -> None:
+def make(out: Path, per_dataset: int, seed: int, clips: int = 12) -> None:
     rng = random.Random(seed)
     images = out / "images"
     images.mkdir(parents=True, exist_ok=True)
@@ -314,18 +448,22 @@ def make(out: Path, per_dataset: int, seed: int) -> None:
             }
         )
     ocr.append({"id": "not_in_manifest", "dataset": "mami", "split": "train", "image_path": None, "ocr": {"lines": []}})
+    videos, asr = hatemm_clips(out, clips, random.Random(seed + 1))
+    manifest += videos
     (out / "data_manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in manifest), encoding="utf-8")
     (out / "ocr.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ocr), encoding="utf-8")
-    print(f"wrote {len(manifest)} manifest rows, {len(ocr)} OCR rows, images in {images}")
+    (out / "asr.jsonl").write_text("".join(json.dumps(r) + "\n" for r in asr), encoding="utf-8")
+    print(f"wrote {len(manifest)} manifest rows ({len(videos)} clips), {len(ocr)} OCR rows, {len(asr)} ASR rows")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--per-dataset", type=int, default=110)
+    p.add_argument("--clips", type=int, default=12, help="HateMM clips (with ASR rows for about 2 in 3)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
-    make(args.out, args.per_dataset, args.seed)
+    make(args.out, args.per_dataset, args.seed, args.clips)
 
 
 if __name__ == "__main__":

@@ -209,6 +209,7 @@ def packed(tmp_path_factory) -> Path:
 def sample_args(step2: Path, out: Path, *extra: str) -> list[str]:
     """The flags that pack the built-in sample's Step_2 into `out`, with small shards."""
     inputs = ["--manifest", str(step2 / "data_manifest.jsonl"), "--ocr", str(step2 / "ocr.jsonl")]
+    inputs += ["--asr", str(step2 / "asr.jsonl")]  # the clips' speech (Step 2B)
     outputs = ["--output-dir", str(out / "shards"), "--label-taxonomy", str(out / "label_taxonomy.json")]
     flags = ["--splits", str(out / "splits.json"), "--workers", "2", "--include-diagnostics", "--shard-maxcount", "16"]
     return [*inputs, *outputs, *flags, *extra]

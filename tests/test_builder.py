@@ -226,12 +226,19 @@ def test_a_row_packer_assigns_follows_its_groups_dataset_split(ws):
     assert ws.stats["leakage"]["texts_in_two_splits"] == 0
 
 
-def previous_default() -> bytes:
-    """The default label_taxonomy.json of the version before the builder's shapes were read: the
-    current one less `bare_labels`, `assign_when_missing` and Hateful Memes' dev/test."""
+def without_hatemm() -> dict:
+    """The default label_taxonomy.json of the version before videos: the current one less HateMM."""
     from packer.config import default_taxonomy_text
 
     doc = json.loads(default_taxonomy_text())
+    doc["datasets"].pop("hatemm")
+    return doc
+
+
+def previous_default() -> bytes:
+    """The default label_taxonomy.json of the version before the builder's shapes were read: the
+    current one less HateMM, `bare_labels`, `assign_when_missing` and Hateful Memes' dev/test."""
+    doc = without_hatemm()
     for block in doc["datasets"].values():
         block.pop("bare_labels", None)
         block.pop("assign_when_missing", None)
@@ -249,6 +256,8 @@ def test_an_unedited_older_default_taxonomy_is_replaced_an_edited_one_kept(ws, c
 
     old = previous_default()
     assert is_former_default(old) and not is_former_default(default_taxonomy_text().encode())
+    # The default before videos (HateMM) is a former default too.
+    assert is_former_default((json.dumps(without_hatemm(), indent=1, ensure_ascii=False) + "\n").encode())
     ws.out.mkdir(parents=True)
     (ws.out / "label_taxonomy.json").write_bytes(old)
     ws.add("hateful_memes_train_1", "hateful_memes", "train", 1, ws.image("1.png"))

@@ -118,7 +118,7 @@ def test_changed_input_or_flag_starts_fresh_and_says_why(corpus, tmp_path):
         Image.open(image).rotate(90).save(image, quality=90)
         rerun = subprocess.run(command(corpus, out), cwd=tmp_path, capture_output=True, text=True)
         assert rerun.returncode == 0, rerun.stderr
-        assert "packer: starting fresh: image files changed" in rerun.stdout
+        assert "packer: starting fresh: image or video files changed" in rerun.stdout
         assert digests(out) != expected  # m0.jpg is packed rotated
     finally:
         image.write_bytes(original)
