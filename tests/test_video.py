@@ -69,7 +69,8 @@ def make_clips(folder: Path) -> dict[str, dict]:
 
     broken("audio_only.m4a", "video_no_stream", lambda p: write_clip(p, audio=True, seconds=1.0, video=False))
     whole = write_clip(folder / "whole.mp4", seconds=3.0)
-    broken("truncated.mp4", "video_unreadable", lambda p: p.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2]))
+    half = whole.read_bytes()[: whole.stat().st_size // 2]
+    broken("truncated.mp4", "video_unreadable", lambda p: p.write_bytes(half))
     mkv = write_clip(folder / "whole.mkv", codec="mpeg4", size=(64, 48), seconds=4.0, gop=4)
     broken("truncated.mkv", "video_truncated", lambda p: p.write_bytes(mkv.read_bytes()[: mkv.stat().st_size // 2]))
     broken("empty.mp4", "video_empty", lambda p: p.write_bytes(b""))
@@ -115,9 +116,17 @@ def write_inputs(root: Path, with_clips: bool = True) -> dict:
     if with_clips:
         asr = [
             # Unsorted, with a silence, a repetition loop, an empty text and a segment with no quality fields.
-            asr_row("hatemm_clip00.mp4", [segment(1.0, 1.4, " second part", **GOOD), segment(0.0, 0.9, " First  part", **GOOD),
-                    segment(1.4, 1.6, " hmm", **SILENCE), segment(1.6, 2.0, " go go go go", **LOOP),
-                    segment(2.0, 2.1, "  ", **GOOD), segment(0.9, 1.0, " bare")]),  # fmt: skip
+            asr_row(
+                "hatemm_clip00.mp4",
+                [
+                    segment(1.0, 1.4, " second part", **GOOD),
+                    segment(0.0, 0.9, " First  part", **GOOD),
+                    segment(1.4, 1.6, " hmm", **SILENCE),
+                    segment(1.6, 2.0, " go go go go", **LOOP),
+                    segment(2.0, 2.1, "  ", **GOOD),
+                    segment(0.9, 1.0, " bare"),
+                ],
+            ),
             asr_row("hatemm_clip01.webm", [segment(0.0, 1.0, " hallo", **GOOD)], language="fr"),
             asr_row("hatemm_clip02.mkv", [segment(0.0, 1.0, " bonjour", **GOOD)], language="fr"),
             asr_row("hatemm_clip03.avi", []),  # VAD found no speech
@@ -218,9 +227,7 @@ def moving_square_x(jpeg: bytes) -> float:
         rgb = image.convert("RGB")
     width, height = rgb.size
     corner = rgb.getpixel((2, 2))
-    columns = [
-        x for x in range(width) if sum(abs(a - b) for a, b in zip(rgb.getpixel((x, height // 2)), corner)) > 150
-    ]
+    columns = [x for x in range(width) if sum(abs(a - b) for a, b in zip(rgb.getpixel((x, height // 2)), corner)) > 150]
     return (sum(columns) / len(columns)) / width
 
 
@@ -401,8 +408,9 @@ def test_a_clip_that_decodes_too_long_fails_alone(tmp_path: Path):
 def test_asr_input_errors_name_the_file_line_and_field(tmp_path: Path, capsys):
     step2 = tmp_path / "Step_2"
     clip = write_clip(step2 / "a.mp4", seconds=1.0)
-    write_jsonl(step2 / "data_manifest.jsonl", [{"id": "hatemm_a.mp4", "dataset": "hatemm", "split": None,
-                "video_path": str(clip), "labels_raw": {"label": "Hate", "hate_snippet": "", "target": ""}}])  # fmt: skip
+    labels = {"label": "Hate", "hate_snippet": "", "target": ""}
+    row = {"id": "hatemm_a.mp4", "dataset": "hatemm", "split": None, "video_path": str(clip), "labels_raw": labels}
+    write_jsonl(step2 / "data_manifest.jsonl", [row])
     bad = [asr_row("hatemm_a.mp4", [segment(0.0, 1.0, " fine", **GOOD)]),
            asr_row("x", [segment(0.0, "one", " start is text")])]  # fmt: skip
     write_jsonl(step2 / "asr.jsonl", bad)
