@@ -267,13 +267,23 @@ def write_clip(
     audio: bool = False,
     video: bool = True,
 ) -> Path:
-    """A real clip: a coloured field with a square that moves across it (frame i's square sits at
-    i / (frames - 1) of the free width, so a frame's time can be read off its pixels), optionally an
-    AAC track (or only one: video=False) and a display rotation (counter-clockwise degrees)."""
+    """A real clip: a coloured field with a square that moves across its middle third (frame i's
+    square sits at i / (frames - 1) of the free width, so a frame's time can be read off its
+    pixels) under a band of random stripes (so that clips differ to the near-duplicate audit),
+    optionally an AAC track (or only one: video=False) and a display rotation (counter-clockwise
+    degrees)."""
     rng = random.Random(seed)
     width, height = size
     background = tuple(rng.randrange(40, 200) for _ in range(3))
     square = tuple(255 - c for c in background)
+    stripes = Image.new("RGB", (width, max(1, height // 3)), background)
+    x = 0
+    while x < width:
+        step = rng.randrange(2, max(3, width // 4))
+        ImageDraw.Draw(stripes).rectangle(
+            [x, 0, x + step - 1, height], fill=tuple(rng.randrange(256) for _ in range(3))
+        )
+        x += step
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), "w") as container:
         sound = container.add_stream("aac", rate=16000) if audio else None
@@ -288,6 +298,7 @@ def write_clip(
         side = max(2, height // 3)
         for i in range(frames):
             image = Image.new("RGB", size, background)
+            image.paste(stripes, (0, 0))
             x = (width - side) * i // max(1, frames - 1)
             ImageDraw.Draw(image).rectangle([x, height // 3, x + side - 1, height // 3 + side - 1], fill=square)
             for packet in stream.encode(av.VideoFrame.from_image(image)):

@@ -42,7 +42,8 @@ def test_offsets_read_back_every_sample_exactly(pilot: Path):
                 row["source_split"],
             )
             assert doc["labels"] == {f: row[f] for f in ("abuse_hate", "offensive", "target_type", "target_group")}
-            assert ("jpg" in members) == (row["series"] == "images")
+            assert ("jpg" in members) == (row["series"] in ("images", "video"))
+            assert ("f00.jpg" in members) == (row["series"] == "video")
             pieces.append(piece)
         # The samples tile the shard: nothing between them, the end-of-archive blocks after them.
         assert b"".join(pieces) + END_OF_ARCHIVE == data, shard

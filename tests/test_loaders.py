@@ -73,7 +73,7 @@ def test_wids_opens_every_index_packer_writes(pilot, tmp_path, monkeypatch):
     monkeypatch.setenv("WIDS_CACHE", str(tmp_path / "wids"))
     wids = pytest.importorskip("wids", reason="wids (and torch) are installed by make install's `loaders` extra")
     indexes = sorted((pilot / "shards").glob("*/index*.json"))
-    assert len(indexes) == 3 * 3 + 2  # train/val/test: three each; diagnostics: text only
+    assert len(indexes) == 3 * 4 + 2  # train/val/test: four each (all, images, text, video); diagnostics: text only
     for index in indexes:
         doc = json.loads(index.read_text())
         dataset = wids.ShardListDataset(str(index))  # the default cache: by whole url (cache_dir= keys by name)
@@ -87,6 +87,8 @@ def test_wids_opens_every_index_packer_writes(pilot, tmp_path, monkeypatch):
             assert members == {(".jpg", ".json", ".txt")}
         elif index.name == "index.text.json":
             assert members == {(".json", ".txt")}
+        elif index.name == "index.video.json":
+            assert members == {(*(f".f{i:02d}.jpg" for i in range(8)), ".jpg", ".json", ".txt")}
     assert not (pilot / "shards" / "diagnostics" / "index.images.json").exists()
 
 
@@ -140,7 +142,7 @@ def test_readme_python_snippets_run_against_the_pilot(pilot, tmp_path, monkeypat
     train = stats["splits"]["train"]
     assert sum(1 for _ in namespace["ds"]) == train["image_examples"]
     assert sum(1 for _ in namespace["val"]) == stats["splits"]["val"]["image_examples"]
-    assert sum(1 for _ in namespace["urls"]) == train["image_shards"] + train["text_shards"]
+    assert sum(1 for _ in namespace["urls"]) == train["image_shards"] + train["text_shards"] + train["video_shards"]
     pixels, captions, labels = namespace["image_batch"]
     assert pixels.shape == (32, 3, 384, 384) and len(captions) == 32
     assert labels["target_group"].shape == (32, len(namespace["GROUPS"]))

@@ -69,12 +69,17 @@ def test_text_reader_over_both_series_yields_every_packed_example_once(packed):
         ids = [doc["id"] for _, doc in wds.WebDataset(urls, shardshuffle=False).decode().to_tuple("txt", "json")]
         assert len(ids) == len(set(ids)) == stats["splits"][split]["examples"]
         assert set(ids) == {i for i, s in splits.items() if s == split}
-    # Every shard holds samples with the same members: jpg+json+txt, or json+txt.
+    # Every shard holds samples with the same members: jpg+json+txt, json+txt, or a clip's frames too.
+    expected = {
+        "shard": ("jpg", "json", "txt"),
+        "text": ("json", "txt"),
+        "video": (*(f"f{i:02d}.jpg" for i in range(8)), "jpg", "json", "txt"),
+    }
     for url in glob.glob(str(packed / "shards/*/*.tar")):
         members = {
             tuple(sorted(k for k in s if not k.startswith("__"))) for s in wds.WebDataset(url, shardshuffle=False)
         }
-        assert members == ({("jpg", "json", "txt")} if Path(url).name.startswith("shard-") else {("json", "txt")})
+        assert members == {expected[Path(url).name.split("-")[0]]}, url
 
 
 def test_shard_index_lists_every_shard_with_its_count(packed):
@@ -84,9 +89,7 @@ def test_shard_index_lists_every_shard_with_its_count(packed):
         assert index["wids_version"] == 1
         urls = [entry["url"] for entry in index["shardlist"]]
         assert sorted(urls) == sorted(p.name for p in folder.glob("*.tar"))
-        assert urls == sorted(u for u in urls if u.startswith("shard-")) + sorted(
-            u for u in urls if u.startswith("text-")
-        )
+        assert urls == [u for series in ("shard-", "text-", "video-") for u in sorted(urls) if u.startswith(series)]
         for entry in index["shardlist"]:
             assert entry["nsamples"] == sum(1 for _ in wds.WebDataset(str(folder / entry["url"]), shardshuffle=False))
 
@@ -100,15 +103,18 @@ def test_datasets_load_dataset_reads_both_configs_through_the_card(packed, tmp_p
     card = (packed / "README.md").read_text()
     assert card.startswith("---\n") and f"{stats['packed_examples']} examples" in card
     labels_seen: dict[str, dict[str, int]] = {}
-    for config, kind, splits in (("images", "image", ("train", "val", "test")), ("text", "text", SPLITS)):
+    configs = (("images", "image", ("train", "val", "test")), ("text", "text", SPLITS), ("video", "video", SPLITS[:3]))
+    for config, kind, splits in configs:
         for split in splits:
             ds = datasets.load_dataset("Step_3", config, split=split, cache_dir=str(tmp_path / "hf"))
             assert ds.num_rows == stats["splits"][split][f"{kind}_examples"]
             for row in ds:
                 doc = row["json"]
                 assert doc["split"] == split and row["__key__"] == doc["key"]
-                if kind == "image":
+                if kind in ("image", "video"):
                     assert row["jpg"].size == (384, 384)
+                if kind == "video":
+                    assert row["f07.jpg"].size == (384, 384) and doc["video"]["duration"] > 0
                 by_value = labels_seen.setdefault(f"{split}/{doc['dataset']}", {})
                 value = "null" if doc["labels"]["abuse_hate"] is None else str(doc["labels"]["abuse_hate"])
                 by_value[value] = by_value.get(value, 0) + 1

@@ -221,13 +221,14 @@ def subprocess_summary(videos: Path) -> str:
 
 
 def moving_square_x(jpeg: bytes) -> float:
-    """Where the clip's square is, as a share of the frame's width (the mean column of the pixels
-    that differ most from the frame's corner colour)."""
+    """Where the clip's square is, as a share of the frame's width (the mean column whose middle
+    pixel differs most from the background, as the bottom row shows it)."""
     with Image.open(io.BytesIO(jpeg)) as image:
         rgb = image.convert("RGB")
     width, height = rgb.size
-    corner = rgb.getpixel((2, 2))
-    columns = [x for x in range(width) if sum(abs(a - b) for a, b in zip(rgb.getpixel((x, height // 2)), corner)) > 150]
+    background = rgb.getpixel((width // 2, height - 3))
+    middle = [rgb.getpixel((x, height // 2)) for x in range(width)]
+    columns = [x for x, pixel in enumerate(middle) if sum(abs(a - b) for a, b in zip(pixel, background)) > 150]
     return (sum(columns) / len(columns)) / width
 
 

@@ -218,7 +218,7 @@ def video_report(rows: pl.DataFrame, asr_orphans: int, config: PackConfig) -> di
         "frames_written": packed.height * (config.video_frames + 1),
         "failed": dict(failed.sort(["len", "reason"], descending=[True, False]).iter_rows()),
         "dropped": clips.filter(pl.col("status") == "dropped").height,
-        "seconds": {
+        "clip_seconds": {
             "total": round(sum(durations), 3),
             "min": durations[0] if durations else None,
             "median": durations[len(durations) // 2] if durations else None,
@@ -393,7 +393,7 @@ def video_lines(video: dict[str, Any]) -> list[str]:
     dropped = ", ".join(f"{r} {n}" for r, n in asr["segments_dropped"].items())
     return [
         f"  videos: {video['packed']}/{video['examples']} clips packed, {video['frames_written']} frames written "
-        f"({video['frames_per_clip']} + the middle one per clip), {video['seconds']['total']:.0f} s of video; "
+        f"({video['frames_per_clip']} + the middle one per clip), {video['clip_seconds']['total']:.0f} s of video; "
         f"failed: {failed}",
         f"  ASR: {asr['clips_with_asr_row']}/{video['examples']} clips with an ASR row, "
         f"{asr['clips_with_kept_speech']} with kept speech; {asr['segments_kept']} segments kept, dropped: {dropped}; "
