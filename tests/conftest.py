@@ -234,7 +234,8 @@ N_IMAGES = 160
 
 @pytest.fixture(scope="session")
 def corpus(tmp_path_factory) -> Path:
-    """A manifest of MAMI memes and OLID posts whose images take a few seconds to pack on 2 workers."""
+    """A manifest of MAMI memes, OLID posts and HateMM clips (with an ASR file) whose images take a
+    few seconds to pack on 2 workers."""
     return built_once(tmp_path_factory, "corpus", write_corpus)
 
 
@@ -267,7 +268,24 @@ def write_corpus(root: Path) -> None:
                 "labels_raw": {"subtask_a": "OFF" if i % 2 else "NOT"},
             }
         )
+    # HateMM clips with speech: the crash, resume and Dask tests cover the video path too.
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from make_sample_data import write_clip
+
+    asr = []
+    for i in range(CORPUS_CLIPS):
+        codec, suffix = (("libx264", "mp4"), ("libvpx-vp9", "webm"), ("mpeg4", "mkv"))[i % 3]
+        clip = write_clip(root / "videos" / f"v{i}.{suffix}", codec, (64, 48), 2.0, 8, seed=i, gop=4)
+        labels = {"label": "Hate" if i % 2 else "Non Hate", "hate_snippet": "", "target": "Jews" if i % 2 else ""}
+        rows.append({"id": f"hatemm_v{i}", "dataset": "hatemm", "split": None, "image_path": None,
+                     "video_path": str(clip), "text_raw": None, "labels_raw": labels})  # fmt: skip
+        segment = {"start": 0.2, "end": 1.0, "text": f" clip {i} speaks", "avg_logprob": -0.2, "no_speech_prob": 0.1}
+        asr.append({"id": f"hatemm_v{i}", "asr": {"language": "en", "segments": [segment]}})
     write_jsonl(root / "manifest.jsonl", rows)
+    write_jsonl(root / "asr.jsonl", asr)
+
+
+CORPUS_CLIPS = 12
 
 
 def command(corpus: Path, out: Path, *extra: str) -> list[str]:
@@ -277,6 +295,8 @@ def command(corpus: Path, out: Path, *extra: str) -> list[str]:
         "packer",
         "--manifest",
         str(corpus / "manifest.jsonl"),
+        "--asr",
+        str(corpus / "asr.jsonl"),
         "--output-dir",
         str(out / "shards"),
         "--label-taxonomy",

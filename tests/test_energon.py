@@ -46,7 +46,12 @@ def load(root: Path, split_config: str, dataset_config: str, world: int, parts: 
 @pytest.mark.parametrize("world", [1, 2])
 @pytest.mark.parametrize(
     "split_config, series",
-    [("split.yaml", ["images"]), ("split.text.yaml", ["text"]), ("split.all.yaml", ["images", "text"])],
+    [
+        ("split.yaml", ["images"]),
+        ("split.text.yaml", ["text"]),
+        ("split.video.yaml", ["video"]),
+        ("split.all.yaml", ["images", "text", "video"]),
+    ],
 )
 def test_every_split_loads_once_across_ranks(pilot: Path, world: int, split_config: str, series: list[str]):
     shards = pilot / "shards"
@@ -55,13 +60,15 @@ def test_every_split_loads_once_across_ranks(pilot: Path, world: int, split_conf
     assert list(stats["splits"]) == ["train", "val", "test", "diagnostics"]
     # Every split a part; diagnostics (HateCheck, text only) has no image shards: `[]` in split.yaml.
     parts = [p for p in stats["splits"] if len(catalog.filter((pl.col("split") == p) & pl.col("series").is_in(series)))]
-    assert parts == (["train", "val", "test"] if series == ["images"] else ["train", "val", "test", "diagnostics"])
+    with_diagnostics = "text" in series  # HateCheck is text only
+    assert parts == ["train", "val", "test", *(["diagnostics"] if with_diagnostics else [])]
     got = load(shards, split_config, "dataset.yaml", world, parts)
     for part in parts:
         ranks = got[part]
         keys = [[k for k, _ in ranks[str(r)]] for r in range(world)]
         expected = catalog.filter((pl.col("split") == part) & pl.col("series").is_in(series))
-        wanted = sum(stats["splits"][part][f"{'image' if s == 'images' else 'text'}_examples"] for s in series)
+        kinds = {"images": "image", "text": "text", "video": "video"}
+        wanted = sum(stats["splits"][part][f"{kinds[s]}_examples"] for s in series)
         assert sum(len(k) for k in keys) == wanted == len(expected), (part, [len(k) for k in keys])
         assert all(keys), (part, "a rank got no sample")
         if world == 2:
@@ -94,6 +101,7 @@ def test_typed_configs_load_and_pass_energon_lint(pilot: Path):
     for dataset_config, split_config in (
         ("dataset.text.yaml", "split.all.yaml"),
         ("dataset.image_abuse_hate.yaml", "split.yaml"),
+        ("dataset.image_abuse_hate.yaml", "split.video.yaml"),  # a clip's middle frame is its jpg
     ):
         done = energon("lint", str(shards), "--dataset-config", dataset_config, "--split-config", split_config)
         assert done.returncode == 0, (dataset_config, done.stdout[-2000:], done.stderr[-2000:])

@@ -146,6 +146,11 @@ def test_readme_python_snippets_run_against_the_pilot(pilot, tmp_path, monkeypat
     pixels, captions, labels = namespace["image_batch"]
     assert pixels.shape == (32, 3, 384, 384) and len(captions) == 32
     assert labels["target_group"].shape == (32, len(namespace["GROUPS"]))
+    frames, speech, times, hate = namespace["clip_batch"][0]  # docs/outputs.md's N frames per clip
+    assert tuple(frames.shape) == (8, 3, 384, 384) and str(frames.dtype) == "torch.uint8"
+    assert speech.startswith(("[OCR] [/OCR] [ASR] ", "[OCR] [/OCR] [CAP] "))  # with or without speech
+    assert len(times) == 8 and hate in (0, 1)
+    assert len(namespace["clip_batch"]) == min(4, train["video_examples"])
     text_captions, text_labels = namespace["text_batch"]
     assert len(text_captions) == 32 and str(text_labels["abuse_hate_mask"].dtype) == "torch.bool"
     assert len(namespace["train_images"]) == train["image_examples"]  # wids

@@ -185,7 +185,8 @@ def test_report_renders_in_headless_chromium_offline(packed, tmp_path):
         browser.quit()
     shown = sum(1 for split in ("train", "val", "test") if stats["splits"][split]["image_examples"])
     assert len(images) >= shown and all(ok and w == 384 and h == 384 for ok, w, h in images), images
-    assert len(charts) == 6 and all(width > 100 and marks > 5 for width, marks in charts), charts
+    # Split sizes, 4 class shares, reasons, and the clips' durations (the sample has clips).
+    assert len(charts) == 7 and all(width > 100 and marks > 5 for width, marks in charts), charts
     assert verdict.startswith("FAIL") == (not all(stats["checks"].values()))
     assert {r[0]: int(r[1]) for r in rows} == {s: e["examples"] for s, e in stats["splits"].items()}
     assert errors == []

@@ -85,6 +85,7 @@ def test_wheel_installs_into_a_clean_venv_and_packs(tmp_path: Path):
         "index.images.json",
         "index.json",
         "index.text.json",
+        "index.video.json",  # the sample's clips
     ]
     report = out / "report.html"
     first = hashlib.sha256(report.read_bytes()).hexdigest()
