@@ -70,7 +70,8 @@ def test_every_split_loads_once_across_ranks(pilot: Path, world: int, split_conf
         kinds = {"images": "image", "text": "text", "video": "video"}
         wanted = sum(stats["splits"][part][f"{kinds[s]}_examples"] for s in series)
         assert sum(len(k) for k in keys) == wanted == len(expected), (part, [len(k) for k in keys])
-        assert all(keys), (part, "a rank got no sample")
+        # Every rank gets a sample, where the part has one for each (the pilot's val has 1 clip).
+        assert all(keys) or len(expected) < world, (part, "a rank got no sample")
         if world == 2:
             assert not set(keys[0]) & set(keys[1]), part
         assert set().union(*map(set, keys)) == set(expected["key"])

@@ -183,6 +183,7 @@ def test_unwritable_output_directory_exits_3(corpus, tmp_path):
 def test_input_error_prints_only_its_message(tmp_path):
     good = {"id": "a", "dataset": "mami", "split": "train", "image_path": None, "text_raw": "t", "labels_raw": MAMI}
     (tmp_path / "manifest.jsonl").write_text(json.dumps(good) + "\n{not json\n")
+    (tmp_path / "asr.jsonl").write_text("")  # command() passes --asr
     for _ in range(3):  # the pool warming up during planning must not add a traceback, any time
         run = subprocess.run(command(tmp_path, tmp_path / "Step_3"), cwd=tmp_path, capture_output=True, text=True)
         assert run.returncode == 2
