@@ -28,6 +28,11 @@ from .images import ImageFailure, dhash, open_regular
 
 # Without a container index, a wanted frame more than this many seconds ahead is sought, not decoded to.
 SEEK_GAP = 1.0
+# On the way to a wanted frame, frames that no other frame refers to (H.264's and HEVC's non-reference
+# B-frames) are not decoded until this many seconds (at least 3 frame intervals) before it: the frames
+# that are decoded come out the same. A frame chosen from before that window is checked by decoding
+# its stretch again without skipping.
+SKIP_MARGIN = 0.5
 # Where the clip ends before a wanted frame by more than this (and more than two frame intervals),
 # the clip is shorter than its header says: truncated.
 END_SLACK = 1.0
@@ -83,6 +88,11 @@ class Decoder:
         self.keyframes = self.index()
         self.decoded = 0
         self.seeks = 0
+        rate = stream.average_rate or stream.guessed_rate
+        self.interval = 1 / float(rate) if rate else 0.0
+        self.margin = max(SKIP_MARGIN, 3 * self.interval)
+        self.skip_before = float("-inf")  # packets that start before this are decoded only if referred to
+        self.skipping = True
 
     def index(self) -> list[float]:
         """Keyframe times (seconds from the start) from the container's index; [] without one."""
@@ -128,13 +138,24 @@ class Decoder:
         except av.FFmpegError:
             # Not seekable (a raw stream): decode from the start instead.
             self.container.seek(0)
-        self.frames = self.container.decode(self.stream)
+        self.frames = self.decode_packets()
         self.ahead = self.before = None
         self.seeks += 1
+
+    def decode_packets(self) -> Iterator[Any]:
+        """The frames from the current position on; non-reference frames well before the wanted
+        time are skipped (`skip_before`, set per wanted frame)."""
+        context = self.stream.codec_context
+        for packet in self.container.demux(self.stream):
+            self.check_time()
+            early = packet.pts is not None and self.seconds(packet.pts) < self.skip_before
+            context.skip_frame = "NONREF" if self.skipping and early else "DEFAULT"
+            yield from context.decode(packet)
 
     def frame_at(self, t: float, duration: float) -> Any:
         """The frame shown at `t` seconds: the last one starting at or before it (the first frame
         where `t` precedes every frame)."""
+        self.skip_before = t - self.margin
         if self.must_seek(t):
             self.seek(t)
         best = self.before if self.before is not None and self.seconds(self.before.pts) <= t else None
@@ -158,9 +179,16 @@ class Decoder:
         if best is None:
             raise fail("video_truncated", f"no frame at {t:.3f} s of the {duration:.3f} s the clip declares")
         shown = self.seconds(best.pts)
-        rate = self.stream.average_rate or self.stream.guessed_rate
-        interval = 2 / float(rate) if rate else 0.0
-        if ended and t - shown > max(END_SLACK, interval):
+        if self.skipping and shown < self.skip_before and t >= shown:
+            # A frame skipped on the way may have been shown later than this one: decode the
+            # stretch again, every frame.
+            self.skipping = False
+            self.seek(t)
+            try:
+                return self.frame_at(t, duration)
+            finally:
+                self.skipping = True
+        if ended and t - shown > max(END_SLACK, 2 * self.interval):
             raise fail("video_truncated", f"the frames end at {shown:.3f} s of the {duration:.3f} s the clip declares")
         self.before = best
         return best
