@@ -149,3 +149,18 @@ def test_bench_report_finds_the_planted_pairs_by_offset_and_by_scan(tmp_path):
     assert "(8 of 8 pair samples shown found)" in done.stdout
     scanned = (tmp_path / "big" / "Step_3" / "report.html").read_text(encoding="utf-8")
     assert "not found in the shards" not in scanned and scanned.count('class="pair"') == 4
+
+
+def test_bench_video_prints_the_three_rates_and_their_ratios(tmp_path):
+    """scripts/bench_video.py on two short clips: packer, the ffmpeg loop and the whole decode
+    side by side, for both GOPs."""
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts/bench_video.py"), "--clips", "1", "--seconds", "4", "--size", "160x96",
+         "--fps", "10", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    timed = [line.split()[0] for line in lines if " frames in " in line and "frames/s" in line]
+    assert timed == ["packer", "ffmpeg", "PyAV"] * 2
+    assert sum("packer / ffmpeg loop:" in line and "packer / PyAV whole decode:" in line for line in lines) == 2

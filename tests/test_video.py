@@ -441,3 +441,15 @@ def test_a_row_with_both_an_image_and_a_clip_fails_alone_and_a_repeated_clip_is_
         ("hatemm_0", "failed", "both image_path and video_path: an example is an image or a video, not both"),
         ("hatemm_2", "dropped", "duplicate"),
     ]
+
+
+def test_skipping_unreferenced_frames_changes_no_byte(tmp_path: Path, monkeypatch):
+    """Frames nobody refers to are not decoded on the way to a wanted frame: the frames packed are
+    the same bytes as when every frame is decoded (a 12 s H.264 clip with B-frames, GOP 250)."""
+    import packer.video
+
+    clip = write_clip(tmp_path / "b.mp4", size=(96, 64), seconds=12.0, fps=10, gop=250, seed=3)
+    skipped = encode_clip(str(clip), 384, 95, 10**8, VideoSettings())
+    monkeypatch.setattr(packer.video, "SKIP_MARGIN", 1e9)  # nothing is early enough to skip
+    every = encode_clip(str(clip), 384, 95, 10**8, VideoSettings())
+    assert (skipped.middle, skipped.frames, skipped.facts) == (every.middle, every.frames, every.facts)
