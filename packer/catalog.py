@@ -24,14 +24,57 @@ from .shards import END_OF_ARCHIVE, SERIES_NAMES, write_atomic
 CATALOG = "samples.parquet"
 
 LOCATION = {"shard": pl.String, "index": pl.Int32, "offset": pl.Int64, "size": pl.Int64}
-COLUMNS = ["key", "id", "dataset", "split", "source_split", "series", *LOCATION, "lang", *UNIFIED_FIELDS]
+# What a later pack compares (`diff`) and reuses: the digests of the sample's jpg and txt members,
+# its image's dHash, its source file's path, digest, size, mtime and inode, and the digest of the
+# settings its image was encoded with (previous.encoder_identity).
+FACTS = {
+    "image_sha256": pl.String,
+    "text_sha256": pl.String,
+    "dhash": pl.UInt64,
+    "source_path": pl.String,
+    "source_sha256": pl.String,
+    "source_size": pl.Int64,
+    "source_mtime_ns": pl.Int64,
+    "source_inode": pl.Int64,
+    "encoder": pl.String,
+}
+COLUMNS = ["key", "id", "dataset", "split", "source_split", "series", *LOCATION, "lang", *UNIFIED_FIELDS, *FACTS]
 
 
 class CatalogError(RuntimeError):
     """The shards and the samples that were packed into them disagree: a bug, never an input error."""
 
 
-def build_catalog(samples: pl.DataFrame, packed: dict[str, int], shards: Iterable[Any]) -> pl.DataFrame:
+def sample_facts(outcomes: Iterable[Any], encoder: str | None) -> pl.DataFrame:
+    """The FACTS of every packed sample (SampleOutcome.facts), by id."""
+    rows = []
+    for o in outcomes:
+        if o.status != "packed":
+            continue
+        facts = o.facts or {}
+        source = facts.get("source") or {}
+        rows.append(
+            (
+                o.id,
+                facts.get("image_sha256"),
+                facts.get("text_sha256"),
+                o.dhash,
+                source.get("sha256"),
+                source.get("size"),
+                source.get("mtime_ns"),
+                source.get("inode"),
+                encoder if o.image is not None and o.video is None else None,
+            )
+        )
+    names = ["image_sha256", "text_sha256", "dhash", "source_sha256", "source_size", "source_mtime_ns",
+             "source_inode", "encoder"]  # fmt: skip
+    schema = {"id": pl.String, **{n: FACTS[n] for n in names}}
+    return pl.DataFrame(rows, schema=schema, orient="row")
+
+
+def build_catalog(
+    samples: pl.DataFrame, packed: dict[str, int], shards: Iterable[Any], facts: pl.DataFrame | None = None
+) -> pl.DataFrame:
     """The catalog of a run.
 
     `samples`: the plan's samples in packing order, with their series (plan.ordered_samples); `packed`: id -> bytes of
@@ -44,6 +87,11 @@ def build_catalog(samples: pl.DataFrame, packed: dict[str, int], shards: Iterabl
     )
     rows = samples.join(sizes, on="id", how="inner", maintain_order="left").with_columns(
         series=pl.col("series").replace_strict(SERIES_NAMES, return_dtype=pl.String)
+    )
+    if facts is None:
+        facts = pl.DataFrame(schema={"id": pl.String, **{n: t for n, t in FACTS.items() if n != "source_path"}})
+    rows = rows.join(facts, on="id", how="left", maintain_order="left").with_columns(
+        source_path=pl.when(pl.col("series") == "images").then(pl.col("image_path"))
     )
     listing = pl.DataFrame(
         [

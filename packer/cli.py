@@ -137,6 +137,15 @@ def parser() -> argparse.ArgumentParser:
         help="a segment whose compression_ratio is above this is a repetition loop, dropped",
     )
     p.add_argument(
+        "--reuse-from",
+        type=Path,
+        default=None,
+        metavar="STEP_3",
+        help="take the images another pack encoded with the same settings from its shards (e.g. a pilot before the "
+        "full run); a re-pack over an earlier pack reuses that one without this flag",
+    )
+    p.add_argument("--no-reuse", action="store_true", help="encode every image, reusing nothing of an earlier pack")
+    p.add_argument(
         "--report-sample", type=int, default=48, metavar="N", help="examples per split on report.html's contact sheets"
     )
     return p

@@ -26,7 +26,7 @@ SET_NORMALIZE = ("lower",)
 
 
 # PackConfig fields that change how a run executes, never a byte of its output.
-EXECUTION_ONLY = ("workers", "backend", "scheduler", "fresh")
+EXECUTION_ONLY = ("workers", "backend", "scheduler", "fresh", "reuse_from", "no_reuse")
 
 
 class InputError(Exception):
@@ -76,6 +76,10 @@ class PackConfig:
     asr_max_no_speech: float = 0.6  # a segment with no_speech_prob above this and ...
     asr_min_logprob: float = -1.0  # ... avg_logprob below this is silence (Whisper's own rule)
     asr_max_compression: float = 2.4  # a segment whose compression_ratio is above this is a repetition loop
+    # Re-packs: reuse the images an earlier pack encoded (this folder's, or --reuse-from's); the
+    # output is the same bytes either way.
+    reuse_from: Path | None = None
+    no_reuse: bool = False
 
     @property
     def failures_log(self) -> Path:

@@ -10,6 +10,7 @@ This module and those it imports never import Polars.
 from __future__ import annotations
 
 import bisect
+import hashlib
 import io
 import json
 import os
@@ -23,6 +24,7 @@ from tqdm import tqdm
 
 from .guard import create_exclusive
 from .images import ImageFailure, encode_image
+from .reuse import reused_image, source_facts
 from .shards import SERIES, ShardWriter, sample_bytes, series_of
 from .specs import ChunkResult, ChunkSpec, SampleOutcome, SampleSpec
 from .state import ClosedShard, Progress, RunState
@@ -86,6 +88,14 @@ def sample_json(spec: SampleSpec, image: dict | None, video: dict | None = None)
     return json.dumps(doc, ensure_ascii=False).encode("utf-8")
 
 
+SOURCE_FACTS = ("sha256", "size", "mtime_ns", "inode")
+
+
+def reuse_of(spec: SampleSpec) -> tuple[bytes, dict] | None:
+    """The earlier pack's encoded image for this sample, when the plan found one and it checks out."""
+    return reused_image(spec.reuse) if spec.reuse is not None else None
+
+
 def pack_chunk(chunk: ChunkSpec, chunk_path: str | None, settings: ImageSettings) -> ChunkResult:
     """Worker: encode every sample of a chunk and append its tar members to `chunk_path`, or, with
     no path, return them with the result (a Dask worker on another machine)."""
@@ -93,7 +103,8 @@ def pack_chunk(chunk: ChunkSpec, chunk_path: str | None, settings: ImageSettings
     with os.fdopen(create_exclusive(Path(chunk_path)), "wb") if chunk_path else io.BytesIO() as out:
         for spec in chunk.samples():
             members = {"txt": spec.text.encode("utf-8")}
-            image = near_hash = video = None
+            image = near_hash = video = source = None
+            reused = False
             if spec.video_path is not None:
                 try:
                     clip = encode_clip(
@@ -105,7 +116,13 @@ def pack_chunk(chunk: ChunkSpec, chunk_path: str | None, settings: ImageSettings
                 members["jpg"] = clip.middle
                 members.update({f"f{i:02d}.jpg": frame for i, frame in enumerate(clip.frames)})
                 image, video, near_hash = clip.image, clip.facts, clip.dhash
+            elif spec.image_path is not None and (found := reuse_of(spec)) is not None:
+                # Encoded by an earlier pack with the same settings, from the same bytes: taken as is.
+                members["jpg"], image = found
+                near_hash, reused = spec.reuse["dhash"], True
+                source = {k: spec.reuse[f"source_{k}"] for k in SOURCE_FACTS}
             elif spec.image_path is not None:
+                source = source_facts(spec.image_path)  # read once here; the decode then reads the page cache
                 try:
                     encoded = encode_image(spec.image_path, settings.size, settings.quality, settings.max_pixels)
                 except ImageFailure as exc:
@@ -121,8 +138,16 @@ def pack_chunk(chunk: ChunkSpec, chunk_path: str | None, settings: ImageSettings
             members["json"] = sample_json(spec, image, video)
             data = sample_bytes(spec.key, members)
             out.write(data)
+            facts = {
+                "image_sha256": hashlib.sha256(members["jpg"]).hexdigest() if "jpg" in members else None,
+                "text_sha256": hashlib.sha256(members["txt"]).hexdigest(),
+                "source": source,
+                "reused": reused,
+            }
             outcomes.append(
-                SampleOutcome(spec.id, "packed", nbytes=len(data), image=image, dhash=near_hash, video=video)
+                SampleOutcome(
+                    spec.id, "packed", nbytes=len(data), image=image, dhash=near_hash, video=video, facts=facts
+                )
             )
         data = None if chunk_path else out.getvalue()
     return ChunkResult(chunk.split, chunk.index, chunk.start, chunk_path, tuple(outcomes), data)

@@ -40,6 +40,10 @@ WORK_FILE = re.compile(r"(state|pins)\.json(\.tmp)?|journal\.jsonl|[A-Za-z0-9_-]
 # Top-level names in the shards folder besides the split and work folders.
 ROOT_FILE = re.compile(r"\.packer|\.lock|samples\.parquet(\.tmp)?")
 ROOT_DIRS = (".nv-meta",)
+# During a re-pack: the earlier pack's shards, catalog and failures log, read for reuse and the
+# comparison, removed when the run completes.
+PREVIOUS = ".previous"
+PREVIOUS_FILE = re.compile(r"samples\.parquet|failures\.jsonl(\.tmp)?")
 # .nv-meta/: packer's energon metadata, and what `energon prepare` adds there (its sample index).
 META_FILE = re.compile(
     r"[A-Za-z0-9_.-]+\.(yaml|json)(\.tmp)?|index\.(sqlite|uuid)(-journal|-wal|-shm)?|join_index\.bin"
@@ -101,6 +105,9 @@ def check_shard_folder(root: Path) -> None:
         if not indexed:
             raise _foreign(entries[0], root)
     for entry in entries:
+        if entry.name == PREVIOUS:
+            check_previous(entry, root)
+            continue
         if entry.name in (*SPLIT_DIRS, *WORK_DIRS, *ROOT_DIRS):
             if entry.is_symlink() or not entry.is_dir():
                 raise _refuse(entry, "is a link or not a folder", "packer writes a folder of its own there: remove it")
@@ -110,6 +117,25 @@ def check_shard_folder(root: Path) -> None:
             check_no_link(entry)
         elif not (entry.is_file() and ROOT_FILE.fullmatch(entry.name)):
             raise _foreign(entry, root)
+
+
+def check_previous(folder: Path, root: Path) -> None:
+    """`.previous/`: a folder (no link) of packer's split folders, catalog and failures log."""
+    if folder.is_symlink() or not folder.is_dir():
+        raise _refuse(folder, "is a link or not a folder", "packer writes a folder of its own there: remove it")
+    for entry in sorted(folder.iterdir()):
+        if entry.name in SPLIT_DIRS and entry.is_dir() and not entry.is_symlink():
+            _check_tree(entry, SPLIT_FILE, root)
+        elif entry.is_symlink() or not (entry.is_file() and PREVIOUS_FILE.fullmatch(entry.name)):
+            raise _foreign(entry, root)
+
+
+def remove_previous(root: Path) -> None:
+    """Remove `.previous/` (packer's names only) once a re-pack is complete."""
+    folder = root / PREVIOUS
+    for split in SPLIT_DIRS:
+        remove_owned(folder / split, SPLIT_FILE)
+    remove_owned(folder, PREVIOUS_FILE)
 
 
 def _is_packer_file(path: Path, kind: str) -> bool:

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
-from .catalog import CATALOG, build_catalog, write_catalog
+from .catalog import CATALOG, build_catalog, sample_facts, write_catalog
 from .config import (
     DIAGNOSTICS,
     SPLITS,
@@ -28,6 +30,7 @@ from .execute import ImageSettings, execute
 from .guard import (
     INCOMPLETE,
     INCOMPLETE_TEXT,
+    PREVIOUS,
     SPLIT_DIRS,
     SPLIT_FILE,
     WORK_FILE,
@@ -39,6 +42,7 @@ from .guard import (
     check_shard_folder,
     inert,
     remove_owned,
+    remove_previous,
 )
 from .images import fingerprint
 from .plan import (
@@ -52,6 +56,8 @@ from .plan import (
     splits_document,
 )
 from .pool import Pool
+from .previous import counts as reuse_counts
+from .previous import earlier_pack, encoder_identity, located, match_images, reuse_of
 from .report import build_stats, final_rows, summary, write_card, write_failures, write_stats
 from .report.card import card_path
 from .report.html import ReportWarmer, build_report
@@ -178,11 +184,20 @@ def _run(config: PackConfig, pool: Pool, warmer: ReportWarmer) -> tuple[int, dic
         file_digest(config.asr),
     )
     progress = resume_point(state, previous, ident)
+    earlier = None if config.no_reuse else earlier_pack(config.output_dir, config.reuse_from)
+    if earlier is not None and config.reuse_from is not None and earlier.resolve() == config.output_dir.resolve():
+        raise InputError(f"{config.reuse_from}: --reuse-from names this run's own pack: a re-pack reuses it as it is")
+    encoder = encoder_identity(config.image_size, config.jpeg_quality, config.max_image_pixels)
+    images_only = ok["image_path"].drop_nulls().to_list()
+    matches = match_images(earlier, encoder, images_only, config.workers) if earlier is not None else None
     timings["plan"] = time.perf_counter() - start
 
     # Inputs are valid: from here on, outputs are written.
     try:
-        return write_run(config, taxonomy, plan, image_paths, state, ident, pins, progress, pool, warmer, timings)
+        reuse = Reuse(earlier, matches, encoder)
+        return write_run(
+            config, taxonomy, plan, image_paths, state, ident, pins, progress, pool, warmer, timings, reuse
+        )
     except OSError as exc:
         where = exc.filename or config.output_dir
         raise OutputError(f"cannot write {where}: {exc.strerror or exc}; rerun the same command to resume") from None
@@ -215,9 +230,15 @@ def write_run(
     pool: Pool,
     warmer: ReportWarmer,
     timings: dict[str, float],
+    reuse: Reuse | None = None,
 ) -> tuple[int, dict[str, Any]]:
+    reuse = reuse or Reuse(None, None, None)
     out_dir = config.stats.parent
     out_dir.mkdir(parents=True, exist_ok=True)
+    if progress is None and reuse.earlier is not None and reuse.earlier.resolve() == config.output_dir.resolve():
+        # The pack this run replaces is read while the new one is written: its shards, catalog and
+        # failures log wait in .previous/ until the run is complete.
+        reuse.earlier = keep_previous(config)
     # Nothing stale looks valid: a previous run's verdict goes first, and the folder says it is incomplete.
     write_atomic(out_dir / INCOMPLETE, INCOMPLETE_TEXT.encode("utf-8"))
     for stale in (config.stats, card_path(config.stats), out_dir / "report.html", config.failures_log):
@@ -246,6 +267,7 @@ def write_run(
     pool.check_workers(image_paths)
     print(f"packer: image stage on {pool.describe()}")
     samples = ordered_samples(plan.rows)  # sorted once: for the shard cuts and the chunks alike
+    samples = reuse_of(samples, located(reuse.matches, reuse.earlier) if reuse.matches is not None else None)
     result = execute(
         iter_chunks(samples, guided_chunks(pool.workers, config.chunk_size), progress.start),
         total,
@@ -271,7 +293,7 @@ def write_run(
         write_shard_index(config.output_dir / split, listed)
     start = time.perf_counter()
     packed = {o.id: o.nbytes for o in result.outcomes if o.status == "packed"}
-    catalog = build_catalog(samples, packed, result.shards)
+    catalog = build_catalog(samples, packed, result.shards, sample_facts(result.outcomes, reuse.encoder))
     write_tar_indexes(config.output_dir, catalog, result.shards)
     write_meta(config.output_dir, result.shards, dict.fromkeys(s.split for s in result.shards))
     write_catalog(config.output_dir, catalog)
@@ -286,6 +308,7 @@ def write_run(
     state.splits_written(text_digest(splits_doc))
     write_atomic(config.splits, splits_doc)
     stats = build_stats(config, rows, result, plan.manifest_rows, plan.ocr_orphans, timings, plan.asr_orphans)
+    stats["reuse"] = {"from": str(reuse.earlier) if reuse.earlier else None, **reuse_counts(result.outcomes)}
     # The pack's fingerprint: a digest of every shard's name and bytes (hashed as they were written).
     listing = "".join(f"{s.name} {s.sha256}\n" for s in result.shards)
     fingerprint = text_digest(listing)[:16]
@@ -298,8 +321,34 @@ def write_run(
     (out_dir / INCOMPLETE).unlink(missing_ok=True)
     write_stats(config, stats)
     state.remove()
+    remove_previous(config.output_dir)
     print(summary(stats))
     return (0 if all(stats["checks"].values()) else 1), stats
+
+
+@dataclass
+class Reuse:
+    """The earlier pack a run reuses (its shards folder), its images matched to this run's, and
+    the digest of this run's image settings."""
+
+    earlier: Path | None
+    matches: pl.DataFrame | None
+    encoder: str | None
+
+
+def keep_previous(config: PackConfig) -> Path:
+    """Move the pack in the output folder aside into `.previous/` (catalog first, then each split
+    folder, each a rename) with a copy of its failures log; returns that folder."""
+    previous = config.output_dir / PREVIOUS
+    previous.mkdir(exist_ok=True)
+    os.replace(config.output_dir / CATALOG, previous / CATALOG)
+    if config.failures_log.is_file():
+        write_atomic(previous / "failures.jsonl", config.failures_log.read_bytes())
+    for split in SPLIT_DIRS:
+        folder = config.output_dir / split
+        if folder.is_dir() and not folder.is_symlink() and not (previous / split).exists():
+            os.replace(folder, previous / split)
+    return previous
 
 
 def drop_unfinished(shard_root: Path, progress: Progress) -> None:

@@ -20,6 +20,7 @@ SAMPLE_COLUMNS = [
     "text",
     "aux_json",
     "asr_json",
+    "reuse",
 ]
 
 
@@ -37,6 +38,9 @@ class SampleSpec:
     labels: dict[str, Any]
     aux_json: str
     asr_json: str | None  # a video example's kept speech segments (the sample JSON's `asr`), when it has an ASR row
+    # Where an earlier pack holds this image encoded with the same settings (shard, offset, size,
+    # image_sha256, dhash, source_sha256, source_size, source_mtime_ns, source_inode), or None.
+    reuse: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,9 @@ class SampleOutcome:
     image: dict[str, Any] | None = None
     dhash: int | None = None
     video: dict[str, Any] | None = None  # a packed video example's facts (duration, fps, size, frame times)
+    # What the catalog records of a packed sample: its members' digests, its source file's facts
+    # (sha256, size, mtime_ns, inode: what the next pack matches on), and whether it was reused.
+    facts: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

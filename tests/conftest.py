@@ -312,17 +312,23 @@ def command(corpus: Path, out: Path, *extra: str) -> list[str]:
 
 
 def without_seconds(stats_bytes: bytes) -> bytes:
-    """stats.json's bytes as written, less its `seconds` block (the one part that varies by run):
-    the block is cut out of the text, nothing is parsed or encoded again."""
-    text = stats_bytes.decode("utf-8")
-    start = text.index('\n  "seconds": {')
+    """stats.json's bytes as written, less its `seconds` and `reuse` blocks (the parts that vary
+    by run: timings, and how many images an earlier pack gave): each block is cut out of the
+    text, nothing is parsed or encoded again."""
+    return cut_block(cut_block(stats_bytes.decode("utf-8"), "seconds"), "reuse").encode("utf-8")
+
+
+def cut_block(text: str, name: str) -> str:
+    if f'\n  "{name}": {{' not in text:
+        return text
+    start = text.index(f'\n  "{name}": {{')
     end = text.index("\n  }", start) + len("\n  }")
     rest = text[:start] + text[end:]
     if rest[start] == ",":  # the block was not the last one
         rest = rest[:start] + rest[start + 1 :]
     else:  # it was: drop the comma before it
         rest = rest[: start - 1] + rest[start:]
-    return rest.encode("utf-8")
+    return rest
 
 
 def digests(folder: Path) -> dict[str, str]:

@@ -373,6 +373,9 @@ def summary(stats: dict[str, Any]) -> str:
     )
     if "video" in stats:
         lines += video_lines(stats["video"])
+    reuse = stats.get("reuse")
+    if reuse and reuse.get("from"):
+        lines.append(f"  images: {reuse['reused']} reused, {reuse['encoded']} encoded (from {reuse['from']})")
     leak = stats["leakage"]
     by_pair = ", ".join(f"{pair} {entry['shared']}" for pair, entry in leak["images"].items())
     lines.append(
@@ -406,8 +409,9 @@ def json_bytes(doc: Any) -> bytes:
 
 
 def output_digests(folder: Path) -> dict[str, str]:
-    """SHA-256 of every file of an output folder, stats.json without its timings: what two runs of
-    the same inputs and flags share (any worker count, loky or Dask, resumed or not)."""
+    """SHA-256 of every file of an output folder, stats.json without its timings and reuse counts:
+    what two runs of the same inputs and flags share (any worker count, loky or Dask, resumed or
+    not, reusing an earlier pack's images or not)."""
     out = {}
     for path in sorted(folder.rglob("*")):
         if path.is_file():
@@ -415,6 +419,7 @@ def output_digests(folder: Path) -> dict[str, str]:
             if path.name == "stats.json":
                 doc = json.loads(data)
                 doc.pop("seconds")
+                doc.pop("reuse", None)  # how the images were come by, not what they are
                 data = json.dumps(doc).encode()  # key order kept: it is part of the bytes
             out[str(path.relative_to(folder))] = hashlib.sha256(data).hexdigest()
     return out

@@ -1,0 +1,187 @@
+"""A re-pack reuses what an earlier pack encoded: which earlier pack, and which of its images.
+
+The earlier pack is the one this run replaces (its `--output-dir`; while a re-pack runs, its files
+wait in `shards/.previous/`), or `--reuse-from` (another pack, e.g. the pilot before a full run).
+An image to pack is matched to an earlier sample by the SHA-256 of its file's bytes, and only
+where the earlier pack encoded with the same settings (`encoder`: image size, JPEG quality, pixel
+bound, PNG decoder, the versions of every library and of packer's image code). Reading every image
+to hash it would cost about what decoding it costs, so, as git's index does, the earlier catalog's
+size, modification time and inode of each source file stand for its digest while they are
+unchanged, unless the file was modified within 2 s of the catalog being written (then it may have
+changed again in the same tick: it is hashed). A file whose facts changed is hashed when its size is
+one an earlier image had; otherwise it cannot match and is encoded. The worker checks every reused
+JPEG against the earlier catalog's digest of it (reuse.py), so a damaged or foreign earlier shard
+costs an encode, never a wrong image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from .catalog import CATALOG
+from .config import InputError
+from .guard import MARKER, PREVIOUS
+from .images import file_digest, png_decoder
+
+RACY_NS = 2_000_000_000
+REUSE_FIELDS = {
+    "shard": pl.String,
+    "offset": pl.Int64,
+    "size": pl.Int64,
+    "image_sha256": pl.String,
+    "dhash": pl.UInt64,
+    "source_sha256": pl.String,
+    "source_size": pl.Int64,
+    "source_mtime_ns": pl.Int64,
+    "source_inode": pl.Int64,
+}
+REUSE = pl.Struct(REUSE_FIELDS)
+
+
+def encoder_identity(size: int, quality: int, max_pixels: int) -> str:
+    """A digest of everything that shapes an image's encoded bytes besides the image itself."""
+    versions = {}
+    for dist in ("Pillow", "pillow-simd", "pyspng", "deflate"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[dist] = None
+    from PIL import __version__ as pil
+
+    here = Path(__file__).parent
+    code = hashlib.sha256((here / "images.py").read_bytes() + (here / "reuse.py").read_bytes()).hexdigest()
+    parts = {
+        "size": size,
+        "quality": quality,
+        "max_pixels": max_pixels,
+        "png_decoder": png_decoder(),
+        "libraries": {**versions, "PIL": pil},
+        "code": code,
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def earlier_pack(shard_root: Path, reuse_from: Path | None) -> Path | None:
+    """The shards folder of the pack to reuse: --reuse-from's (a Step_3 folder or its shards
+    folder), else this folder's `.previous/` (a re-pack that was interrupted), else this folder."""
+    if reuse_from is not None:
+        for candidate in (reuse_from / "shards", reuse_from):
+            if (candidate / CATALOG).is_file() and (candidate / MARKER).is_file():
+                return candidate
+        raise InputError(
+            f"{reuse_from}: --reuse-from is not a pack packer wrote (no shards/{CATALOG} beside packer's marker)"
+        )
+    if (shard_root / PREVIOUS / CATALOG).is_file():
+        return shard_root / PREVIOUS
+    if (shard_root / CATALOG).is_file():
+        return shard_root
+    return None
+
+
+def file_facts(path: str) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return st.st_size, st.st_mtime_ns, st.st_ino
+
+
+def match_images(root: Path, encoder: str, paths: list[str], workers: int) -> pl.DataFrame:
+    """Per image path of this run that an earlier sample holds encoded the same way: `image_path`
+    and `reuse` (where: the shard as the catalog names it, relative to `root`; the JPEG's digest;
+    the source file's facts)."""
+    empty = pl.DataFrame(schema={"image_path": pl.String, "reuse": REUSE})
+    catalog_path = root / CATALOG
+    try:
+        earlier = pl.read_parquet(catalog_path)
+    except (OSError, pl.exceptions.PolarsError):
+        return empty
+    needed = {"encoder", "source_path", *REUSE_FIELDS}
+    if not paths or not needed <= set(earlier.columns):
+        return empty
+    earlier = (
+        earlier.filter((pl.col("series") == "images") & (pl.col("encoder") == encoder))
+        .filter(pl.col("image_sha256").is_not_null() & pl.col("source_sha256").is_not_null())
+        .select("source_path", *REUSE_FIELDS)
+    )
+    if earlier.is_empty():
+        return empty
+    written = catalog_path.stat().st_mtime_ns
+    known = {row[0]: row[1:] for row in earlier.select("source_path", "source_size", "source_mtime_ns",
+                                                        "source_inode", "source_sha256").iter_rows()}  # fmt: skip
+    sizes = set(earlier["source_size"].to_list())
+    unique = sorted(set(paths))
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as threads:
+        facts = dict(zip(unique, threads.map(file_facts, unique)))
+        digests: dict[str, str] = {}
+        to_hash = []
+        for path, now in facts.items():
+            if now is None:
+                continue
+            before = known.get(path)
+            if before is not None and tuple(before[:3]) == now and now[1] < written - RACY_NS:
+                digests[path] = before[3]
+            elif now[0] in sizes:
+                to_hash.append(path)
+        digests.update((p, d) for p, d in zip(to_hash, threads.map(file_digest, to_hash)) if d is not None)
+    if not digests:
+        return empty
+    first = earlier.unique(subset="source_sha256", keep="first", maintain_order=True)
+    found = pl.DataFrame(
+        {"image_path": list(digests), "digest": list(digests.values())},
+        schema={"image_path": pl.String, "digest": pl.String},
+    )
+    stat_rows = pl.DataFrame(
+        {
+            "image_path": list(digests),
+            "now_size": [facts[p][0] for p in digests],
+            "now_mtime_ns": [facts[p][1] for p in digests],
+            "now_inode": [facts[p][2] for p in digests],
+        },
+        schema={"image_path": pl.String, "now_size": pl.Int64, "now_mtime_ns": pl.Int64, "now_inode": pl.Int64},
+    )
+    matched = (
+        found.join(first, left_on="digest", right_on="source_sha256", how="inner")
+        .join(stat_rows, on="image_path", how="left")
+        .with_columns(
+            # The source facts recorded for the new pack are this file's, now.
+            source_sha256=pl.col("digest"),
+            source_size=pl.col("now_size"),
+            source_mtime_ns=pl.col("now_mtime_ns"),
+            source_inode=pl.col("now_inode"),
+        )
+    )
+    return matched.select("image_path", reuse=pl.struct(*REUSE_FIELDS))
+
+
+def located(matches: pl.DataFrame, root: Path) -> pl.DataFrame:
+    """The matches with each shard as a path a worker opens (under the earlier pack's folder as it
+    is when the images are encoded)."""
+    prefix = str(root.resolve()) + os.sep
+    return matches.with_columns(
+        reuse=pl.col("reuse").struct.with_fields(shard=pl.lit(prefix) + pl.col("reuse").struct.field("shard"))
+    )
+
+
+def reuse_of(samples: pl.DataFrame, matches: pl.DataFrame | None) -> pl.DataFrame:
+    """The samples with their `reuse` column (null where nothing matched)."""
+    if matches is None or matches.is_empty():
+        return samples.with_columns(reuse=pl.lit(None, REUSE))
+    return samples.join(matches, on="image_path", how="left", maintain_order="left").with_columns(
+        reuse=pl.when(pl.col("image_path").is_not_null()).then(pl.col("reuse"))
+    )
+
+
+def counts(outcomes: list[Any]) -> dict[str, int]:
+    """Images reused from the earlier pack and images encoded, among the packed samples."""
+    reused = sum(1 for o in outcomes if o.facts and o.facts.get("reused"))
+    encoded = sum(1 for o in outcomes if o.status == "packed" and o.image is not None and o.video is None) - reused
+    return {"reused": reused, "encoded": encoded}

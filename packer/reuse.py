@@ -1,0 +1,89 @@
+"""The worker's side of a re-pack: an image encoded by an earlier pack, taken from its shard by
+byte offset instead of being decoded again, and the facts a pack records about each source image
+so that the next pack can find it (its SHA-256, size, modification time and inode). No Polars.
+
+A reused image is checked before it is used: the earlier sample's bytes must parse as one tar
+sample whose `jpg` member has the SHA-256 the earlier catalog recorded, and whose JSON carries
+the image's metadata. Anything else (a damaged, replaced or foreign shard) returns None, and the
+image is encoded again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import stat
+import tarfile
+from typing import Any
+
+from .images import DIGEST_CHUNK
+from .shards import END_OF_ARCHIVE
+
+# What shapes an encoded image besides its source bytes; a pack records its digest (`encoder`).
+ENCODER_PARTS = ("size", "quality", "max_pixels", "png_decoder", "libraries", "code")
+
+
+def source_facts(path: str) -> dict[str, Any] | None:
+    """SHA-256, size, mtime (ns) and inode of a regular file, read once; None when it cannot be read."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except (OSError, ValueError):
+        return None
+    with os.fdopen(fd, "rb") as handle:
+        st = os.fstat(handle.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        digest = hashlib.sha256()
+        for block in iter(lambda: handle.read(DIGEST_CHUNK), b""):
+            digest.update(block)
+    return {"sha256": digest.hexdigest(), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino}
+
+
+def read_members(path: str, offset: int, size: int) -> dict[str, bytes] | None:
+    """The members (extension -> bytes) of the one sample at `offset` in a shard; None when the
+    shard is not a regular file reached without a link, or the bytes are not one tar sample."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except (OSError, ValueError):
+        return None
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            return None
+        handle.seek(offset)
+        data = handle.read(size)
+    if len(data) != size:
+        return None
+    members: dict[str, bytes] = {}
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data + END_OF_ARCHIVE), mode="r:") as tar:
+            keys = set()
+            for info in tar:
+                key, _, ext = info.name.rsplit("/", 1)[-1].partition(".")
+                keys.add(key)
+                handle = tar.extractfile(info)
+                if handle is None or ext in members:
+                    return None
+                members[ext] = handle.read()
+    except (tarfile.TarError, OSError, EOFError):
+        return None
+    return members if len(keys) == 1 else None
+
+
+def reused_image(reuse: dict[str, Any]) -> tuple[bytes, dict[str, Any]] | None:
+    """The earlier pack's JPEG for this image and its `image` metadata, checked; None to encode again."""
+    members = read_members(reuse["shard"], reuse["offset"], reuse["size"])
+    if members is None or "jpg" not in members or "json" not in members:
+        return None
+    jpg = members["jpg"]
+    if hashlib.sha256(jpg).hexdigest() != reuse["image_sha256"]:
+        return None
+    try:
+        image = json.loads(members["json"]).get("image")
+    except (ValueError, AttributeError):
+        return None
+    wanted = ("orig_width", "orig_height", "orig_format")
+    if not isinstance(image, dict) or sorted(image) != sorted(wanted):
+        return None
+    return jpg, {k: image[k] for k in wanted}
