@@ -159,6 +159,11 @@ def config_from_args(args: argparse.Namespace) -> PackConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("diff", "show"):  # pack-examples diff OLD NEW, pack-examples show ID
+        from . import diff, show
+
+        return (diff if argv[0] == "diff" else show).main(argv[1:])
     try:
         args = parser().parse_args(argv)
     except SystemExit as exc:

@@ -161,12 +161,21 @@ def leakage_pairs(stats: dict[str, Any], shard_root: Path, located: pl.DataFrame
 
 
 @functools.cache
-def report_template() -> Template:
-    """The page's template, compiled once per process."""
-    env = Environment(
+def page_environment() -> Environment:
+    """The environment of packer's pages (the report, the diff): every value escaped and bounded."""
+    return Environment(
         loader=PackageLoader("packer", "templates"), undefined=StrictUndefined, autoescape=True, finalize=bounded
     )
-    return env.get_template("report.html.j2")
+
+
+def report_template() -> Template:
+    """The page's template, compiled once per process."""
+    return page_environment().get_template("report.html.j2")
+
+
+def diff_template() -> Template:
+    """`pack-examples diff --html`'s page, with the report's look."""
+    return page_environment().get_template("diff.html.j2")
 
 
 class ReportWarmer:
