@@ -45,19 +45,28 @@ def failures_of(folder: Path, shards: Path) -> dict[str, str]:
     """id -> `<status>: <reason category>` from the pack's failures.jsonl (beside stats.json)."""
     for path in (shards.parent / "failures.jsonl", folder / "failures.jsonl", shards / "failures.jsonl"):
         if path.is_file():
-            out = {}
-            with open(path, encoding="utf-8") as handle:
-                for line in handle:
-                    row = json.loads(line)
-                    out[row["id"]] = f"{row['status']}: {(row.get('reason') or '').split(': ')[0]}"
-            return out
+            return read_failures(path)
     return {}
+
+
+def read_failures(path: Path) -> dict[str, str]:
+    out = {}
+    if path.is_file():
+        with open(path, encoding="utf-8") as handle:
+            for line in handle:
+                row = json.loads(line)
+                out[row["id"]] = f"{row['status']}: {(row.get('reason') or '').split(': ')[0]}"
+    return out
 
 
 def load(folder: Path) -> tuple[pl.DataFrame, dict[str, str]]:
     """A pack's catalog (with text and image digests, read back where the catalog lacks them) and
     its failures by id."""
     shards = shards_folder(folder)
+    return load_catalog(shards), failures_of(folder, shards)
+
+
+def load_catalog(shards: Path) -> pl.DataFrame:
     catalog = pl.read_parquet(shards / CATALOG)
     if "text_sha256" not in catalog.columns or "image_sha256" not in catalog.columns:
         digests = {}
@@ -72,7 +81,7 @@ def load(folder: Path) -> tuple[pl.DataFrame, dict[str, str]]:
             text_sha256=pl.Series([digests[k][0] for k in keys], dtype=pl.String),
             image_sha256=pl.Series([digests[k][1] for k in keys], dtype=pl.String),
         )
-    return catalog, failures_of(folder, shards)
+    return catalog
 
 
 def shown(value: Any) -> str:
@@ -93,6 +102,19 @@ def compare(old_folder: Path, new_folder: Path) -> dict[str, Any]:
     examples, labels, texts and splits."""
     old, old_failed = load(old_folder)
     new, new_failed = load(new_folder)
+    return compare_catalogs(old, old_failed, new, new_failed, str(old_folder), str(new_folder))
+
+
+def compare_catalogs(
+    old: pl.DataFrame,
+    old_failed: dict[str, str],
+    new: pl.DataFrame,
+    new_failed: dict[str, str],
+    old_name: str,
+    new_name: str,
+) -> dict[str, Any]:
+    """`compare` on two catalogs and their failures by id (a run compares itself with the pack it
+    replaces this way: report.html's "Since the previous pack")."""
     columns = ["id", "dataset", "split", "text_sha256", "image_sha256", *UNIFIED_FIELDS]
     joined = old.select(columns).join(new.select(columns), on="id", how="full", suffix="_new", coalesce=True)
     only_old = joined.filter(pl.col("split_new").is_null())
@@ -126,8 +148,8 @@ def compare(old_folder: Path, new_folder: Path) -> dict[str, Any]:
     texts = both.filter(~pl.col("text_sha256").eq_missing(pl.col("text_sha256_new")))
     images = both.filter(~pl.col("image_sha256").eq_missing(pl.col("image_sha256_new")))
     result = {
-        "old": str(old_folder),
-        "new": str(new_folder),
+        "old": old_name,
+        "new": new_name,
         "examples": {"old": old.height, "new": new.height, "in_both": both.height},
         "added": by_reason(only_new, old_failed, "not in the old pack"),
         "removed": by_reason(only_old, new_failed, "not in the new pack"),

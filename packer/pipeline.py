@@ -25,6 +25,7 @@ from .config import (
     is_former_default,
     load_taxonomy,
 )
+from .diff import compare_catalogs, load_catalog, read_failures
 from .energon import remove_meta, write_meta, write_tar_indexes
 from .execute import ImageSettings, execute
 from .guard import (
@@ -308,7 +309,19 @@ def write_run(
     state.splits_written(text_digest(splits_doc))
     write_atomic(config.splits, splits_doc)
     stats = build_stats(config, rows, result, plan.manifest_rows, plan.ocr_orphans, timings, plan.asr_orphans)
-    stats["reuse"] = {"from": str(reuse.earlier) if reuse.earlier else None, **reuse_counts(result.outcomes)}
+    origin = reuse.earlier.parent if reuse.earlier is not None and reuse.earlier.name == PREVIOUS else reuse.earlier
+    stats["reuse"] = {"from": str(origin) if origin else None, **reuse_counts(result.outcomes)}
+    previous = config.output_dir / PREVIOUS
+    if (previous / CATALOG).is_file():
+        # What changed since the pack this run replaces (report.html, "Since the previous pack").
+        stats["since_previous_pack"] = compare_catalogs(
+            load_catalog(previous),
+            read_failures(previous / "failures.jsonl"),
+            catalog,
+            read_failures(config.failures_log),
+            "the previous pack",
+            "this pack",
+        )
     # The pack's fingerprint: a digest of every shard's name and bytes (hashed as they were written).
     listing = "".join(f"{s.name} {s.sha256}\n" for s in result.shards)
     fingerprint = text_digest(listing)[:16]
