@@ -185,6 +185,8 @@ def _run(config: PackConfig, pool: Pool, warmer: ReportWarmer) -> tuple[int, dic
         file_digest(config.asr),
     )
     progress = resume_point(state, previous, ident)
+    # The pack this run replaces (compared with in report.html; reused unless --no-reuse), or --reuse-from's.
+    replaced = earlier_pack(config.output_dir, None)
     earlier = None if config.no_reuse else earlier_pack(config.output_dir, config.reuse_from)
     if earlier is not None and config.reuse_from is not None and earlier.resolve() == config.output_dir.resolve():
         raise InputError(f"{config.reuse_from}: --reuse-from names this run's own pack: a re-pack reuses it as it is")
@@ -195,7 +197,7 @@ def _run(config: PackConfig, pool: Pool, warmer: ReportWarmer) -> tuple[int, dic
 
     # Inputs are valid: from here on, outputs are written.
     try:
-        reuse = Reuse(earlier, matches, encoder)
+        reuse = Reuse(earlier, matches, encoder, replaced)
         return write_run(
             config, taxonomy, plan, image_paths, state, ident, pins, progress, pool, warmer, timings, reuse
         )
@@ -233,13 +235,16 @@ def write_run(
     timings: dict[str, float],
     reuse: Reuse | None = None,
 ) -> tuple[int, dict[str, Any]]:
-    reuse = reuse or Reuse(None, None, None)
+    reuse = reuse or Reuse(None, None, None, None)
     out_dir = config.stats.parent
     out_dir.mkdir(parents=True, exist_ok=True)
-    if progress is None and reuse.earlier is not None and reuse.earlier.resolve() == config.output_dir.resolve():
+    here = config.output_dir.resolve()
+    if progress is None and reuse.replaced is not None and reuse.replaced.resolve() == here:
         # The pack this run replaces is read while the new one is written: its shards, catalog and
         # failures log wait in .previous/ until the run is complete.
-        reuse.earlier = keep_previous(config)
+        reuse.replaced = keep_previous(config)
+        if reuse.earlier is not None and reuse.earlier.resolve() == here:
+            reuse.earlier = reuse.replaced
     # Nothing stale looks valid: a previous run's verdict goes first, and the folder says it is incomplete.
     write_atomic(out_dir / INCOMPLETE, INCOMPLETE_TEXT.encode("utf-8"))
     for stale in (config.stats, card_path(config.stats), out_dir / "report.html", config.failures_log):
@@ -341,12 +346,14 @@ def write_run(
 
 @dataclass
 class Reuse:
-    """The earlier pack a run reuses (its shards folder), its images matched to this run's, and
-    the digest of this run's image settings."""
+    """The earlier pack a run reuses (its shards folder), its images matched to this run's, the
+    digest of this run's image settings, and the pack this run replaces (reused or not, it is
+    compared with: report.html's "Since the previous pack")."""
 
     earlier: Path | None
     matches: pl.DataFrame | None
     encoder: str | None
+    replaced: Path | None = None  # the pack in the output folder this run replaces
 
 
 def keep_previous(config: PackConfig) -> Path:
