@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from profile_throughput import MAMI_SUBTYPES, make_corpus, meme  # noqa: E402
+from profile_throughput import MAMI_SUBTYPES, cached_corpus, make_corpus, meme  # noqa: E402
 
 from packer.report.stats import output_digests  # noqa: E402
 
@@ -31,12 +31,9 @@ from packer.report.stats import output_digests  # noqa: E402
 def small_corpus(folder: Path, count: int, seed: int = 0) -> list[Path]:
     """`count` meme-like images of 480-800 px (JPEG, a sixth PNG), cached."""
     listing = folder / "files.json"
-    if listing.is_file():
-        paths = [folder / n for n in json.loads(listing.read_text())]
-        if len(paths) == count and all(p.is_file() for p in paths):
-            return paths
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
+    cached = cached_corpus(listing, count)
+    if cached is not None:
+        return cached
     rng = random.Random(seed)
     names = []
     for i in range(count):

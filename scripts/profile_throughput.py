@@ -111,17 +111,27 @@ def variant_bytes(data: bytes, suffix: str, copy: int) -> bytes:
     return data[:33] + chunk + data[33:]  # after the signature and IHDR
 
 
+def cached_corpus(listing: Path, count: int) -> list[Path] | None:
+    """The files a corpus folder's listing names, when all `count` of them are there; else None,
+    and the folder is emptied for a new corpus."""
+    folder = listing.parent
+    if listing.is_file():
+        paths = [folder / name for name in json.loads(listing.read_text())]
+        if len(paths) == count and all(p.is_file() for p in paths):
+            return paths
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    return None
+
+
 def make_corpus(folder: Path, count: int, copies: int = 3, seed: int = 0) -> list[Path]:
     """`count` distinct meme-like images of 1536x2048 as a meme corpus has them (about 84% JPEG,
     some progressive, some with EXIF orientation; 16% PNG, a third with alpha), each written
     `copies` times under different bytes: count x copies files, cached."""
     listing = folder / "files-v2.json"  # v2: copies of one image differ in size
-    if listing.is_file():
-        paths = [folder / name for name in json.loads(listing.read_text())]
-        if len(paths) == count * copies and all(p.is_file() for p in paths):
-            return paths
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
+    cached = cached_corpus(listing, count * copies)
+    if cached is not None:
+        return cached
     rng = random.Random(seed)
     names = []
     for i in range(count):
