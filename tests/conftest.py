@@ -257,7 +257,7 @@ def write_corpus(root: Path) -> None:
                 "labels_raw": labels,
             }
         )
-    for i in range(60):
+    for i in range(CORPUS_POSTS):
         rows.append(
             {
                 "id": f"olid_train_{i}",
@@ -286,6 +286,7 @@ def write_corpus(root: Path) -> None:
 
 
 CORPUS_CLIPS = 12
+CORPUS_POSTS = 60
 
 
 def command(corpus: Path, out: Path, *extra: str) -> list[str]:
