@@ -15,6 +15,7 @@ WORKER_SIDE = {
     "packer.pool",
     "packer.images",
     "packer.video",
+    "packer.reuse",
     "packer.shards",
     "packer.specs",
     "packer.state",
