@@ -25,8 +25,9 @@ CATALOG = "samples.parquet"
 
 LOCATION = {"shard": pl.String, "index": pl.Int32, "offset": pl.Int64, "size": pl.Int64}
 # What a later pack compares (`diff`) and reuses: the digests of the sample's jpg and txt members,
-# its image's dHash, its source file's path, digest, size, mtime and inode, and the digest of the
-# settings its image was encoded with (previous.encoder_identity).
+# its image's dHash, its source file's path, digest and size, and the digest of the settings its
+# image was encoded with (previous.encoder_identity). Each source file's mtime and inode, which
+# change when a file is only touched, are kept beside the catalog (previous.SOURCES), not in it.
 FACTS = {
     "image_sha256": pl.String,
     "text_sha256": pl.String,
@@ -34,8 +35,6 @@ FACTS = {
     "source_path": pl.String,
     "source_sha256": pl.String,
     "source_size": pl.Int64,
-    "source_mtime_ns": pl.Int64,
-    "source_inode": pl.Int64,
     "encoder": pl.String,
 }
 COLUMNS = ["key", "id", "dataset", "split", "source_split", "series", *LOCATION, "lang", *UNIFIED_FIELDS, *FACTS]
@@ -61,13 +60,10 @@ def sample_facts(outcomes: Iterable[Any], encoder: str | None) -> pl.DataFrame:
                 o.dhash,
                 source.get("sha256"),
                 source.get("size"),
-                source.get("mtime_ns"),
-                source.get("inode"),
                 encoder if o.image is not None and o.video is None else None,
             )
         )
-    names = ["image_sha256", "text_sha256", "dhash", "source_sha256", "source_size", "source_mtime_ns",
-             "source_inode", "encoder"]  # fmt: skip
+    names = ["image_sha256", "text_sha256", "dhash", "source_sha256", "source_size", "encoder"]
     schema = {"id": pl.String, **{n: FACTS[n] for n in names}}
     return pl.DataFrame(rows, schema=schema, orient="row")
 

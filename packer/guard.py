@@ -38,12 +38,12 @@ SPLIT_FILE = re.compile(
 )
 WORK_FILE = re.compile(r"(state|pins)\.json(\.tmp)?|journal\.jsonl|[A-Za-z0-9_-]+\.part")
 # Top-level names in the shards folder besides the split and work folders.
-ROOT_FILE = re.compile(r"\.packer|\.lock|samples\.parquet(\.tmp)?")
+ROOT_FILE = re.compile(r"\.packer|\.lock|(samples|\.sources)\.parquet(\.tmp)?")
 ROOT_DIRS = (".nv-meta",)
-# During a re-pack: the earlier pack's shards, catalog and failures log, read for reuse and the
+# During a re-pack: the earlier pack's shards, catalog, stat cache and failures log, read for reuse and the
 # comparison, removed when the run completes.
 PREVIOUS = ".previous"
-PREVIOUS_FILE = re.compile(r"samples\.parquet|failures\.jsonl(\.tmp)?")
+PREVIOUS_FILE = re.compile(r"samples\.parquet|\.sources\.parquet|failures\.jsonl(\.tmp)?")
 # .nv-meta/: packer's energon metadata, and what `energon prepare` adds there (its sample index).
 META_FILE = re.compile(
     r"[A-Za-z0-9_.-]+\.(yaml|json)(\.tmp)?|index\.(sqlite|uuid)(-journal|-wal|-shm)?|join_index\.bin"

@@ -57,8 +57,8 @@ from .plan import (
     splits_document,
 )
 from .pool import Pool
+from .previous import SOURCES, earlier_pack, encoder_identity, located, match_images, reuse_of, write_stat_cache
 from .previous import counts as reuse_counts
-from .previous import earlier_pack, encoder_identity, located, match_images, reuse_of
 from .report import build_stats, final_rows, summary, write_card, write_failures, write_stats
 from .report.card import card_path
 from .report.html import ReportWarmer, build_report
@@ -251,6 +251,7 @@ def write_run(
         stale.unlink(missing_ok=True)
     # The catalog and energon's metadata describe the shards: rewritten once they are all done.
     (config.output_dir / CATALOG).unlink(missing_ok=True)
+    (config.output_dir / SOURCES).unlink(missing_ok=True)
     remove_meta(config.output_dir)
     if not config.label_taxonomy.is_file() or is_former_default(config.label_taxonomy.read_bytes()):
         write_atomic(config.label_taxonomy, default_taxonomy_text().encode("utf-8"))
@@ -303,6 +304,7 @@ def write_run(
     write_tar_indexes(config.output_dir, catalog, result.shards)
     write_meta(config.output_dir, result.shards, dict.fromkeys(s.split for s in result.shards))
     write_catalog(config.output_dir, catalog)
+    write_stat_cache(config.output_dir, catalog, result.outcomes)
     timings["catalog"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -357,10 +359,12 @@ class Reuse:
 
 
 def keep_previous(config: PackConfig) -> Path:
-    """Move the pack in the output folder aside into `.previous/` (catalog first, then each split
-    folder, each a rename) with a copy of its failures log; returns that folder."""
+    """Move the pack in the output folder aside into `.previous/` (stat cache and catalog first,
+    then each split folder, each a rename) with a copy of its failures log; returns that folder."""
     previous = config.output_dir / PREVIOUS
     previous.mkdir(exist_ok=True)
+    if (config.output_dir / SOURCES).is_file():
+        os.replace(config.output_dir / SOURCES, previous / SOURCES)
     os.replace(config.output_dir / CATALOG, previous / CATALOG)
     if config.failures_log.is_file():
         write_atomic(previous / "failures.jsonl", config.failures_log.read_bytes())

@@ -4,19 +4,21 @@ The earlier pack is the one this run replaces (its `--output-dir`; while a re-pa
 wait in `shards/.previous/`), or `--reuse-from` (another pack, e.g. the pilot before a full run).
 An image to pack is matched to an earlier sample by the SHA-256 of its file's bytes, and only
 where the earlier pack encoded with the same settings (`encoder`: image size, JPEG quality, pixel
-bound, PNG decoder, the versions of every library and of packer's image code). Reading every image
-to hash it would cost about what decoding it costs, so, as git's index does, the earlier catalog's
-size, modification time and inode of each source file stand for its digest while they are
-unchanged, unless the file was modified within 2 s of the catalog being written (then it may have
-changed again in the same tick: it is hashed). A file whose facts changed is hashed when its size is
-one an earlier image had; otherwise it cannot match and is encoded. The worker checks every reused
-JPEG against the earlier catalog's digest of it (reuse.py), so a damaged or foreign earlier shard
-costs an encode, never a wrong image.
+bound, the versions of every library and of packer's image code). Reading every image to hash it
+would cost about what decoding it costs, so, as git's index does, a pack keeps each source file's
+size, modification time and inode beside its catalog (`.sources.parquet`, the stat cache; not in
+the catalog, whose bytes must not change when a file is only touched), and they stand for the
+file's digest while they are unchanged, unless the file was modified within 2 s of the cache being
+written (then it may have changed again in the same tick: it is hashed). A file whose facts changed
+is hashed when its size is one an earlier image had; otherwise it cannot match and is encoded. The
+worker checks every reused JPEG against the earlier catalog's digest of it (reuse.py), so a damaged
+or foreign earlier shard costs an encode, never a wrong image.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -29,9 +31,20 @@ import polars as pl
 from .catalog import CATALOG
 from .config import InputError
 from .guard import MARKER, PREVIOUS
-from .images import file_digest, png_decoder
+from .images import file_digest
+from .shards import write_atomic
 
 RACY_NS = 2_000_000_000
+# The stat cache, beside the catalog in the shards folder: per source file its path, size, mtime,
+# inode and digest, as the pack's workers read them.
+SOURCES = ".sources.parquet"
+STAT_CACHE = {
+    "source_path": pl.String,
+    "source_size": pl.Int64,
+    "source_mtime_ns": pl.Int64,
+    "source_inode": pl.Int64,
+    "source_sha256": pl.String,
+}
 REUSE_FIELDS = {
     "shard": pl.String,
     "offset": pl.Int64,
@@ -44,6 +57,9 @@ REUSE_FIELDS = {
     "source_inode": pl.Int64,
 }
 REUSE = pl.Struct(REUSE_FIELDS)
+# What the catalog gives of each: where the earlier sample is and what its image and source were
+# (the mtime and inode a worker passes on are this run's, for its own stat cache).
+FROM_CATALOG = [f for f in REUSE_FIELDS if f not in ("source_mtime_ns", "source_inode")]
 
 
 def encoder_identity(size: int, quality: int, max_pixels: int) -> str:
@@ -58,11 +74,12 @@ def encoder_identity(size: int, quality: int, max_pixels: int) -> str:
 
     here = Path(__file__).parent
     code = hashlib.sha256((here / "images.py").read_bytes() + (here / "reuse.py").read_bytes()).hexdigest()
+    # PACKER_PNG_DECODER is left out: every PNG decoder path gives Pillow's pixels (images.py, tested
+    # byte for byte), so it shapes no byte; the code that decodes is in `code`.
     parts = {
         "size": size,
         "quality": quality,
         "max_pixels": max_pixels,
-        "png_decoder": png_decoder(),
         "libraries": {**versions, "PIL": pil},
         "code": code,
     }
@@ -104,19 +121,17 @@ def match_images(root: Path, encoder: str, paths: list[str], workers: int) -> pl
         earlier = pl.read_parquet(catalog_path)
     except (OSError, pl.exceptions.PolarsError):
         return empty
-    needed = {"encoder", "source_path", *REUSE_FIELDS}
+    needed = {"encoder", "source_path", *FROM_CATALOG}
     if not paths or not needed <= set(earlier.columns):
         return empty
     earlier = (
         earlier.filter((pl.col("series") == "images") & (pl.col("encoder") == encoder))
         .filter(pl.col("image_sha256").is_not_null() & pl.col("source_sha256").is_not_null())
-        .select("source_path", *REUSE_FIELDS)
+        .select("source_path", *FROM_CATALOG)
     )
     if earlier.is_empty():
         return empty
-    written = catalog_path.stat().st_mtime_ns
-    known = {row[0]: row[1:] for row in earlier.select("source_path", "source_size", "source_mtime_ns",
-                                                        "source_inode", "source_sha256").iter_rows()}  # fmt: skip
+    known, written = stat_cache(root)
     sizes = set(earlier["source_size"].to_list())
     unique = sorted(set(paths))
     with ThreadPoolExecutor(max_workers=max(1, workers)) as threads:
@@ -160,6 +175,38 @@ def match_images(root: Path, encoder: str, paths: list[str], workers: int) -> pl
         )
     )
     return matched.select("image_path", reuse=pl.struct(*REUSE_FIELDS))
+
+
+def stat_cache(root: Path) -> tuple[dict[str, tuple], int]:
+    """A pack's stat cache (path -> size, mtime, inode, digest) and when it was written; empty when
+    it has none or it cannot be read (then every candidate file is hashed)."""
+    path = root / SOURCES
+    try:
+        cache = pl.read_parquet(path)
+        written = path.stat().st_mtime_ns
+    except (OSError, pl.exceptions.PolarsError):
+        return {}, 0
+    if set(cache.columns) != set(STAT_CACHE):
+        return {}, 0
+    return {row[0]: row[1:] for row in cache.select(*STAT_CACHE).iter_rows()}, written
+
+
+def write_stat_cache(shard_root: Path, catalog: pl.DataFrame, outcomes: list[Any]) -> None:
+    """The stat cache of this pack: its image samples' source files as the workers read them."""
+    seen = {
+        o.id: (o.facts["source"]["mtime_ns"], o.facts["source"]["inode"])
+        for o in outcomes
+        if o.status == "packed" and o.facts and o.facts.get("source")
+    }
+    rows = [
+        (path, size, *seen[i], digest)
+        for i, path, size, digest in catalog.select("id", "source_path", "source_size", "source_sha256").iter_rows()
+        if path is not None and digest is not None and i in seen
+    ]
+    cache = pl.DataFrame(rows, schema=STAT_CACHE, orient="row").unique("source_path", keep="first", maintain_order=True)
+    buffer = io.BytesIO()
+    cache.write_parquet(buffer, compression="zstd", compression_level=1)
+    write_atomic(shard_root / SOURCES, buffer.getvalue())
 
 
 def located(matches: pl.DataFrame, root: Path) -> pl.DataFrame:

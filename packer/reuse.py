@@ -21,9 +21,6 @@ from typing import Any
 from .images import DIGEST_CHUNK
 from .shards import END_OF_ARCHIVE
 
-# What shapes an encoded image besides its source bytes; a pack records its digest (`encoder`).
-ENCODER_PARTS = ("size", "quality", "max_pixels", "png_decoder", "libraries", "code")
-
 
 def source_facts(path: str) -> dict[str, Any] | None:
     """SHA-256, size, mtime (ns) and inode of a regular file, read once; None when it cannot be read."""
@@ -31,13 +28,17 @@ def source_facts(path: str) -> dict[str, Any] | None:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except (OSError, ValueError):
         return None
-    with os.fdopen(fd, "rb") as handle:
-        st = os.fstat(handle.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            return None
-        digest = hashlib.sha256()
-        for block in iter(lambda: handle.read(DIGEST_CHUNK), b""):
-            digest.update(block)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):  # a folder, a pipe, a device: never read (the encode fails it)
+        os.close(fd)
+        return None
+    digest = hashlib.sha256()
+    try:
+        with os.fdopen(fd, "rb") as handle:
+            for block in iter(lambda: handle.read(DIGEST_CHUNK), b""):
+                digest.update(block)
+    except OSError:
+        return None
     return {"sha256": digest.hexdigest(), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino}
 
 
@@ -48,11 +49,15 @@ def read_members(path: str, offset: int, size: int) -> dict[str, bytes] | None:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except (OSError, ValueError):
         return None
-    with os.fdopen(fd, "rb") as handle:
-        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
-            return None
-        handle.seek(offset)
-        data = handle.read(size)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return None
+    try:
+        with os.fdopen(fd, "rb") as handle:
+            handle.seek(offset)
+            data = handle.read(size)
+    except OSError:
+        return None
     if len(data) != size:
         return None
     fast = plain_members(data)

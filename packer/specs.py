@@ -39,7 +39,7 @@ class SampleSpec:
     aux_json: str
     asr_json: str | None  # a video example's kept speech segments (the sample JSON's `asr`), when it has an ASR row
     # Where an earlier pack holds this image encoded with the same settings (shard, offset, size,
-    # image_sha256, dhash, source_sha256, source_size, source_mtime_ns, source_inode), or None.
+    # image_sha256, dhash, source_sha256, source_size; the file's mtime and inode as now), or None.
     reuse: dict[str, Any] | None = None
 
 

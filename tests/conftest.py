@@ -333,11 +333,12 @@ def cut_block(text: str, name: str) -> str:
 
 
 def digests(folder: Path) -> dict[str, str]:
-    """SHA-256 of every file under `folder` as written (stats.json less its timings): the yardstick
-    of every byte-identity test, kept in the tests so that a bug in packer cannot hide in it."""
+    """SHA-256 of every file under `folder` as written (stats.json less its timings; not the stat
+    cache `.sources.parquet`, which holds the source files' mtimes and inodes): the yardstick of
+    every byte-identity test, kept in the tests so that a bug in packer cannot hide in it."""
     out = {}
     for path in sorted(folder.rglob("*")):
-        if path.is_file():
+        if path.is_file() and path.name != ".sources.parquet":
             data = path.read_bytes()
             if path.name == "stats.json":
                 data = without_seconds(data)

@@ -4,7 +4,9 @@ encoding them again), `pack-examples diff` names exactly what a taxonomy edit ch
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -17,6 +19,7 @@ from PIL import Image
 from test_resume import kill_when
 
 from packer.cli import main
+from packer.previous import RACY_NS, match_images
 
 OLID_OFF = {"subtask_a": "OFF", "subtask_b": "TIN", "subtask_c": "GRP"}
 OLID_NOT = {"subtask_a": "NOT", "subtask_b": "NULL", "subtask_c": "NULL"}
@@ -196,6 +199,48 @@ def test_a_changed_image_or_setting_or_damaged_shard_is_encoded_again(packs: Pat
     # Another --image-size: nothing matches.
     assert repack(root, "--image-size", "256") == 0
     assert stats_of(root / "Step_3")["reuse"]["reused"] == 0
+
+
+def test_the_stat_cache_stands_for_unchanged_files_and_a_touched_file_is_hashed(packs: Path, tmp_path: Path):
+    """`.sources.parquet` holds every image source file's size, mtime, inode and digest as packed;
+    while they are unchanged (and not racily close to the cache's own mtime) the recorded digest is
+    trusted without reading the file; a touched or racily modified file is hashed."""
+    first = packs / "first" / "shards"
+    catalog = pl.read_parquet(first / "samples.parquet")
+    cache = pl.read_parquet(first / ".sources.parquet")
+    assert "source_mtime_ns" not in catalog.columns and "source_inode" not in catalog.columns
+    images = catalog.filter(pl.col("series") == "images")
+    assert sorted(cache["source_path"]) == sorted(images["source_path"]) and len(cache) == MEMES
+    for row in cache.iter_rows(named=True):
+        st = Path(row["source_path"]).stat()
+        recorded = (row["source_size"], row["source_mtime_ns"], row["source_inode"])
+        assert recorded == (st.st_size, st.st_mtime_ns, st.st_ino)
+        assert row["source_sha256"] == hashlib.sha256(Path(row["source_path"]).read_bytes()).hexdigest()
+    encoder = images["encoder"][0]
+    # A copy of the earlier pack's catalog and shards whose cache says one file holds other bytes:
+    # while that file's size, mtime and inode are unchanged the cache is believed (it cannot match).
+    earlier = tmp_path / "earlier"
+    shutil.copytree(first, earlier, ignore=shutil.ignore_patterns(".sources.parquet"))
+    lied, kept = cache["source_path"][0], cache["source_path"][1]
+    touched = tmp_path / "touched.jpg"
+    shutil.copy2(kept, touched)
+    stale = cache.filter(pl.col("source_path") == kept).with_columns(source_path=pl.lit(str(touched)))
+    stale = stale.with_columns(source_mtime_ns=pl.col("source_mtime_ns") - 10**9)  # as if touched since
+    lie = cache.with_columns(
+        source_sha256=pl.when(pl.col("source_path") == lied).then(pl.lit("0" * 64)).otherwise(pl.col("source_sha256"))
+    )
+    pl.concat([lie, stale]).write_parquet(earlier / ".sources.parquet")
+    newest = max(Path(p).stat().st_mtime_ns for p in cache["source_path"])
+    paths = [lied, kept, str(touched)]
+    for cache_mtime, racy in ((newest + RACY_NS + 10**9, False), (newest + RACY_NS // 2, True)):
+        os.utime(earlier / ".sources.parquet", ns=(cache_mtime, cache_mtime))
+        found = match_images(earlier, encoder, paths, workers=1)["image_path"].to_list()
+        # A racily clean file is hashed (then it matches); the touched copy is hashed by its size.
+        assert sorted(found) == sorted([lied, kept, str(touched)] if racy else [kept, str(touched)])
+    # Another encoder, or no cache at all (every candidate is then hashed).
+    assert match_images(earlier, "other", paths, workers=1).is_empty()
+    (earlier / ".sources.parquet").unlink()
+    assert sorted(match_images(earlier, encoder, paths, workers=1)["image_path"]) == sorted(paths)
 
 
 def test_reuse_from_a_pilot_gives_the_full_run_its_images(packs: Path, tmp_path: Path):

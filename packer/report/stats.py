@@ -414,7 +414,7 @@ def output_digests(folder: Path) -> dict[str, str]:
     not, reusing an earlier pack's images or not)."""
     out = {}
     for path in sorted(folder.rglob("*")):
-        if path.is_file():
+        if path.is_file() and path.name != ".sources.parquet":  # the stat cache: mtimes, inodes
             data = path.read_bytes()
             if path.name == "stats.json":
                 doc = json.loads(data)
