@@ -138,8 +138,11 @@ def pack_chunk(chunk: ChunkSpec, chunk_path: str | None, settings: ImageSettings
             members["json"] = sample_json(spec, image, video)
             data = sample_bytes(spec.key, members)
             out.write(data)
+            # A reused JPEG's digest was checked against the earlier catalog's (reuse.py): not hashed again.
+            jpg = members.get("jpg")
+            jpg_sha = spec.reuse["image_sha256"] if reused else hashlib.sha256(jpg).hexdigest() if jpg else None
             facts = {
-                "image_sha256": hashlib.sha256(members["jpg"]).hexdigest() if "jpg" in members else None,
+                "image_sha256": jpg_sha,
                 "text_sha256": hashlib.sha256(members["txt"]).hexdigest(),
                 "source": source,
                 "reused": reused,

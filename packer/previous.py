@@ -31,7 +31,7 @@ import polars as pl
 from .catalog import CATALOG
 from .config import InputError
 from .guard import MARKER, PREVIOUS
-from .images import file_digest
+from .images import file_digest, stat_many
 from .shards import write_atomic
 
 RACY_NS = 2_000_000_000
@@ -103,14 +103,6 @@ def earlier_pack(shard_root: Path, reuse_from: Path | None) -> Path | None:
     return None
 
 
-def file_facts(path: str) -> tuple[int, int, int] | None:
-    try:
-        st = os.stat(path)
-    except (OSError, ValueError):
-        return None
-    return st.st_size, st.st_mtime_ns, st.st_ino
-
-
 def match_images(root: Path, encoder: str, paths: list[str], workers: int) -> pl.DataFrame:
     """Per image path of this run that an earlier sample holds encoded the same way: `image_path`
     and `reuse` (where: the shard as the catalog names it, relative to `root`; the JPEG's digest;
@@ -133,19 +125,17 @@ def match_images(root: Path, encoder: str, paths: list[str], workers: int) -> pl
         return empty
     known, written = stat_cache(root)
     sizes = set(earlier["source_size"].to_list())
-    unique = sorted(set(paths))
+    stats = stat_many(paths, workers)
+    facts = {p: (st.st_size, st.st_mtime_ns, st.st_ino) for p, st in stats.items() if st is not None}
+    digests: dict[str, str] = {}
+    to_hash = []
+    for path, now in facts.items():
+        before = known.get(path)
+        if before is not None and tuple(before[:3]) == now and now[1] < written - RACY_NS:
+            digests[path] = before[3]
+        elif now[0] in sizes:
+            to_hash.append(path)
     with ThreadPoolExecutor(max_workers=max(1, workers)) as threads:
-        facts = dict(zip(unique, threads.map(file_facts, unique)))
-        digests: dict[str, str] = {}
-        to_hash = []
-        for path, now in facts.items():
-            if now is None:
-                continue
-            before = known.get(path)
-            if before is not None and tuple(before[:3]) == now and now[1] < written - RACY_NS:
-                digests[path] = before[3]
-            elif now[0] in sizes:
-                to_hash.append(path)
         digests.update((p, d) for p, d in zip(to_hash, threads.map(file_digest, to_hash)) if d is not None)
     if not digests:
         return empty

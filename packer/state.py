@@ -19,13 +19,13 @@ import hashlib
 import json
 import os
 from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from . import __version__
 from .guard import WORK_FILE, remove_owned
+from .images import stat_many
 from .shards import series_of, write_atomic
 from .specs import SampleOutcome
 
@@ -54,17 +54,10 @@ def text_digest(text: str | bytes | None) -> str | None:
 def images_digest(paths: list[str], workers: int) -> str:
     """Size and modification time of every image file the plan reads: a changed file changes it."""
 
-    def signature(path: str) -> str:
-        try:
-            st = os.stat(path)
-            return f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n"
-        except (OSError, ValueError):  # ValueError: a NUL in the path
-            return f"{path}\0missing\n"
-
     digest = hashlib.sha256()
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as threads:
-        for line in threads.map(signature, sorted(set(paths))):
-            digest.update(line.encode("utf-8", "surrogatepass"))
+    for path, st in stat_many(paths, workers).items():
+        line = f"{path}\0missing\n" if st is None else f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n"
+        digest.update(line.encode("utf-8", "surrogatepass"))
     return digest.hexdigest()
 
 
