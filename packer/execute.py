@@ -16,6 +16,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -49,7 +50,7 @@ class ShardInfo:
     path: str
     examples: int
     bytes: int
-    sha256: str  # of the shard's bytes
+    sha256: str  # the shard's digest: SHA-256 over its samples' content digests (ShardWriter)
 
     @property
     def name(self) -> str:
@@ -91,16 +92,38 @@ def sample_json(spec: SampleSpec, image: dict | None, video: dict | None = None)
 SOURCE_FACTS = ("sha256", "size", "mtime_ns", "inode")
 
 
-def reuse_of(spec: SampleSpec) -> tuple[bytes, dict] | None:
+def sample_digest(key: str, digests: dict[str, str]) -> str:
+    """A sample's content digest: SHA-256 over its member names and their SHA-256s, in tar order.
+    The sample's bytes are a function of exactly these (shards.sample_bytes), so the digest
+    changes when they do; a shard's digest is made of its samples' (ShardWriter), which spares
+    the parent hashing every shard's bytes again."""
+    listing = "".join(f"{key}.{ext} {digests[ext]}\n" for ext in sorted(digests))
+    return hashlib.sha256(listing.encode("utf-8")).hexdigest()
+
+
+def reuse_of(spec: SampleSpec, open_shards: dict[str, int]) -> tuple[bytes, dict] | None:
     """The earlier pack's encoded image for this sample, when the plan found one and it checks out."""
-    return reused_image(spec.reuse) if spec.reuse is not None else None
+    return reused_image(spec.reuse, open_shards) if spec.reuse is not None else None
+
+
+@contextmanager
+def closing_all(fds: dict[str, int]) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        for fd in fds.values():
+            os.close(fd)
 
 
 def pack_chunk(chunk: ChunkSpec, chunk_path: str | None, settings: ImageSettings) -> ChunkResult:
     """Worker: encode every sample of a chunk and append its tar members to `chunk_path`, or, with
     no path, return them with the result (a Dask worker on another machine)."""
     outcomes = []
-    with os.fdopen(create_exclusive(Path(chunk_path)), "wb") if chunk_path else io.BytesIO() as out:
+    open_shards: dict[str, int] = {}  # the earlier pack's shards this chunk reuses from, open while it runs
+    with (
+        os.fdopen(create_exclusive(Path(chunk_path)), "wb") if chunk_path else io.BytesIO() as out,
+        closing_all(open_shards),
+    ):
         for spec in chunk.samples():
             members = {"txt": spec.text.encode("utf-8")}
             image = near_hash = video = source = None
@@ -116,7 +139,7 @@ def pack_chunk(chunk: ChunkSpec, chunk_path: str | None, settings: ImageSettings
                 members["jpg"] = clip.middle
                 members.update({f"f{i:02d}.jpg": frame for i, frame in enumerate(clip.frames)})
                 image, video, near_hash = clip.image, clip.facts, clip.dhash
-            elif spec.image_path is not None and (found := reuse_of(spec)) is not None:
+            elif spec.image_path is not None and (found := reuse_of(spec, open_shards)) is not None:
                 # Encoded by an earlier pack with the same settings, from the same bytes: taken as is.
                 members["jpg"], image = found
                 near_hash, reused = spec.reuse["dhash"], True
@@ -138,18 +161,26 @@ def pack_chunk(chunk: ChunkSpec, chunk_path: str | None, settings: ImageSettings
             members["json"] = sample_json(spec, image, video)
             data = sample_bytes(spec.key, members)
             out.write(data)
-            # A reused JPEG's digest was checked against the earlier catalog's (reuse.py): not hashed again.
-            jpg = members.get("jpg")
-            jpg_sha = spec.reuse["image_sha256"] if reused else hashlib.sha256(jpg).hexdigest() if jpg else None
+            # A reused JPEG's digest is the earlier catalog's (checked by reuse.py, or its shard trusted).
+            digests = {ext: spec.reuse["image_sha256"] if reused and ext == "jpg" else None for ext in members}
+            digests = {ext: d or hashlib.sha256(members[ext]).hexdigest() for ext, d in digests.items()}
             facts = {
-                "image_sha256": jpg_sha,
-                "text_sha256": hashlib.sha256(members["txt"]).hexdigest(),
+                "image_sha256": digests.get("jpg"),
+                "text_sha256": digests["txt"],
                 "source": source,
                 "reused": reused,
+                "reuse_checked": reused and not spec.reuse.get("trusted"),  # its JPEG hashed against the catalog
             }
             outcomes.append(
                 SampleOutcome(
-                    spec.id, "packed", nbytes=len(data), image=image, dhash=near_hash, video=video, facts=facts
+                    spec.id,
+                    "packed",
+                    nbytes=len(data),
+                    image=image,
+                    dhash=near_hash,
+                    video=video,
+                    facts=facts,
+                    digest=sample_digest(spec.key, digests),
                 )
             )
         data = None if chunk_path else out.getvalue()
@@ -189,17 +220,17 @@ class ShardCutter:
         self.end = self.done[-1].end if self.done else 0
         self.next_start = bisect.bisect_left(starts, self.end)  # the starts the closed shards passed
 
-    def add(self, data: bytes, position: int) -> None:
+    def add(self, sample: bytes | tuple[int, int], size: int, digest: str, position: int) -> None:
         boundary = False
         while self.next_start < len(self.starts) and self.starts[self.next_start] <= position:
             boundary, self.next_start = True, self.next_start + 1
         w = self.writer
-        if w is not None and (boundary or w.count >= self.maxcount or (w.count and w.size + len(data) > self.maxsize)):
+        if w is not None and (boundary or w.count >= self.maxcount or (w.count and w.size + size > self.maxsize)):
             self.finish()
         if self.writer is None:
             self.writer = ShardWriter(self.directory, self.index, self.series)
             self.index += 1
-        self.writer.add(data)
+        self.writer.add(sample, size, digest)
         self.end = position + 1
 
     def finish(self) -> None:
@@ -213,13 +244,17 @@ class ShardCutter:
             self.writer = None
 
 
-def _read_samples(result: ChunkResult) -> Iterator[tuple[int, SampleOutcome, bytes]]:
-    """The packed samples of a chunk (its file, or the bytes it came back with) with their
-    positions in the split's order."""
-    with open(result.path, "rb") if result.path else io.BytesIO(result.data or b"") as handle:
-        for i, outcome in enumerate(result.outcomes):
-            if outcome.status == "packed":
-                yield result.start + i, outcome, handle.read(outcome.nbytes)
+def _read_samples(result: ChunkResult, fd: int | None) -> Iterator[tuple[int, SampleOutcome, bytes | tuple[int, int]]]:
+    """The packed samples of a chunk with their positions in the split's order: each as
+    `(fd, offset)` in its chunk file, open at `fd` (copied by the kernel), or as the bytes it came
+    back with."""
+    data = memoryview(result.data or b"")
+    offset = 0
+    for i, outcome in enumerate(result.outcomes):
+        if outcome.status == "packed":
+            sample = (fd, offset) if fd is not None else bytes(data[offset : offset + outcome.nbytes])
+            yield result.start + i, outcome, sample
+            offset += outcome.nbytes
 
 
 def execute(
@@ -279,14 +314,23 @@ def execute(
                             progress.closed.get((split, series), []),
                             state.shard_closed,
                         )
-                for position, outcome, data in _read_samples(chunk_result):
-                    series = series_of(outcome.image, outcome.video)
-                    # A resumed run encodes again from the earliest unfinished sample of the split;
-                    # a series keeps the samples that are already in its complete shards.
-                    if position >= progress.end(split, series):
-                        cutters[split, series].add(data, position)
-                if chunk_result.path:
-                    os.remove(chunk_result.path)
+                path = chunk_result.path
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC) if path else None
+                try:
+                    for position, outcome, sample in _read_samples(chunk_result, fd):
+                        series = series_of(outcome.image, outcome.video)
+                        # A resumed run encodes again from the earliest unfinished sample of the split;
+                        # a series keeps the samples that are already in its complete shards.
+                        if position >= progress.end(split, series):
+                            cutters[split, series].add(sample, outcome.nbytes, outcome.digest or "", position)
+                    for series in SERIES:  # every range of the chunk file copied before it is closed
+                        if (writer := cutters[split, series].writer) is not None:
+                            writer.flush()
+                finally:
+                    if fd is not None:
+                        os.close(fd)
+                if path:
+                    os.remove(path)
                 state.chunk_consumed(split, chunk_result.start, chunk_result.outcomes)
                 result.outcomes.extend(chunk_result.outcomes)
                 if on_first_result is not None:

@@ -304,7 +304,6 @@ def write_run(
     write_tar_indexes(config.output_dir, catalog, result.shards)
     write_meta(config.output_dir, result.shards, dict.fromkeys(s.split for s in result.shards))
     write_catalog(config.output_dir, catalog)
-    write_stat_cache(config.output_dir, catalog, result.outcomes)
     timings["catalog"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -329,7 +328,7 @@ def write_run(
             "the previous pack",
             "this pack",
         )
-    # The pack's fingerprint: a digest of every shard's name and bytes (hashed as they were written).
+    # The pack's fingerprint: a digest of every shard's name and digest (made of its samples' content digests).
     listing = "".join(f"{s.name} {s.sha256}\n" for s in result.shards)
     fingerprint = text_digest(listing)[:16]
     write_card(stats, taxonomy, config.output_dir, config.stats, fingerprint)
@@ -337,6 +336,7 @@ def write_run(
     warmer.close()
     timings["report"] = time.perf_counter() - start
     stats["seconds"]["report"] = round(timings["report"], 3)
+    write_stat_cache(config.output_dir, catalog, result.outcomes, [s.name for s in result.shards])
     # The very last step marks the run complete: stats.json renamed into place.
     (out_dir / INCOMPLETE).unlink(missing_ok=True)
     write_stats(config, stats)

@@ -11,8 +11,12 @@ the catalog, whose bytes must not change when a file is only touched), and they 
 file's digest while they are unchanged, unless the file was modified within 2 s of the cache being
 written (then it may have changed again in the same tick: it is hashed). A file whose facts changed
 is hashed when its size is one an earlier image had; otherwise it cannot match and is encoded. The
-worker checks every reused JPEG against the earlier catalog's digest of it (reuse.py), so a damaged
-or foreign earlier shard costs an encode, never a wrong image.
+cache also keeps each earlier shard's size and mtime as the pack left them. A worker checks a reused
+JPEG against the earlier catalog's digest of it (reuse.py), so a damaged or foreign earlier shard
+costs an encode, never a wrong image, unless its shard is as the pack left it: same size and mtime
+(a rename into `.previous/`, or a copy that keeps mtimes, keeps both), closed at least a timestamp
+tick before the cache was written (2 s, or 0.1 s where the filesystem keeps sub-second mtimes).
+Then the JPEG is taken as the catalog describes it, unhashed, as git trusts an unchanged file.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import hashlib
 import io
 import json
 import os
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
 from pathlib import Path
@@ -45,6 +50,10 @@ STAT_CACHE = {
     "source_inode": pl.Int64,
     "source_sha256": pl.String,
 }
+# The earlier pack's own shards, in the same file: name (`<split>/<file>`), size and mtime.
+SHARD_STATS = {"shard": pl.String, "shard_size": pl.Int64, "shard_mtime_ns": pl.Int64}
+# Where a filesystem keeps sub-second mtimes, its timestamp tick is at most this (a jiffy is 1-10 ms).
+FINE_RACY_NS = 100_000_000
 REUSE_FIELDS = {
     "shard": pl.String,
     "offset": pl.Int64,
@@ -55,11 +64,12 @@ REUSE_FIELDS = {
     "source_size": pl.Int64,
     "source_mtime_ns": pl.Int64,
     "source_inode": pl.Int64,
+    "trusted": pl.Boolean,  # its shard is as the earlier pack left it: the JPEG is not hashed again
 }
 REUSE = pl.Struct(REUSE_FIELDS)
 # What the catalog gives of each: where the earlier sample is and what its image and source were
 # (the mtime and inode a worker passes on are this run's, for its own stat cache).
-FROM_CATALOG = [f for f in REUSE_FIELDS if f not in ("source_mtime_ns", "source_inode")]
+FROM_CATALOG = [f for f in REUSE_FIELDS if f not in ("source_mtime_ns", "source_inode", "trusted")]
 
 
 def encoder_identity(size: int, quality: int, max_pixels: int) -> str:
@@ -153,36 +163,72 @@ def match_images(root: Path, encoder: str, paths: list[str], workers: int) -> pl
         },
         schema={"image_path": pl.String, "now_size": pl.Int64, "now_mtime_ns": pl.Int64, "now_inode": pl.Int64},
     )
+    trusted = pl.DataFrame(
+        {"shard": list(shards := trusted_shards(root, written)), "trusted": [True] * len(shards)},
+        schema={"shard": pl.String, "trusted": pl.Boolean},
+    )
     matched = (
         found.join(first, left_on="digest", right_on="source_sha256", how="inner")
         .join(stat_rows, on="image_path", how="left")
+        .join(trusted, on="shard", how="left")
         .with_columns(
             # The source facts recorded for the new pack are this file's, now.
             source_sha256=pl.col("digest"),
             source_size=pl.col("now_size"),
             source_mtime_ns=pl.col("now_mtime_ns"),
             source_inode=pl.col("now_inode"),
+            trusted=pl.col("trusted").fill_null(False),
         )
     )
     return matched.select("image_path", reuse=pl.struct(*REUSE_FIELDS))
 
 
-def stat_cache(root: Path) -> tuple[dict[str, tuple], int]:
-    """A pack's stat cache (path -> size, mtime, inode, digest) and when it was written; empty when
-    it has none or it cannot be read (then every candidate file is hashed)."""
+def _read_cache(root: Path) -> tuple[pl.DataFrame | None, int]:
     path = root / SOURCES
     try:
         cache = pl.read_parquet(path)
         written = path.stat().st_mtime_ns
     except (OSError, pl.exceptions.PolarsError):
-        return {}, 0
-    if set(cache.columns) != set(STAT_CACHE):
-        return {}, 0
-    return {row[0]: row[1:] for row in cache.select(*STAT_CACHE).iter_rows()}, written
+        return None, 0
+    if set(cache.columns) != {*STAT_CACHE, *SHARD_STATS}:
+        return None, 0
+    return cache, written
 
 
-def write_stat_cache(shard_root: Path, catalog: pl.DataFrame, outcomes: list[Any]) -> None:
-    """The stat cache of this pack: its image samples' source files as the workers read them."""
+def stat_cache(root: Path) -> tuple[dict[str, tuple], int]:
+    """A pack's stat cache (path -> size, mtime, inode, digest) and when it was written; empty when
+    it has none or it cannot be read (then every candidate file is hashed)."""
+    cache, written = _read_cache(root)
+    if cache is None:
+        return {}, 0
+    sources = cache.filter(pl.col("source_path").is_not_null()).select(*STAT_CACHE)
+    return {row[0]: row[1:] for row in sources.iter_rows()}, written
+
+
+def trusted_shards(root: Path, written: int) -> list[str]:
+    """The earlier pack's shards (as the catalog names them) that are as it left them: regular
+    files, not links, of the recorded size and mtime, and closed a tick before the cache was written."""
+    cache, _ = _read_cache(root)
+    if cache is None:
+        return []
+    shards = cache.filter(pl.col("shard").is_not_null()).select(*SHARD_STATS)
+    mtimes = shards["shard_mtime_ns"].to_list()
+    racy = FINE_RACY_NS if any(m % 1_000_000_000 for m in mtimes) else RACY_NS
+    trusted = []
+    for name, size, mtime in shards.iter_rows():
+        try:
+            st = os.stat(root / name, follow_symlinks=False)
+        except (OSError, ValueError):
+            continue
+        if stat.S_ISREG(st.st_mode) and (st.st_size, st.st_mtime_ns) == (size, mtime) and mtime < written - racy:
+            trusted.append(name)
+    return trusted
+
+
+def write_stat_cache(shard_root: Path, catalog: pl.DataFrame, outcomes: list[Any], shards: list[str]) -> None:
+    """The stat cache of this pack: its image samples' source files as the workers read them, and
+    its image shards (names under `shard_root`) as they are now. Written last, just before stats.json,
+    so that the pack's shards are as far as they can be from the cache's own mtime."""
     seen = {
         o.id: (o.facts["source"]["mtime_ns"], o.facts["source"]["inode"])
         for o in outcomes
@@ -193,7 +239,12 @@ def write_stat_cache(shard_root: Path, catalog: pl.DataFrame, outcomes: list[Any
         for i, path, size, digest in catalog.select("id", "source_path", "source_size", "source_sha256").iter_rows()
         if path is not None and digest is not None and i in seen
     ]
-    cache = pl.DataFrame(rows, schema=STAT_CACHE, orient="row").unique("source_path", keep="first", maintain_order=True)
+    sources = pl.DataFrame(rows, schema=STAT_CACHE, orient="row").unique(
+        "source_path", keep="first", maintain_order=True
+    )
+    facts = [(name, os.stat(shard_root / name, follow_symlinks=False)) for name in shards]
+    own = pl.DataFrame([(name, st.st_size, st.st_mtime_ns) for name, st in facts], schema=SHARD_STATS, orient="row")
+    cache = pl.concat([sources, own], how="diagonal")
     buffer = io.BytesIO()
     cache.write_parquet(buffer, compression="zstd", compression_level=1)
     write_atomic(shard_root / SOURCES, buffer.getvalue())
@@ -220,5 +271,7 @@ def reuse_of(samples: pl.DataFrame, matches: pl.DataFrame | None) -> pl.DataFram
 def counts(outcomes: list[Any]) -> dict[str, int]:
     """Images reused from the earlier pack and images encoded, among the packed samples."""
     reused = sum(1 for o in outcomes if o.facts and o.facts.get("reused"))
+    checked = sum(1 for o in outcomes if o.facts and o.facts.get("reuse_checked"))
     encoded = sum(1 for o in outcomes if o.status == "packed" and o.image is not None and o.video is None) - reused
-    return {"reused": reused, "encoded": encoded}
+    # `checked`: reused JPEGs hashed against the earlier catalog (their shard was not as left).
+    return {"reused": reused, "encoded": encoded, "checked": checked}

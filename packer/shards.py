@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -15,15 +16,45 @@ BLOCK = tarfile.BLOCKSIZE
 END_OF_ARCHIVE = b"\0" * (2 * BLOCK)
 
 
-def member_bytes(name: str, data: bytes) -> bytes:
-    """One tar member (header + data + padding) with fixed mtime, owner and mode, for reproducible shards."""
+def _tar_header(name: str, size: int) -> bytes:
     info = tarfile.TarInfo(name)
-    info.size = len(data)
+    info.size = size
     info.mtime = 0
     info.mode = 0o644
     info.uid = info.gid = 0
     info.uname = info.gname = ""
-    header = info.tobuf(format=tarfile.PAX_FORMAT, encoding="utf-8", errors="strict")
+    return info.tobuf(format=tarfile.PAX_FORMAT, encoding="utf-8", errors="strict")
+
+
+# Every member packer writes has the same header but for its name, size and checksum: built once by
+# tarfile (whatever this Python's tarfile writes in the other fields), then filled in per member.
+_TEMPLATE = _tar_header("x", 0)
+_BASE_SUM = 256 + sum(_TEMPLATE[100:124]) + sum(_TEMPLATE[136:148]) + sum(_TEMPLATE[156:])
+
+
+def plain_header(name: bytes, size: int) -> bytes | None:
+    """The header tarfile writes for a member of this name and size, when it is one plain ustar
+    block (an ASCII name of at most 100 bytes, a size below 8 GiB); None when a PAX record is due."""
+    if len(name) > 100 or size >= 8**11 or not name.isascii() or b"\0" in name:
+        return None
+    size_field = b"%011o\0" % size
+    checksum = _BASE_SUM + sum(name) + sum(size_field)
+    return b"".join(
+        (
+            name.ljust(100, b"\0"),
+            _TEMPLATE[100:124],
+            size_field,
+            _TEMPLATE[136:148],
+            b"%06o\0 " % checksum,
+            _TEMPLATE[156:BLOCK],
+        )
+    )
+
+
+def member_bytes(name: str, data: bytes) -> bytes:
+    """One tar member (header + data + padding) with fixed mtime, owner and mode, for reproducible
+    shards: tarfile's bytes, filled in from one template where the header is a plain block."""
+    header = plain_header(name.encode("utf-8"), len(data)) or _tar_header(name, len(data))
     padding = (-len(data)) % BLOCK
     return header + data + b"\0" * padding
 
@@ -57,28 +88,49 @@ def series_of(image: dict | None, video: dict | None = None) -> str:
 
 
 class ShardWriter:
-    """Appends sample bytes to `<dir>/<series>-NNNNN.tar.tmp`; `close()` ends the archive and renames it."""
+    """Appends samples to `<dir>/<series>-NNNNN.tar.tmp`; `close()` ends the archive and renames it.
+
+    A sample comes as bytes, or as a byte range of a chunk file that the kernel copies
+    (copy_file_range: the parent never reads a loky worker's output into memory). The shard's
+    digest is made of its samples' content digests (execute.sample_digest), in order: it names
+    the shard's bytes without hashing them again."""
 
     def __init__(self, directory: Path, index: int, series: str = IMAGE_SERIES):
         directory.mkdir(parents=True, exist_ok=True)
         self.path = directory / f"{series}-{index:05d}.tar"
         self.tmp = self.path.with_name(self.path.name + ".tmp")
-        self.handle = os.fdopen(create_exclusive(self.tmp), "wb")
+        self.fd = create_exclusive(self.tmp)
         self.count = 0
         self.size = 0
-        self.digest = hashlib.sha256()  # of the bytes as written: names the pack's content (the card)
+        self.digest = hashlib.sha256()
+        self.pending: list[int] = []  # a range not yet copied: [fd, offset, size] (consecutive samples join it)
 
-    def add(self, data: bytes) -> None:
-        self.handle.write(data)
-        self.digest.update(data)
+    def add(self, sample: bytes | tuple[int, int], size: int, digest: str) -> None:
+        """One sample: its bytes, or `(fd, offset)` of `size` bytes in another file."""
+        if isinstance(sample, bytes):
+            self.flush()
+            write_all(self.fd, sample)
+        elif self.pending and self.pending[0] == sample[0] and self.pending[1] + self.pending[2] == sample[1]:
+            self.pending[2] += size
+        else:
+            self.flush()
+            self.pending = [sample[0], sample[1], size]
+        self.digest.update(f"{digest}\n".encode("ascii"))
         self.count += 1
-        self.size += len(data)
+        self.size += size
+
+    def flush(self) -> None:
+        """Copy the pending range (before its source file is closed, and before other bytes)."""
+        if self.pending:
+            src, offset, size = self.pending
+            self.pending = []
+            copy_range(src, offset, size, self.fd)
 
     def close(self) -> int:
         """Finish the archive; returns the shard's size in bytes (`sha256()` its digest)."""
-        self.handle.write(END_OF_ARCHIVE)
-        self.digest.update(END_OF_ARCHIVE)
-        self.handle.close()
+        self.flush()
+        write_all(self.fd, END_OF_ARCHIVE)
+        os.close(self.fd)
         os.replace(self.tmp, self.path)
         return self.size + len(END_OF_ARCHIVE)
 
@@ -86,8 +138,41 @@ class ShardWriter:
         return self.digest.hexdigest()
 
     def abort(self) -> None:
-        self.handle.close()
+        os.close(self.fd)
         self.tmp.unlink(missing_ok=True)
+
+
+def write_all(fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+# copy_file_range fails so where the kernel or filesystem cannot copy between these two files.
+NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF}
+
+
+def copy_range(src: int, offset: int, size: int, dst: int) -> None:
+    """`size` bytes of `src` from `offset` appended at `dst`'s position, copied in the kernel
+    where it can (else read and written); a source shorter than that is an error."""
+    end = offset + size
+    kernel = hasattr(os, "copy_file_range")
+    while offset < end:
+        n = 0
+        if kernel:
+            try:
+                n = os.copy_file_range(src, dst, end - offset, offset)
+            except OSError as exc:
+                if exc.errno not in NO_KERNEL_COPY:
+                    raise
+                kernel = False
+        if not kernel:
+            block = os.pread(src, min(end - offset, 1 << 20), offset)
+            write_all(dst, block)
+            n = len(block)
+        if n == 0:
+            raise OSError(errno.EIO, f"a chunk file ended {end - offset} bytes early")
+        offset += n
 
 
 def write_atomic(path: Path, data: bytes) -> None:

@@ -80,6 +80,7 @@ class SampleOutcome:
     # What the catalog records of a packed sample: its members' digests, its source file's facts
     # (sha256, size, mtime_ns, inode: what the next pack matches on), and whether it was reused.
     facts: dict[str, Any] | None = None
+    digest: str | None = None  # a packed sample's content digest (execute.sample_digest)
 
 
 @dataclass(frozen=True)

@@ -117,7 +117,7 @@ class ClosedShard:
     count: int
     bytes: int
     end: int  # position (in the split's sample order) after the shard's last sample
-    sha256: str  # of the shard's bytes (the card's fingerprint of the pack is made of these)
+    sha256: str  # over its samples' content digests (ShardWriter); the card's fingerprint is made of these
 
 
 @dataclass

@@ -21,10 +21,12 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
-import av
 from PIL import Image
 
 from .images import ImageFailure, dhash, open_regular
+from .lazy import lazy_module
+
+av = lazy_module("av")  # PyAV loads on a clip's first use: an image-only pack never pays its import
 
 # Without a container index, a wanted frame more than this many seconds ahead is sought, not decoded to.
 SEEK_GAP = 1.0

@@ -95,7 +95,7 @@ def grow(small: Path, big: Path, examples: int, per_shard: int = 5000) -> None:
                             labels["target_group"],
                         )
                     )
-                    writer.add(data)
+                    writer.add(data, len(data), "")  # the digest only names a real pack (the card)
                 size = writer.close()
                 listed.append((writer.path.name, writer.count))
                 kind = "image" if series == "shard" else "text"

@@ -19,7 +19,7 @@ from PIL import Image
 from test_resume import kill_when
 
 from packer.cli import main
-from packer.previous import RACY_NS, match_images
+from packer.previous import FINE_RACY_NS, RACY_NS, SOURCES, match_images, trusted_shards
 
 OLID_OFF = {"subtask_a": "OFF", "subtask_b": "TIN", "subtask_c": "GRP"}
 OLID_NOT = {"subtask_a": "NOT", "subtask_b": "NULL", "subtask_c": "NULL"}
@@ -90,8 +90,10 @@ def stats_of(folder: Path) -> dict:
 
 def test_a_relabel_repack_reuses_every_image_and_writes_the_same_bytes(packs: Path):
     reused, encoded = stats_of(packs / "Step_3"), stats_of(packs / "encoded")
+    checked = reused["reuse"].pop("checked")  # how many shards were closed a tick before the cache: timing
     assert reused["reuse"] == {"from": str(packs / "Step_3" / "shards"), "reused": MEMES, "encoded": 0}
-    assert encoded["reuse"] == {"from": None, "reused": 0, "encoded": MEMES}
+    assert 0 <= checked <= MEMES
+    assert encoded["reuse"] == {"from": None, "reused": 0, "encoded": MEMES, "checked": 0}
     ours, theirs = digests(packs / "Step_3"), digests(packs / "encoded")
     assert ours == theirs and len(ours) > 20  # every file: shards, catalog, card, report, stats (less timings)
     assert not (packs / "Step_3" / "shards" / ".previous").exists()  # the earlier pack is gone once done
@@ -180,6 +182,7 @@ def test_a_changed_image_or_setting_or_damaged_shard_is_encoded_again(packs: Pat
     shutil.rmtree(root / "Step_3")
     assert repack(root) == 0
     reuse = stats_of(root / "Step_3")["reuse"]
+    reuse.pop("checked")
     assert reuse == {"from": str(root / "Step_3" / "shards"), "reused": MEMES - 1, "encoded": 1}
     assert digests(root / "Step_3") == fresh
     shutil.rmtree(root / "Step_3")
@@ -207,7 +210,7 @@ def test_the_stat_cache_stands_for_unchanged_files_and_a_touched_file_is_hashed(
     trusted without reading the file; a touched or racily modified file is hashed."""
     first = packs / "first" / "shards"
     catalog = pl.read_parquet(first / "samples.parquet")
-    cache = pl.read_parquet(first / ".sources.parquet")
+    cache = pl.read_parquet(first / ".sources.parquet").filter(pl.col("source_path").is_not_null())
     assert "source_mtime_ns" not in catalog.columns and "source_inode" not in catalog.columns
     images = catalog.filter(pl.col("series") == "images")
     assert sorted(cache["source_path"]) == sorted(images["source_path"]) and len(cache) == MEMES
@@ -241,6 +244,51 @@ def test_the_stat_cache_stands_for_unchanged_files_and_a_touched_file_is_hashed(
     assert match_images(earlier, "other", paths, workers=1).is_empty()
     (earlier / ".sources.parquet").unlink()
     assert sorted(match_images(earlier, encoder, paths, workers=1)["image_path"]) == sorted(paths)
+
+
+def test_a_reused_jpeg_is_hashed_unless_its_shard_is_as_the_earlier_pack_left_it(packs: Path, tmp_path: Path):
+    """The stat cache records every shard's size and mtime as the pack left it; a shard found so
+    (and closed a tick before the cache) is trusted, its JPEGs taken unhashed; a touched, re-sized
+    or linked shard, or one racily close to the cache, has every JPEG hashed against the catalog."""
+    earlier = tmp_path / "earlier"
+    shutil.copytree(packs / "first" / "shards", earlier)  # copy2: mtimes kept, as a rename keeps them
+    catalog = pl.read_parquet(earlier / "samples.parquet")
+    recorded = pl.read_parquet(earlier / SOURCES).filter(pl.col("shard").is_not_null())
+    names = sorted(catalog["shard"].unique())
+    assert sorted(recorded["shard"]) == names and len(names) >= 4
+    for name, size, mtime in recorded.select("shard", "shard_size", "shard_mtime_ns").iter_rows():
+        st = (earlier / name).stat()
+        assert (st.st_size, st.st_mtime_ns) == (size, mtime)
+    newest = max(recorded["shard_mtime_ns"])
+    assert newest % 10**9, "this filesystem keeps sub-second mtimes (the 0.1 s tick applies)"
+    assert sorted(trusted_shards(earlier, newest + FINE_RACY_NS + 1)) == names
+    racy = newest + FINE_RACY_NS // 2  # a cache written within a tick of the last shard: not trusted
+    old_enough = [n for n, m in recorded.select("shard", "shard_mtime_ns").iter_rows() if m < racy - FINE_RACY_NS]
+    assert sorted(trusted_shards(earlier, racy)) == sorted(old_enough) and len(old_enough) < len(names)
+    later = newest + RACY_NS
+    touched, relinked = [n for n in names if n.split("/")[1].startswith("shard-")][:2]
+    os.utime(earlier / touched, ns=(later, later + 1))
+    (earlier / relinked).rename(earlier / (relinked + ".moved"))
+    (earlier / relinked).symlink_to(earlier / (relinked + ".moved"))
+    assert sorted(trusted_shards(earlier, later)) == sorted(set(names) - {touched, relinked})
+    # The trust reaches the workers through the matches: every image path knows its shard's verdict.
+    images = catalog.filter(pl.col("series") == "images")
+    matches = match_images(earlier, images["encoder"][0], images["source_path"].to_list(), workers=1)
+    verdict = {r["image_path"]: r["reuse"]["trusted"] for r in matches.iter_rows(named=True)}
+    expected = {p: s not in (touched, relinked) for p, s in images.select("source_path", "shard").iter_rows()}
+    assert verdict == expected
+    # End to end: a re-pack over a pack whose cache is older than its shards by a tick hashes nothing.
+    root = tmp_path / "run"
+    shutil.copytree(packs / "Step_2", root / "Step_2")
+    shutil.copytree(packs / "first", root / "Step_3")
+    manifest = root / "Step_2" / "data_manifest.jsonl"
+    manifest.write_text(manifest.read_text().replace(str(packs / "Step_2"), str(root / "Step_2")))
+    cache = root / "Step_3" / "shards" / SOURCES
+    os.utime(cache, ns=(newest + RACY_NS, newest + RACY_NS))
+    assert main(args(root, "Step_3")) == 0
+    assert stats_of(root / "Step_3")["reuse"] == {
+        "from": str(root / "Step_3" / "shards"), "reused": MEMES, "encoded": 0, "checked": 0
+    }  # fmt: skip
 
 
 def test_reuse_from_a_pilot_gives_the_full_run_its_images(packs: Path, tmp_path: Path):

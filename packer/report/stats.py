@@ -375,7 +375,10 @@ def summary(stats: dict[str, Any]) -> str:
         lines += video_lines(stats["video"])
     reuse = stats.get("reuse")
     if reuse and reuse.get("from"):
-        lines.append(f"  images: {reuse['reused']} reused, {reuse['encoded']} encoded (from {reuse['from']})")
+        lines.append(
+            f"  images: {reuse['reused']} reused, {reuse['encoded']} encoded (from {reuse['from']}); "
+            f"{reuse.get('checked', 0)} reused JPEGs hashed to check them (the rest are in unchanged shards)"
+        )
     leak = stats["leakage"]
     by_pair = ", ".join(f"{pair} {entry['shared']}" for pair, entry in leak["images"].items())
     lines.append(
