@@ -1,10 +1,11 @@
 """The report's chart engine in a process of its own (packer/report/engine.py): it draws exactly
 what vl-convert draws in-process, a run never waits on a dead one, and it never outlives its parent
-or its run."""
+or its run; a process's later runs draw in-process."""
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from conftest import MAMI, Workspace, alive, children
 from packer.cli import main as pack
 from packer.report.charts import split_size_chart, vega_svg
 from packer.report.engine import ChartEngine, draw
+from packer.report.html import ReportWarmer
 
 STATS = {
     "splits": {"train": {"image_examples": 7, "text_examples": 2}, "val": {"image_examples": 1, "text_examples": 0}}
@@ -84,12 +86,21 @@ def test_the_engine_process_ends_with_its_parent_killed_by_sigkill(tmp_path):
         time.sleep(0.05)
 
 
-def test_a_pack_leaves_no_engine_process_behind_and_its_report_has_the_charts(tmp_path):
+def test_a_pack_leaves_no_engine_process_behind_and_its_report_has_the_charts(tmp_path, monkeypatch):
+    """A process's first run draws in an engine process, which ends with the run; its later runs
+    draw in-process (the engine warm there) and start none: the same charts either way."""
     ws = Workspace(tmp_path)
     for i in range(6):
         ws.add(f"mami_train_{i}", "mami", "train", MAMI, image=ws.image(f"m{i}.jpg"))
     ws.write()
+    monkeypatch.setattr(ReportWarmer, "engine_started_in", None)  # as in a process that has not packed yet
+    started = []
+    monkeypatch.setattr(ChartEngine, "start", lambda self, real=ChartEngine.start: started.append(1) or real(self))
     assert pack(ws.args("--workers", "1")) == 0
-    assert engine_processes(os.getpid()) == set()
-    page = (ws.out / "report.html").read_text(encoding="utf-8")
-    assert page.count("<svg") >= 5 and "could not be drawn" not in page
+    assert started == [1] and engine_processes(os.getpid()) == set()
+    first = (ws.out / "report.html").read_text(encoding="utf-8")
+    assert first.count("<svg") >= 5 and "could not be drawn" not in first
+    assert pack(ws.args("--workers", "1")) == 0  # the same pack again, in this process
+    assert started == [1] and engine_processes(os.getpid()) == set()
+    again = (ws.out / "report.html").read_text(encoding="utf-8")  # a re-pack: it says what changed
+    assert re.findall(r"<svg.*?</svg>", again, re.S) == re.findall(r"<svg.*?</svg>", first, re.S)

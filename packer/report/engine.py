@@ -7,7 +7,8 @@ core, and the report's charts are drawn there: one JSON line per chart spec in o
 JSON line with the SVG (or vl-convert's error) out. The child ends when its stdin closes, so it
 never outlives the run, even a killed one. Anything amiss with it (it cannot start, dies, answers
 nonsense) and the charts are drawn in the parent as before: the same library and the same SVG,
-only slower. `python -m packer.report` draws in-process.
+only slower. `python -m packer.report` draws in-process, and so does every later run of a process
+that packs more than once (html.ReportWarmer): its engine, once started there, stays warm.
 """
 
 from __future__ import annotations
