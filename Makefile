@@ -8,9 +8,9 @@ OCR ?=
 ASR ?=
 OUT ?= Step_3
 WORKERS ?= $(shell nproc 2>/dev/null || echo 1)
-# make test runs serially unless TEST_WORKERS=N is given (see README: a loky warning race under
-# parallel load); make test-quick, the edit loop, uses every core.
-TEST_WORKERS ?= 0
+# make test and make test-quick spread the tests over every core (pytest-xdist, --dist loadgroup:
+# the tests of one xdist_group share a worker); TEST_WORKERS=0 runs them in one process.
+TEST_WORKERS ?= $(WORKERS)
 QUICK_WORKERS ?= $(WORKERS)
 LIMIT ?=
 PACK_FLAGS ?=

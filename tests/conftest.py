@@ -289,6 +289,20 @@ CORPUS_CLIPS = 12
 CORPUS_POSTS = 60
 
 
+@pytest.fixture(scope="session")
+def corpus_pack(corpus: Path, tmp_path_factory) -> dict[str, str]:
+    """The digests (`digests(..., anywhere=True)`) of the corpus packed by `command` without a
+    break: built once per session, the reference of every crash, resume and backend test."""
+
+    def build(root: Path) -> None:
+        out = root / "Step_3"
+        done = subprocess.run(command(corpus, out), cwd=root, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr  # every check passing
+        (root / "digests.json").write_text(json.dumps(digests(out, anywhere=True)))
+
+    return json.loads((built_once(tmp_path_factory, "corpus-pack", build) / "digests.json").read_text())
+
+
 def command(corpus: Path, out: Path, *extra: str) -> list[str]:
     return [
         sys.executable,
@@ -332,16 +346,23 @@ def cut_block(text: str, name: str) -> str:
     return rest
 
 
-def digests(folder: Path) -> dict[str, str]:
+def digests(folder: Path, anywhere: bool = False) -> dict[str, str]:
     """SHA-256 of every file under `folder` as written (stats.json less its timings; not the stat
     cache `.sources.parquet`, which holds the source files' mtimes and inodes): the yardstick of
-    every byte-identity test, kept in the tests so that a bug in packer cannot hide in it."""
+    every byte-identity test, kept in the tests so that a bug in packer cannot hide in it.
+
+    `anywhere`: the folder's own path (which stats.json, the card and the report name) is replaced
+    by `<out>` in every file first, so that packs written to two folders compare: a pack made once
+    per session is then the reference of every test that packs the same inputs elsewhere. A file
+    that held the path in any other form (compressed, say) would differ, and fail that test."""
     out = {}
     for path in sorted(folder.rglob("*")):
         if path.is_file() and path.name != ".sources.parquet":
             data = path.read_bytes()
             if path.name == "stats.json":
                 data = without_seconds(data)
+            if anywhere:
+                data = data.replace(str(folder).encode("utf-8"), b"<out>")
             out[str(path.relative_to(folder))] = hashlib.sha256(data).hexdigest()
     return out
 
@@ -371,3 +392,19 @@ def pytest_runtest_makereport(item, call):
         if ALLOWED_SKIP_IN_CI not in reason:
             report.outcome = "failed"
             report.longrepr = f"skipped under CI, where .ci/run installs what this test needs: {reason}"
+
+
+# -- pytest-xdist's loadgroup must group -----------------------------------------------------------
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config, items):
+    """Under `--dist loadgroup` every test marked `xdist_group` must carry its group in its node id
+    (xdist's worker adds it), or the group is spread over workers and its session fixtures are built
+    once per worker. pytest 9.2 silently stopped that (pytest-xdist#1386): fail instead of slowing."""
+    if not getattr(config.option, "loadgroup", False):
+        return
+    lost = [item.nodeid for item in items if item.get_closest_marker("xdist_group") and "@" not in item.nodeid]
+    if lost:
+        raise pytest.UsageError(
+            f"--dist loadgroup is not grouping here ({len(lost)} tests, e.g. {lost[0]}): "
+            "pytest-xdist#1386 with this pytest; pyproject.toml pins a pytest that groups"
+        )

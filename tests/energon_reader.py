@@ -2,10 +2,12 @@
 given split parts of a packer shards folder as a training job does, and print what each rank got.
 
     python energon_reader.py ROOT SPLIT_CONFIG DATASET_CONFIG WORLD_SIZE PART [PART ...]
+    python energon_reader.py --jobs JSON    # a list of [ROOT, SPLIT_CONFIG, DATASET_CONFIG, WORLD_SIZE, [PART, ...]]
 
 Prints one JSON object: {part: {rank: [[key, value], ...]}}, where value is the sample's id (a
-crude sample cooked by the test's cooker), its text or its label. Any sample that fails raises
-(energon's default handler would log it and skip it silently).
+crude sample cooked by the test's cooker), its text or its label; with --jobs, one JSON list of
+them, in the jobs' order (one interpreter and one torch import for them all). Any sample that
+fails raises (energon's default handler would log it and skip it silently).
 """
 
 from __future__ import annotations
@@ -44,15 +46,27 @@ def value(sample) -> object:
 
 
 def main() -> None:
+    if sys.argv[1] == "--jobs":
+        print(
+            json.dumps(
+                [
+                    read(root, split, dataset, int(world), parts)
+                    for root, split, dataset, world, parts in json.loads(sys.argv[2])
+                ]
+            )
+        )
+        return
     root, split_config, dataset_config, world, *parts = sys.argv[1:]
+    print(json.dumps(read(root, split_config, dataset_config, int(world), parts)))
+
+
+def read(root: str, split_config: str, dataset_config: str, world: int, parts: list[str]) -> dict:
     encoder = CrudeEncoder() if dataset_config == "dataset.yaml" else DefaultTaskEncoder()
     out: dict[str, dict[int, list]] = {}
     for part in parts:
         out[part] = {}
-        for rank in range(int(world)):
-            config = WorkerConfig(
-                rank=rank, world_size=int(world), num_workers=2, global_error_handler=reraise_exception
-            )
+        for rank in range(world):
+            config = WorkerConfig(rank=rank, world_size=world, num_workers=2, global_error_handler=reraise_exception)
             dataset = get_val_dataset(
                 root,
                 split_part=part,
@@ -63,7 +77,7 @@ def main() -> None:
                 task_encoder=encoder,
             )
             out[part][rank] = [[s.__key__, value(s)] for s in get_loader(dataset)]
-    print(json.dumps(out))
+    return out
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ READER = Path(__file__).with_name("energon_reader.py")
 
 pytestmark = [
     pytest.mark.heavy,  # a venv of its own
+    pytest.mark.xdist_group(name="energon"),  # one module fixture: every load in one process
     pytest.mark.skipif(
         not ENERGON_PYTHON.is_file(), reason=f"megatron-energon's venv is not here ({ENERGON_PYTHON}): make energon"
     ),
@@ -32,37 +33,53 @@ def energon(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([str(cli), *args], capture_output=True, text=True, cwd=cwd, timeout=600)
 
 
-def load(root: Path, split_config: str, dataset_config: str, world: int, parts: list[str]) -> dict:
+def load_all(jobs: list[tuple[Path, str, str, int, list[str]]]) -> list[dict]:
+    """Each job (root, split config, dataset config, world size, parts) loaded as a training job
+    does, all in one process of the energon venv (one interpreter and torch import for them all)."""
+    spec = json.dumps([[str(root), *rest] for root, *rest in jobs])
     done = subprocess.run(
-        [str(ENERGON_PYTHON), str(READER), str(root), split_config, dataset_config, str(world), *parts],
-        capture_output=True,
-        text=True,
-        timeout=600,
+        [str(ENERGON_PYTHON), str(READER), "--jobs", spec], capture_output=True, text=True, timeout=900
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+SERIES_CONFIGS = [
+    ("split.yaml", ["images"]),
+    ("split.text.yaml", ["text"]),
+    ("split.video.yaml", ["video"]),
+    ("split.all.yaml", ["images", "text", "video"]),
+]
+PARTS = {
+    # Every split a part; diagnostics (HateCheck, text only) has no image shards: `[]` in split.yaml.
+    split_config: ["train", "val", "test", *(["diagnostics"] if "text" in series else [])]
+    for split_config, series in SERIES_CONFIGS
+}
+TYPED = [
+    ("split.all.yaml", "dataset.text.yaml", 1, ["val"]),
+    ("split.yaml", "dataset.image_abuse_hate.yaml", 1, ["test"]),
+]
+
+
+@pytest.fixture(scope="session")  # once per worker: xdist may run other modules between its tests
+def loaded(pilot: Path) -> dict[tuple, dict]:
+    """What every rank of every load the tests below check got: all loaded at once."""
+    jobs = [(split_config, "dataset.yaml", world, PARTS[split_config]) for split_config in PARTS for world in (1, 2)]
+    jobs += TYPED
+    results = load_all([(pilot / "shards", *job) for job in jobs])
+    return {(split, dataset, world, tuple(parts)): got for (split, dataset, world, parts), got in zip(jobs, results)}
+
+
 @pytest.mark.parametrize("world", [1, 2])
-@pytest.mark.parametrize(
-    "split_config, series",
-    [
-        ("split.yaml", ["images"]),
-        ("split.text.yaml", ["text"]),
-        ("split.video.yaml", ["video"]),
-        ("split.all.yaml", ["images", "text", "video"]),
-    ],
-)
-def test_every_split_loads_once_across_ranks(pilot: Path, world: int, split_config: str, series: list[str]):
+@pytest.mark.parametrize("split_config, series", SERIES_CONFIGS)
+def test_every_split_loads_once_across_ranks(pilot: Path, loaded, world: int, split_config: str, series: list[str]):
     shards = pilot / "shards"
     catalog = pl.read_parquet(shards / "samples.parquet")
     stats = json.loads((pilot / "stats.json").read_text())
     assert list(stats["splits"]) == ["train", "val", "test", "diagnostics"]
-    # Every split a part; diagnostics (HateCheck, text only) has no image shards: `[]` in split.yaml.
     parts = [p for p in stats["splits"] if len(catalog.filter((pl.col("split") == p) & pl.col("series").is_in(series)))]
-    with_diagnostics = "text" in series  # HateCheck is text only
-    assert parts == ["train", "val", "test", *(["diagnostics"] if with_diagnostics else [])]
-    got = load(shards, split_config, "dataset.yaml", world, parts)
+    assert parts == PARTS[split_config]
+    got = loaded[split_config, "dataset.yaml", world, tuple(parts)]
     for part in parts:
         ranks = got[part]
         keys = [[k for k, _ in ranks[str(r)]] for r in range(world)]
@@ -80,10 +97,10 @@ def test_every_split_loads_once_across_ranks(pilot: Path, world: int, split_conf
         assert all(ids[k] == v for r in ranks.values() for k, v in r)
 
 
-def test_typed_configs_load_and_pass_energon_lint(pilot: Path):
+def test_typed_configs_load_and_pass_energon_lint(pilot: Path, loaded):
     shards = pilot / "shards"
     catalog = pl.read_parquet(shards / "samples.parquet")
-    texts = load(shards, "split.all.yaml", "dataset.text.yaml", 1, ["val"])["val"]["0"]
+    texts = loaded["split.all.yaml", "dataset.text.yaml", 1, ("val",)]["val"]["0"]
     val = catalog.filter(pl.col("split") == "val")
     assert len(texts) == len(val)
     for key, text in texts[:20]:  # TextSample.text is the sample's .txt member, whole
@@ -93,24 +110,33 @@ def test_typed_configs_load_and_pass_energon_lint(pilot: Path):
         with open(shards / row["shard"], "rb") as handle:
             handle.seek(row["offset"])
             assert text == parse_sample(handle.read(row["size"]))[1]["txt"].decode("utf-8")
-    labelled = load(shards, "split.yaml", "dataset.image_abuse_hate.yaml", 1, ["test"])["test"]["0"]
+    labelled = loaded["split.yaml", "dataset.image_abuse_hate.yaml", 1, ("test",)]["test"]["0"]
     test = catalog.filter((pl.col("split") == "test") & (pl.col("series") == "images"))
     labels = dict(zip(test["key"], test["abuse_hate"]))
     assert len(labelled) == len(test)
     assert all(label == labels[key] and shape == [3, 384, 384] for key, (label, shape) in labelled)
     assert {label for _, (label, _) in labelled} >= {0, 1}
-    for dataset_config, split_config in (
-        ("dataset.text.yaml", "split.all.yaml"),
-        ("dataset.image_abuse_hate.yaml", "split.yaml"),
-        ("dataset.image_abuse_hate.yaml", "split.video.yaml"),  # a clip's middle frame is its jpg
-    ):
-        done = energon("lint", str(shards), "--dataset-config", dataset_config, "--split-config", split_config)
-        assert done.returncode == 0, (dataset_config, done.stdout[-2000:], done.stderr[-2000:])
-    # The image config on the text series fails lint: lint does check the samples.
-    done = energon(
-        "lint", str(shards), "--dataset-config", "dataset.image_abuse_hate.yaml", "--split-config", "split.text.yaml"
-    )
-    assert done.returncode != 0
+    # Four lints at once (each its own energon process): three pass; the image config on the text
+    # series fails, since lint does check the samples.
+    lints = {
+        ("dataset.text.yaml", "split.all.yaml"): 0,
+        ("dataset.image_abuse_hate.yaml", "split.yaml"): 0,
+        ("dataset.image_abuse_hate.yaml", "split.video.yaml"): 0,  # a clip's middle frame is its jpg
+        ("dataset.image_abuse_hate.yaml", "split.text.yaml"): 1,
+    }
+    cli = str(ENERGON_PYTHON.with_name("energon"))
+    running = {
+        configs: subprocess.Popen(
+            [cli, "lint", str(shards), "--dataset-config", configs[0], "--split-config", configs[1]],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for configs in lints
+    }
+    for configs, proc in running.items():
+        out, err = proc.communicate(timeout=600)
+        assert (proc.returncode != 0) == bool(lints[configs]), (configs, out[-2000:], err[-2000:])
 
 
 def readme_block(fence: str, needle: str) -> str:

@@ -25,7 +25,7 @@ pytestmark = [
 DATASETS = ("hateful_memes", "mami", "olid", "hatecheck", "memotion1")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # once per worker: xdist may run other modules between its tests
 def packed_realdata(tmp_path_factory) -> tuple[dict, Workspace, dict]:
     ws = Workspace(tmp_path_factory.mktemp("realdata"))
     images = ws.root / "images"

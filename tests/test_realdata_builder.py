@@ -154,7 +154,7 @@ def builder_manifest(images: Path) -> tuple[list[dict], dict]:
     return rows, expect
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # once per worker: xdist may run other modules between its tests
 def builder_pack(tmp_path_factory) -> tuple[dict, Path, dict, str]:
     root = tmp_path_factory.mktemp("builder")
     images = root / "Datasets"

@@ -56,7 +56,7 @@ def mami_corpus(ws: Workspace, n: int, prefix: str = "m") -> dict[str, list[str]
     return groups
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # once per worker: xdist may run other modules between its tests
 def mami_run(tmp_path_factory):
     ws = Workspace(tmp_path_factory.mktemp("mami"))
     groups = mami_corpus(ws, 2000)
