@@ -133,7 +133,8 @@ def match_images(root: Path, encoder: str, paths: list[str], workers: int) -> pl
     )
     if earlier.is_empty():
         return empty
-    known, written = stat_cache(root)
+    cache, written = stat_cache(root)
+    known = known_sources(cache)
     sizes = set(earlier["source_size"].to_list())
     stats = stat_many(paths, workers)
     facts = {p: (st.st_size, st.st_mtime_ns, st.st_ino) for p, st in stats.items() if st is not None}
@@ -163,9 +164,9 @@ def match_images(root: Path, encoder: str, paths: list[str], workers: int) -> pl
         },
         schema={"image_path": pl.String, "now_size": pl.Int64, "now_mtime_ns": pl.Int64, "now_inode": pl.Int64},
     )
+    shards = trusted_shards(root, cache, written)
     trusted = pl.DataFrame(
-        {"shard": list(shards := trusted_shards(root, written)), "trusted": [True] * len(shards)},
-        schema={"shard": pl.String, "trusted": pl.Boolean},
+        {"shard": shards, "trusted": [True] * len(shards)}, schema={"shard": pl.String, "trusted": pl.Boolean}
     )
     matched = (
         found.join(first, left_on="digest", right_on="source_sha256", how="inner")
@@ -183,7 +184,9 @@ def match_images(root: Path, encoder: str, paths: list[str], workers: int) -> pl
     return matched.select("image_path", reuse=pl.struct(*REUSE_FIELDS))
 
 
-def _read_cache(root: Path) -> tuple[pl.DataFrame | None, int]:
+def stat_cache(root: Path) -> tuple[pl.DataFrame | None, int]:
+    """A pack's stat cache (its source files' and its shards' rows) and when it was written; None
+    when it has none or it cannot be read (then every candidate file is hashed, every JPEG checked)."""
     path = root / SOURCES
     try:
         cache = pl.read_parquet(path)
@@ -195,20 +198,17 @@ def _read_cache(root: Path) -> tuple[pl.DataFrame | None, int]:
     return cache, written
 
 
-def stat_cache(root: Path) -> tuple[dict[str, tuple], int]:
-    """A pack's stat cache (path -> size, mtime, inode, digest) and when it was written; empty when
-    it has none or it cannot be read (then every candidate file is hashed)."""
-    cache, written = _read_cache(root)
+def known_sources(cache: pl.DataFrame | None) -> dict[str, tuple]:
+    """The cache's source files: path -> size, mtime, inode, digest."""
     if cache is None:
-        return {}, 0
+        return {}
     sources = cache.filter(pl.col("source_path").is_not_null()).select(*STAT_CACHE)
-    return {row[0]: row[1:] for row in sources.iter_rows()}, written
+    return {row[0]: row[1:] for row in sources.iter_rows()}
 
 
-def trusted_shards(root: Path, written: int) -> list[str]:
+def trusted_shards(root: Path, cache: pl.DataFrame | None, written: int) -> list[str]:
     """The earlier pack's shards (as the catalog names them) that are as it left them: regular
     files, not links, of the recorded size and mtime, and closed a tick before the cache was written."""
-    cache, _ = _read_cache(root)
     if cache is None:
         return []
     shards = cache.filter(pl.col("shard").is_not_null()).select(*SHARD_STATS)
@@ -227,7 +227,7 @@ def trusted_shards(root: Path, written: int) -> list[str]:
 
 def write_stat_cache(shard_root: Path, catalog: pl.DataFrame, outcomes: list[Any], shards: list[str]) -> None:
     """The stat cache of this pack: its image samples' source files as the workers read them, and
-    its image shards (names under `shard_root`) as they are now. Written last, just before stats.json,
+    its shards (names under `shard_root`) as they are now. Written last, just before stats.json,
     so that the pack's shards are as far as they can be from the cache's own mtime."""
     seen = {
         o.id: (o.facts["source"]["mtime_ns"], o.facts["source"]["inode"])

@@ -19,7 +19,7 @@ from PIL import Image
 from test_resume import kill_when
 
 from packer.cli import main
-from packer.previous import FINE_RACY_NS, RACY_NS, SOURCES, match_images, trusted_shards
+from packer.previous import FINE_RACY_NS, RACY_NS, SOURCES, match_images, stat_cache, trusted_shards
 
 OLID_OFF = {"subtask_a": "OFF", "subtask_b": "TIN", "subtask_c": "GRP"}
 OLID_NOT = {"subtask_a": "NOT", "subtask_b": "NULL", "subtask_c": "NULL"}
@@ -253,6 +253,7 @@ def test_a_reused_jpeg_is_hashed_unless_its_shard_is_as_the_earlier_pack_left_it
     earlier = tmp_path / "earlier"
     shutil.copytree(packs / "first" / "shards", earlier)  # copy2: mtimes kept, as a rename keeps them
     catalog = pl.read_parquet(earlier / "samples.parquet")
+    cache, _ = stat_cache(earlier)
     recorded = pl.read_parquet(earlier / SOURCES).filter(pl.col("shard").is_not_null())
     names = sorted(catalog["shard"].unique())
     assert sorted(recorded["shard"]) == names and len(names) >= 4
@@ -261,16 +262,16 @@ def test_a_reused_jpeg_is_hashed_unless_its_shard_is_as_the_earlier_pack_left_it
         assert (st.st_size, st.st_mtime_ns) == (size, mtime)
     newest = max(recorded["shard_mtime_ns"])
     assert newest % 10**9, "this filesystem keeps sub-second mtimes (the 0.1 s tick applies)"
-    assert sorted(trusted_shards(earlier, newest + FINE_RACY_NS + 1)) == names
+    assert sorted(trusted_shards(earlier, cache, newest + FINE_RACY_NS + 1)) == names
     racy = newest + FINE_RACY_NS // 2  # a cache written within a tick of the last shard: not trusted
     old_enough = [n for n, m in recorded.select("shard", "shard_mtime_ns").iter_rows() if m < racy - FINE_RACY_NS]
-    assert sorted(trusted_shards(earlier, racy)) == sorted(old_enough) and len(old_enough) < len(names)
+    assert sorted(trusted_shards(earlier, cache, racy)) == sorted(old_enough) and len(old_enough) < len(names)
     later = newest + RACY_NS
     touched, relinked = [n for n in names if n.split("/")[1].startswith("shard-")][:2]
     os.utime(earlier / touched, ns=(later, later + 1))
     (earlier / relinked).rename(earlier / (relinked + ".moved"))
     (earlier / relinked).symlink_to(earlier / (relinked + ".moved"))
-    assert sorted(trusted_shards(earlier, later)) == sorted(set(names) - {touched, relinked})
+    assert sorted(trusted_shards(earlier, cache, later)) == sorted(set(names) - {touched, relinked})
     # The trust reaches the workers through the matches: every image path knows its shard's verdict.
     images = catalog.filter(pl.col("series") == "images")
     matches = match_images(earlier, images["encoder"][0], images["source_path"].to_list(), workers=1)
