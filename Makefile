@@ -20,7 +20,7 @@ ENERGON_VENV ?= .cache/energon-venv
 # pillow-simd uses AVX2 only when compiled for it.
 SIMD_CC := $(shell grep -qw avx2 /proc/cpuinfo 2>/dev/null && echo "cc -mavx2" || echo cc)
 
-.PHONY: help install pilot pack report test test-quick lint profile clean energon
+.PHONY: help install pilot pack report test test-quick lint profile clean energon naive-venv
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -65,31 +65,23 @@ pack: $(VENV)/.installed ## pack everything: make pack MANIFEST=Step_2/data_mani
 report: $(VENV)/.installed ## rebuild report.html of an earlier pack: make report OUT=Step_3
 	$(PY) -m packer.report $(OUT)
 
-test: $(VENV)/.installed ## the whole test suite (makes the energon venv first; its tests skip without it)
-	@$(MAKE) --no-print-directory energon || echo "note: could not build $(ENERGON_VENV); the energon tests skip"
+test: $(VENV)/.installed ## the whole test suite (its energon tests build .cache/energon-venv when it is missing)
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 test-quick: $(VENV)/.installed ## the edit loop: the tests that need no venv, browser, cluster or real annotation files
 	$(PY) -m pytest -q -n $(QUICK_WORKERS) --dist loadgroup -m "not heavy"
 
 # Megatron-Energon's own venv: pyproject's `energon` list alone (it needs PyPI's Pillow, not pillow-simd).
-$(ENERGON_VENV)/.installed: pyproject.toml | $(VENV)/.installed
-	$(PYTHON) -m venv $(ENERGON_VENV)
-	$(ENERGON_VENV)/bin/python -m pip install -q $$($(PY) -c "import tomllib; \
-		print(*tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['energon'])")
-	touch $@
-
-energon: $(ENERGON_VENV)/.installed ## a venv with megatron-energon, to load the shards as a training job does
+# scripts/side_venv.py builds it once and again only when that list or the Python changes.
+energon: $(VENV)/.installed ## a venv with megatron-energon, to load the shards as a training job does
+	$(PY) scripts/side_venv.py $(ENERGON_VENV) --extra energon
 
 # The naive baseline's own venv: pyproject's `naive-baseline` list alone (webdataset, Pillow from PyPI).
-$(NAIVE_VENV)/.installed: pyproject.toml | $(VENV)/.installed
-	$(PYTHON) -m venv $(NAIVE_VENV)
-	$(NAIVE_VENV)/bin/python -m pip install -q $$($(PY) -c "import tomllib; \
-		print(*tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['naive-baseline'])")
-	touch $@
+naive-venv: $(VENV)/.installed
+	$(PY) scripts/side_venv.py $(NAIVE_VENV) --extra naive-baseline
 
 profile: $(VENV)/.installed ## throughput: kernel vs naive vs packer at 1..nproc workers, 1M-row plan (profile/)
-	@$(MAKE) --no-print-directory $(NAIVE_VENV)/.installed || \
+	@$(MAKE) --no-print-directory naive-venv || \
 		echo "note: could not build $(NAIVE_VENV); the naive script runs with packer's Pillow only"
 	$(PY) scripts/profile_throughput.py --max-workers $(WORKERS) --naive-python $(NAIVE_VENV)/bin/python $(PROFILE_FLAGS)
 

@@ -7,7 +7,10 @@ Packs the built-in sample, then replaces its shards with N synthetic examples (d
 plants 8 leakage pairs (the report shows 4) whose samples sit in the last shards of val and test (the scan's worst
 case). The report samples: its time must not grow with the pack.
 
-    python scripts/bench_report.py [--examples 300000] [--work .cache/bench-report]
+    python scripts/bench_report.py [--examples 300000] [--work .cache/bench-report] [--pilot STEP_3]
+
+--pilot grows a copy of an earlier pack of the built-in sample instead of packing it again (the
+tests pass the pilot their session already packed).
 """
 
 from __future__ import annotations
@@ -33,8 +36,12 @@ from packer.shards import ShardWriter, sample_bytes, write_shard_index
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def pilot(work: Path) -> Path:
+def pilot(work: Path, earlier: Path | None = None) -> Path:
     step2, out = work / "Step_2", work / "pilot" / "Step_3"
+    if earlier is not None:  # a copy: the pilot's own report is rebuilt and timed below
+        shutil.rmtree(out, ignore_errors=True)
+        shutil.copytree(earlier, out, symlinks=True)
+        return out
     subprocess.run([sys.executable, str(ROOT / "scripts/make_sample_data.py"), "--out", str(step2)], check=True)
     shutil.rmtree(out, ignore_errors=True)
     args = ["--manifest", str(step2 / "data_manifest.jsonl"), "--ocr", str(step2 / "ocr.jsonl")]
@@ -139,8 +146,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--examples", type=int, default=300_000)
     p.add_argument("--work", type=Path, default=ROOT / ".cache" / "bench-report")
+    p.add_argument("--pilot", type=Path, help="grow a copy of this pack of the built-in sample (default: pack it)")
     args = p.parse_args()
-    small = pilot(args.work)
+    small = pilot(args.work, args.pilot)
     big = args.work / "big" / "Step_3"
     start = time.perf_counter()
     grow(small, big, args.examples)

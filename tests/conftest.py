@@ -21,6 +21,7 @@ from packer.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
+sys.path.insert(0, str(ROOT / "scripts"))  # scripts the tests import: make_sample_data, side_venv
 
 
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -269,7 +270,6 @@ def write_corpus(root: Path) -> None:
             }
         )
     # HateMM clips with speech: the crash, resume and Dask tests cover the video path too.
-    sys.path.insert(0, str(ROOT / "scripts"))
     from make_sample_data import write_clip
 
     asr = []
@@ -394,12 +394,22 @@ def pytest_runtest_makereport(item, call):
             report.longrepr = f"skipped under CI, where .ci/run installs what this test needs: {reason}"
 
 
-# -- pytest-xdist's loadgroup must group -----------------------------------------------------------
+# -- pytest-xdist: long tests first, and loadgroup must group -------------------------------------
+# The modules whose single tests take longest (tens of seconds: a wheel and its venv, packs killed
+# and resumed, the benchmark scripts, 60 fuzzed packs). xdist hands out the grouped tests first
+# (largest group first), then the others in collection order: a long test collected last would run
+# alone at the end while the other worker idles.
+LONG_FIRST = ("test_wheel.py", "test_resume.py", "test_scripts.py", "test_fuzz.py", "test_repack.py", "test_png.py")
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config, items):
-    """Under `--dist loadgroup` every test marked `xdist_group` must carry its group in its node id
+    """Long modules first (a stable sort: each module's own order is kept); then, under
+    `--dist loadgroup`, every test marked `xdist_group` must carry its group in its node id
     (xdist's worker adds it), or the group is spread over workers and its session fixtures are built
     once per worker. pytest 9.2 silently stopped that (pytest-xdist#1386): fail instead of slowing."""
+    rank = {name: i for i, name in enumerate(LONG_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
     if not getattr(config.option, "loadgroup", False):
         return
     lost = [item.nodeid for item in items if item.get_closest_marker("xdist_group") and "@" not in item.nodeid]

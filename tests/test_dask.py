@@ -11,14 +11,14 @@ import sys
 import time
 
 import pytest
-from conftest import command, digests, run_aside, sample_args
+from conftest import built_once, command, digests, sample_args
 
 pytestmark = [pytest.mark.heavy, pytest.mark.xdist_group(name="dask")]  # a cluster, and module fixtures
 
 distributed = pytest.importorskip("distributed", reason="dask[distributed] is not installed (make install adds it)")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # once per worker: xdist may run other modules between its tests
 def cluster():
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as c:
         with distributed.Client(c) as client:
@@ -35,30 +35,43 @@ def sample_command(step2, out, *extra):
     return [sys.executable, "-m", "packer", *sample_args(step2, out, *extra)]
 
 
-def test_dask_cluster_output_is_byte_identical_to_loky(sample, cluster, tmp_path):
+@pytest.fixture(scope="session")
+def loky(sample, tmp_path_factory) -> dict[str, str]:
+    """The digests (`digests(..., anywhere=True)`) of the sample packed by loky: the reference of
+    every Dask run of it, packed once."""
+
+    def build(root):
+        out = root / "Step_3"
+        done = subprocess.run(sample_command(sample, out), cwd=root, capture_output=True, text=True)
+        assert done.returncode in (0, 1), done.stderr  # 1: the sample's broken images (one check)
+        (root / "digests.json").write_text(json.dumps(digests(out, anywhere=True)))
+
+    return json.loads((built_once(tmp_path_factory, "sample-loky", build) / "digests.json").read_text())
+
+
+def test_dask_cluster_output_is_byte_identical_to_loky(sample, loky, cluster, tmp_path):
     out = tmp_path / "Step_3"
-    loky, _ = run_aside(sample_command(sample, out), out)
-    on_cluster, done = run_aside(
-        sample_command(sample, out, "--backend", "dask", "--scheduler", cluster[0].scheduler_address), out
-    )
+    command = sample_command(sample, out, "--backend", "dask", "--scheduler", cluster[0].scheduler_address)
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode in (0, 1), done.stderr
     assert "packer: image stage on dask, 2 worker thread(s)" in done.stdout
-    assert on_cluster == loky and any(k.endswith("shard-00000.tar") for k in loky)
+    assert digests(out, anywhere=True) == loky and any(k.endswith("shard-00000.tar") for k in loky)
+    out.rename(out.with_name("by-address"))
     env = {**os.environ, "DASK_SCHEDULER_ADDRESS": cluster[0].scheduler_address}
     done = subprocess.run(
         sample_command(sample, out, "--backend", "dask"), cwd=tmp_path, capture_output=True, text=True, env=env
     )
-    assert cluster[0].scheduler_address in done.stdout and digests(out) == loky
+    assert cluster[0].scheduler_address in done.stdout and digests(out, anywhere=True) == loky
 
 
-def test_dask_without_an_address_starts_a_local_cluster(sample, tmp_path):
+def test_dask_without_an_address_starts_a_local_cluster(sample, loky, tmp_path):
     out = tmp_path / "Step_3"
-    loky, _ = run_aside(sample_command(sample, out), out)
     env = {k: v for k, v in os.environ.items() if k != "DASK_SCHEDULER_ADDRESS"}
     done = subprocess.run(
         sample_command(sample, out, "--backend", "dask"), cwd=tmp_path, capture_output=True, text=True, env=env
     )
     assert done.returncode in (0, 1), done.stderr
-    assert "at a local cluster" in done.stdout and digests(out) == loky
+    assert "at a local cluster" in done.stdout and digests(out, anywhere=True) == loky
 
 
 def test_a_killed_dask_worker_costs_a_retry_not_the_run(corpus, corpus_pack, cluster, tmp_path):

@@ -1,5 +1,6 @@
 """The shards folder as Megatron-Energon loads it, as packed (no `energon prepare`): the real
-megatron-energon 7.x in its own venv (`make energon`), every split of both series at world size 1
+megatron-energon 7.x in its own venv (.cache/energon-venv, built by the first test that needs it,
+or by `make energon`), every split of both series at world size 1
 and 2 with 2 DataLoader workers per rank, the typed configs through `energon lint`, and packer's
 metadata byte for byte against what `energon prepare` writes for the same shards."""
 
@@ -16,30 +17,44 @@ import polars as pl
 import pytest
 from conftest import ROOT, doc_blocks
 
-ENERGON_PYTHON = Path(os.environ.get("PACKER_ENERGON_PYTHON") or ROOT / ".cache/energon-venv/bin/python")
+ENERGON_VENV = ROOT / ".cache" / "energon-venv"
 READER = Path(__file__).with_name("energon_reader.py")
 
 pytestmark = [
     pytest.mark.heavy,  # a venv of its own
-    pytest.mark.xdist_group(name="energon"),  # one module fixture: every load in one process
-    pytest.mark.skipif(
-        not ENERGON_PYTHON.is_file(), reason=f"megatron-energon's venv is not here ({ENERGON_PYTHON}): make energon"
-    ),
+    pytest.mark.xdist_group(name="energon"),  # one worker: the venv is built (if need be) and loaded once
 ]
 
 
-def energon(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    cli = ENERGON_PYTHON.with_name("energon")
-    return subprocess.run([str(cli), *args], capture_output=True, text=True, cwd=cwd, timeout=600)
+@pytest.fixture(scope="session")
+def energon_python() -> Path:
+    """The energon venv's Python: PACKER_ENERGON_PYTHON if set, else .cache/energon-venv, built
+    here when it is missing or was made for other requirements (scripts/side_venv.py; the group is
+    scheduled first, so the build overlaps the other worker's tests)."""
+    if os.environ.get("PACKER_ENERGON_PYTHON"):
+        python = Path(os.environ["PACKER_ENERGON_PYTHON"])
+        if not python.is_file():
+            pytest.skip(f"megatron-energon's venv is not here ({python})")
+        return python
+    from side_venv import ensure_extra
+
+    try:
+        ensure_extra(ENERGON_VENV, "energon")
+    except (subprocess.CalledProcessError, OSError) as exc:
+        pytest.skip(f"megatron-energon's venv could not be built ({ENERGON_VENV}): {exc} {exc.stderr or ''}"[-2000:])
+    return ENERGON_VENV / "bin" / "python"
 
 
-def load_all(jobs: list[tuple[Path, str, str, int, list[str]]]) -> list[dict]:
+def energon(python: Path, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([str(python.with_name("energon")), *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=600)  # fmt: skip
+
+
+def load_all(python: Path, jobs: list[tuple[Path, str, str, int, list[str]]]) -> list[dict]:
     """Each job (root, split config, dataset config, world size, parts) loaded as a training job
-    does, all in one process of the energon venv (one interpreter and torch import for them all)."""
+    does, all by one process of the energon venv (one interpreter and torch import for them all)."""
     spec = json.dumps([[str(root), *rest] for root, *rest in jobs])
-    done = subprocess.run(
-        [str(ENERGON_PYTHON), str(READER), "--jobs", spec], capture_output=True, text=True, timeout=900
-    )
+    done = subprocess.run([str(python), str(READER), "--jobs", spec], capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -62,11 +77,11 @@ TYPED = [
 
 
 @pytest.fixture(scope="session")  # once per worker: xdist may run other modules between its tests
-def loaded(pilot: Path) -> dict[tuple, dict]:
+def loaded(energon_python: Path, pilot: Path) -> dict[tuple, dict]:
     """What every rank of every load the tests below check got: all loaded at once."""
     jobs = [(split_config, "dataset.yaml", world, PARTS[split_config]) for split_config in PARTS for world in (1, 2)]
     jobs += TYPED
-    results = load_all([(pilot / "shards", *job) for job in jobs])
+    results = load_all(energon_python, [(pilot / "shards", *job) for job in jobs])
     return {(split, dataset, world, tuple(parts)): got for (split, dataset, world, parts), got in zip(jobs, results)}
 
 
@@ -97,7 +112,7 @@ def test_every_split_loads_once_across_ranks(pilot: Path, loaded, world: int, sp
         assert all(ids[k] == v for r in ranks.values() for k, v in r)
 
 
-def test_typed_configs_load_and_pass_energon_lint(pilot: Path, loaded):
+def test_typed_configs_load_and_pass_energon_lint(energon_python: Path, pilot: Path, loaded):
     shards = pilot / "shards"
     catalog = pl.read_parquet(shards / "samples.parquet")
     texts = loaded["split.all.yaml", "dataset.text.yaml", 1, ("val",)]["val"]["0"]
@@ -124,7 +139,7 @@ def test_typed_configs_load_and_pass_energon_lint(pilot: Path, loaded):
         ("dataset.image_abuse_hate.yaml", "split.video.yaml"): 0,  # a clip's middle frame is its jpg
         ("dataset.image_abuse_hate.yaml", "split.text.yaml"): 1,
     }
-    cli = str(ENERGON_PYTHON.with_name("energon"))
+    cli = str(energon_python.with_name("energon"))
     running = {
         configs: subprocess.Popen(
             [cli, "lint", str(shards), "--dataset-config", configs[0], "--split-config", configs[1]],
@@ -146,18 +161,18 @@ def readme_block(fence: str, needle: str) -> str:
     return found[0]
 
 
-def test_readme_energon_snippet_runs_in_energons_venv(pilot: Path, tmp_path: Path):
+def test_readme_energon_snippet_runs_in_energons_venv(energon_python: Path, pilot: Path, tmp_path: Path):
     """The README's energon block, as written, from a folder holding Step_3 (as the other snippets)."""
     (tmp_path / "Step_3").symlink_to(pilot, target_is_directory=True)
     code = readme_block("python", "megatron.energon") + "\nimport json\nprint(json.dumps(texts))\n"
-    done = subprocess.run([str(ENERGON_PYTHON), "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    done = subprocess.run([str(energon_python), "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     last_rank = json.loads(done.stdout.strip().splitlines()[-1])
     catalog = pl.read_parquet(pilot / "shards" / "samples.parquet").filter(pl.col("split") == "val")
     assert 0 < len(last_rank) < len(catalog)  # rank 1 of 2: part of val, both series
 
 
-def test_metadata_is_what_energon_prepare_writes(pilot: Path, tmp_path: Path):
+def test_metadata_is_what_energon_prepare_writes(energon_python: Path, pilot: Path, tmp_path: Path):
     """The README's `energon prepare` line (plus the diagnostics part this pack has) on a copy of
     the shards without packer's metadata writes the same bytes packer wrote."""
     ours = pilot / "shards"
@@ -168,7 +183,7 @@ def test_metadata_is_what_energon_prepare_writes(pilot: Path, tmp_path: Path):
         idx.unlink()
     line = readme_block("bash", "energon prepare").strip()
     args = shlex.split(line)[1:] + ["--no-progress", "--split-parts", "diagnostics:diagnostics/shard-.*\\.tar"]
-    done = energon(*args, cwd=tmp_path)
+    done = energon(energon_python, *args, cwd=tmp_path)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     idx = sorted(p.relative_to(ours) for p in ours.glob("*/*.tar.idx"))
     assert idx == sorted(p.relative_to(theirs) for p in theirs.glob("*/*.tar.idx"))

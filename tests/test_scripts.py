@@ -136,10 +136,20 @@ def test_the_yardstick_sees_every_byte_but_the_timings(packed, tmp_path):
     assert changed == {str(shard.relative_to(copy))}
 
 
-def test_bench_report_finds_the_planted_pairs_by_offset_and_by_scan(tmp_path):
-    """scripts/bench_report.py on a small grown pack: both readers find the samples of the 4 pairs shown."""
+def test_bench_report_finds_the_planted_pairs_by_offset_and_by_scan(pilot, tmp_path):
+    """scripts/bench_report.py on a small grown pack: both readers find the samples of the 4 pairs
+    shown. Grown from (a copy of) the pilot the session packed, which is what the script packs."""
     done = subprocess.run(
-        [sys.executable, str(ROOT / "scripts/bench_report.py"), "--examples", "3000", "--work", str(tmp_path)],
+        [
+            sys.executable,
+            str(ROOT / "scripts/bench_report.py"),
+            "--examples",
+            "3000",
+            "--work",
+            str(tmp_path),
+            "--pilot",
+            str(pilot),
+        ],  # fmt: skip
         capture_output=True,
         text=True,
         timeout=900,

@@ -1,26 +1,48 @@
-"""`pip install .` (a wheel, not editable) into a clean venv gives a packer that packs the sample and
-rebuilds its report; building the wheel prints no packaging warnings."""
+"""`pip install .` (a wheel, not editable) into a venv of its own gives a packer that packs the
+sample and rebuilds its report; building the wheel prints no packaging warnings.
+
+The venv (.cache/wheel-venv) holds what the wheel requires for `packer[pillow]`, read from the
+wheel's own METADATA: it is built once (scripts/side_venv.py, keyed by those requirement lines) and
+re-used until they change; each run installs the new wheel into it (--force-reinstall: the last
+run's packer is uninstalled first, file by file) and `pip check` proves every requirement met."""
 
 from __future__ import annotations
 
+import email
 import hashlib
 import shutil
 import subprocess
 import sys
-import venv
 import zipfile
 from pathlib import Path
 
 import pytest
 from conftest import ROOT
+from packaging.requirements import Requirement
+from side_venv import ensure
 
 pytestmark = pytest.mark.heavy  # a venv of its own
 
 # What setuptools prints when the package configuration misses part of the tree.
 PACKAGING_WARNINGS = ("SetuptoolsDeprecationWarning", "is absent from the `packages` configuration", "!!")
+WHEEL_VENV = ROOT / ".cache" / "wheel-venv"
 
 
-def test_wheel_installs_into_a_clean_venv_and_packs(tmp_path: Path):
+def requirements(wheel: Path, extra: str) -> list[str]:
+    """The requirement lines the wheel's METADATA declares for `packer[extra]` on this machine."""
+    with zipfile.ZipFile(wheel) as archive:
+        (name,) = [n for n in archive.namelist() if n.endswith(".dist-info/METADATA")]
+        metadata = email.message_from_bytes(archive.read(name))
+    wanted = []
+    for line in metadata.get_all("Requires-Dist") or []:
+        requirement = Requirement(line)
+        if requirement.marker is None or requirement.marker.evaluate({"extra": extra}):
+            requirement.marker = None
+            wanted.append(str(requirement))
+    return wanted
+
+
+def test_wheel_installs_into_its_own_venv_and_packs(tmp_path: Path):
     # Built from a copy of what the wheel is made of: pip builds in the source tree, which stays clean.
     source = tmp_path / "source"
     source.mkdir()
@@ -47,13 +69,19 @@ def test_wheel_installs_into_a_clean_venv_and_packs(tmp_path: Path):
     ):
         assert needed in names
 
-    env = tmp_path / "venv"
-    venv.create(env, with_pip=True)
+    wanted = requirements(wheel, "pillow")
+    assert any(r.startswith("polars") for r in wanted) and any(r.startswith("Pillow") for r in wanted)
+    env = WHEEL_VENV
+    ensure(env, wanted)
     python = env / "bin" / "python"
     install = subprocess.run(
-        [str(python), "-m", "pip", "install", "-q", f"{wheel}[pillow]"], capture_output=True, text=True
+        [str(python), "-m", "pip", "install", "-q", "--no-deps", "--force-reinstall", str(wheel)],
+        capture_output=True,
+        text=True,
     )
     assert install.returncode == 0, install.stderr[-2000:]
+    check = subprocess.run([str(python), "-m", "pip", "check"], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
     location = subprocess.run(
         [str(python), "-c", "import packer; print(packer.__file__)"], capture_output=True, text=True, cwd=tmp_path
     )
