@@ -68,8 +68,8 @@ report: $(VENV)/.installed ## rebuild report.html of an earlier pack: make repor
 test: $(VENV)/.installed ## the whole test suite (its energon tests build .cache/energon-venv when it is missing)
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
-test-quick: $(VENV)/.installed ## the edit loop: the tests that need no venv, browser, cluster or real annotation files
-	$(PY) -m pytest -q -n $(QUICK_WORKERS) --dist loadgroup -m "not heavy"
+test-quick: $(VENV)/.installed ## the edit loop: make test less its heavy and slow tests (pyproject.toml's markers)
+	$(PY) -m pytest -q -n $(QUICK_WORKERS) --dist loadgroup -m "not heavy and not slow"
 
 # Megatron-Energon's own venv: pyproject's `energon` list alone (it needs PyPI's Pillow, not pillow-simd).
 # scripts/side_venv.py builds it once and again only when that list or the Python changes.

@@ -241,7 +241,7 @@ def corpus(tmp_path_factory) -> Path:
 
 
 def write_corpus(root: Path) -> None:
-    noise = Image.effect_noise((1400, 1000), 50).convert("RGB")
+    noise = Image.effect_noise((700, 500), 50).convert("RGB")
     rows = []
     for i in range(N_IMAGES):
         path = root / "images" / f"m{i}.jpg"

@@ -44,9 +44,13 @@ def test_the_engine_process_draws_what_vl_convert_draws_here():
         assert engine.child is not None and engine.child.poll() is None
         assert split_size_chart(STATS, engine.draw) == split_size_chart(STATS)
         assert split_size_chart(STATS).startswith("<svg")
-        # vl-convert's error comes back as the same line in the page.
+        # vl-convert's error comes back as the same line in the page. (Its JavaScript stack below
+        # the message may differ: V8 reports a function it has optimised by a process's earlier
+        # charts in other frames, so only the message is compared.)
         answer = engine.draw(BAD_SPEC)
-        assert set(answer) == {"error"} and answer == draw(BAD_SPEC)
+        assert set(answer) == {"error"}
+        assert answer["error"].split("\n    at ")[0] == draw(BAD_SPEC)["error"].split("\n    at ")[0]
+        assert "Cannot read properties of undefined" in answer["error"]
         assert vega_svg(BAD_SPEC, engine.draw) == vega_svg(BAD_SPEC)
         assert vega_svg(BAD_SPEC).startswith("(this chart could not be drawn: ")
         assert engine.child is not None  # an error answer is an answer: the process stays

@@ -14,6 +14,7 @@ import zlib
 from collections import Counter
 from pathlib import Path
 
+import pytest
 from conftest import MAMI, ROOT
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -146,6 +147,7 @@ def check_hostile_rows_are_accounted_for(rows, tmp_path_factory, capsys):
     )
 
 
+@pytest.mark.slow  # a fuzz campaign: 60 packs
 def test_hostile_manifest_rows_are_accounted_for(tmp_path_factory, capsys):
     """Every generated manifest is structurally valid, so every run must end 0 or 1 with every row
     packed, dropped or failed with a reason; the outcome counts are printed and must cover all three."""

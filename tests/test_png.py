@@ -153,6 +153,7 @@ def test_the_switch(monkeypatch):
         png_decoder()
 
 
+@pytest.mark.slow  # two packs of large PNGs
 def test_a_pack_of_pngs_is_byte_identical_with_and_without_libspng(tmp_path):
     """Whole runs on 2 real pool workers, as a user switches: PACKER_PNG_DECODER=pillow, spng-zlib
     and the default."""

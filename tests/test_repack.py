@@ -316,6 +316,7 @@ def test_reuse_from_a_pilot_gives_the_full_run_its_images(packs: Path, tmp_path:
     assert not (root / "x").exists()
 
 
+@pytest.mark.slow  # a run killed and resumed
 def test_a_killed_reusing_repack_resumes_to_the_same_bytes(corpus: Path, tmp_path: Path):
     out = tmp_path / "Step_3"
     assert subprocess.run(command(corpus, out), cwd=tmp_path, capture_output=True).returncode == 0

@@ -15,6 +15,8 @@ import pytest
 from conftest import MAMI, alive, children, command, digests, run_aside
 from PIL import Image
 
+pytestmark = pytest.mark.slow  # whole runs killed and resumed
+
 
 def kill_when(cmd: list[str], cwd: Path, ready, timeout: float = 60) -> set[int]:
     """Start `cmd`, SIGKILL it as soon as `ready(its pid)` is true; returns the workers it had."""

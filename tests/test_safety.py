@@ -44,7 +44,13 @@ def tree(root: Path) -> dict[str, str]:
 
 
 def pack(args: list[str], cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "packer", *args], cwd=cwd, capture_output=True, timeout=timeout)
+    """`python -m packer` as a user runs it, with one worker (the parent runs the tasks, as
+    conftest's Workspace.run does): what these tests check (which files a run touches, what it
+    refuses, what it prints) is the parent's doing; the pool's part is tested where --workers is
+    given (the corpus runs below, tests/test_cli.py, test_resume.py)."""
+    workers = () if "--workers" in args else ("--workers", "1")
+    return subprocess.run([sys.executable, "-m", "packer", *args, *workers], cwd=cwd, capture_output=True,
+                          timeout=timeout)  # fmt: skip
 
 
 def one_line(stderr: bytes) -> str:
@@ -225,6 +231,7 @@ def start_until_a_shard(corpus: Path, out: Path, **popen) -> subprocess.Popen:
     return run
 
 
+@pytest.mark.slow  # whole runs of the corpus, raced or killed
 def test_a_second_run_on_the_same_folder_exits_2_naming_the_holder(corpus, tmp_path):
     out = tmp_path / "Step_3"
     first = start_until_a_shard(corpus, out, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -237,6 +244,7 @@ def test_a_second_run_on_the_same_folder_exits_2_naming_the_holder(corpus, tmp_p
     assert (out / "stats.json").is_file() and not (out / "shards" / ".lock").exists()
 
 
+@pytest.mark.slow  # whole runs of the corpus, raced or killed
 def test_two_runs_started_together_one_packs_one_exits_2(corpus, tmp_path):
     out = tmp_path / "Step_3"
     runs = [subprocess.Popen(command(corpus, out), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)]
@@ -248,6 +256,7 @@ def test_two_runs_started_together_one_packs_one_exits_2(corpus, tmp_path):
     assert json.loads((out / "stats.json").read_text())["packed_examples"] == N_IMAGES + CORPUS_POSTS + CORPUS_CLIPS
 
 
+@pytest.mark.slow  # whole runs of the corpus, raced or killed
 def test_a_run_killed_with_sigkill_never_blocks_its_resume(corpus, tmp_path):
     out = tmp_path / "Step_3"
     run = start_until_a_shard(corpus, out, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import webdataset as wds
 from conftest import ROOT, digests
 from PIL import Image
@@ -24,6 +25,7 @@ def image_folder(folder: Path) -> list[Path]:
     return paths
 
 
+@pytest.mark.slow  # a benchmark script
 def test_naive_baseline_writes_readable_384px_shards(tmp_path):
     paths = image_folder(tmp_path / "images")
     listing = tmp_path / "images.txt"
@@ -60,6 +62,8 @@ def test_naive_baseline_writes_readable_384px_shards(tmp_path):
     assert keys == ["000000", "000001", "000002"]
 
 
+@pytest.mark.heavy  # a Dask LocalCluster (its Dask line)
+@pytest.mark.slow  # a benchmark script
 def test_profiler_on_a_folder_of_images_writes_profile_json(tmp_path):
     image_folder(tmp_path / "images")
     args = ["--corpus", str(tmp_path / "images"), "--max-workers", "2", "--plan-rows", "0", "--repeat", "1"]
@@ -136,6 +140,7 @@ def test_the_yardstick_sees_every_byte_but_the_timings(packed, tmp_path):
     assert changed == {str(shard.relative_to(copy))}
 
 
+@pytest.mark.slow  # a benchmark script
 def test_bench_report_finds_the_planted_pairs_by_offset_and_by_scan(pilot, tmp_path):
     """scripts/bench_report.py on a small grown pack: both readers find the samples of the 4 pairs
     shown. Grown from (a copy of) the pilot the session packed, which is what the script packs."""

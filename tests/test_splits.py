@@ -17,7 +17,8 @@ from PIL import Image
 
 from packer.splits import connected_groups
 
-pytestmark = pytest.mark.xdist_group(name="splits")  # its module fixture, built once
+# The tests of the 2,000-row MAMI run share a worker, where its fixture is built once.
+ON_MAMI_RUN = pytest.mark.xdist_group(name="splits")
 
 
 def noise_image(path: Path, seed: str, size: int = 12) -> str:
@@ -71,6 +72,7 @@ def split_of(ws: Workspace) -> dict[str, str]:
     return doc
 
 
+@ON_MAMI_RUN
 def test_each_class_80_10_10_within_3_points(mami_run):
     ws, _ = mami_run
     splits = split_of(ws)
@@ -85,6 +87,7 @@ def test_each_class_80_10_10_within_3_points(mami_run):
     assert ws.stats["balance"]["ok"] and ws.stats["balance"]["max_deviation_points"] <= 3
 
 
+@ON_MAMI_RUN
 def test_no_image_or_text_in_two_splits_and_duplicates_packed_once(mami_run):
     ws, groups = mami_run
     stats, splits = ws.stats, split_of(ws)
@@ -102,6 +105,7 @@ def test_no_image_or_text_in_two_splits_and_duplicates_packed_once(mami_run):
     assert stats["checks"]["no_image_or_text_in_two_assigned_splits"]
 
 
+@ON_MAMI_RUN
 def test_same_input_same_splits_and_new_rows_move_no_old_id(mami_run, tmp_path):
     ws, _ = mami_run
     first = (ws.out / "splits.json").read_bytes()
@@ -111,8 +115,7 @@ def test_same_input_same_splits_and_new_rows_move_no_old_id(mami_run, tmp_path):
     assert (again.out / "splits.json").read_bytes() == first
 
     grown = Workspace(tmp_path / "grown")
-    grown.rows = list(ws.rows)
-    grown.images = ws.images
+    grown.rows = list(ws.rows)  # the new rows' images go in its own folder: the run's stays as it is
     old = split_of(ws)
     mami_corpus(grown, 500, prefix="n")  # 25% new rows
     # A new row re-using an old meme's image joins the old meme's split.
