@@ -179,3 +179,26 @@ def test_bench_video_prints_the_three_rates_and_their_ratios(tmp_path):
     timed = [line.split()[0] for line in lines if " frames in " in line and "frames/s" in line]
     assert timed == ["packer", "ffmpeg", "PyAV"] * 2
     assert sum("packer / ffmpeg loop:" in line and "packer / PyAV whole decode:" in line for line in lines) == 2
+
+
+@pytest.mark.heavy  # venvs of its own
+def test_side_venv_is_built_once_per_key_and_never_removes_what_it_did_not_make(tmp_path):
+    """scripts/side_venv.py: the same key is a no-op (the same folder, untouched); another key (here
+    a module to warm) builds the venv again; a folder that is not a venv is refused and kept."""
+    from side_venv import MARKER, ensure, key
+
+    folder = tmp_path / "venv"
+    assert ensure(folder, []) is True
+    marker = folder / MARKER
+    assert marker.read_text().strip() == key([], [])
+    stamp = marker.stat().st_mtime_ns
+    assert ensure(folder, []) is False and marker.stat().st_mtime_ns == stamp
+    assert ensure(folder, [], ["json"]) is True
+    assert marker.read_text().strip() == key([], ["json"]) != key([], [])
+    assert subprocess.run([str(folder / "bin" / "python"), "-c", "import json"]).returncode == 0
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    with pytest.raises(SystemExit, match="not a venv"):
+        ensure(mine, [])
+    assert (mine / "notes.txt").read_text() == "keep me"
