@@ -71,7 +71,7 @@ def ensure(folder: Path, requirements: list[str], warm: list[str] = (), base: st
             if not (folder / "pyvenv.cfg").is_file():
                 raise SystemExit(f"{folder}: not a venv; remove it or choose another")
             shutil.rmtree(folder)
-        run([base, "-m", "venv", str(folder)])
+        run([base, "-m", "venv", *([] if requirements else ["--without-pip"]), str(folder)])
         python = str(folder / "bin" / "python")
         if requirements:
             # With modules to warm, only those get bytecode; else pip compiles everything, as by default.
