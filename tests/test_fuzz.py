@@ -160,6 +160,7 @@ def test_hostile_manifest_rows_are_accounted_for(tmp_path_factory, capsys):
     assert OUTCOMES["packed"] > 0 and OUTCOMES["failed"] > 0
 
 
+@pytest.mark.slow  # a fuzz campaign
 @FUZZ_SETTINGS
 @given(
     rows=st.integers(1, 6).flatmap(lambda n: st.tuples(*(hostile_row(i) for i in range(n)))),
