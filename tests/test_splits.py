@@ -17,8 +17,11 @@ from PIL import Image
 
 from packer.splits import connected_groups
 
-# The tests of the 2,000-row MAMI run share a worker, where its fixture is built once.
-ON_MAMI_RUN = pytest.mark.xdist_group(name="splits")
+
+# The tests of the 2,000-row MAMI run share a worker, where its fixture is built once; a run of
+# that size (and two more of it in the stability test) is slow for the edit loop.
+def ON_MAMI_RUN(test):
+    return pytest.mark.slow(pytest.mark.xdist_group(name="splits")(test))
 
 
 def noise_image(path: Path, seed: str, size: int = 12) -> str:
