@@ -45,20 +45,19 @@ def extra(name: str) -> list[str]:
         return list(tomllib.load(handle)["project"]["optional-dependencies"][name])
 
 
-def key(requirements: list[str], warm: list[str], base: str = sys.executable) -> str:
-    """What the venv is made of: its Python (version and path), the requirement lines and the
-    modules warmed."""
-    version = subprocess.run([base, "-c", "import sys; print(sys.version)"], capture_output=True, text=True).stdout
-    spec = {"python": [str(Path(base).resolve()), version.strip()], "requirements": sorted(requirements),
+def key(requirements: list[str], warm: list[str]) -> str:
+    """What the venv is made of: its Python (this one: path and version), the requirement lines and
+    the modules warmed."""
+    spec = {"python": [str(Path(sys.executable).resolve()), sys.version], "requirements": sorted(requirements),
             "warm": sorted(warm)}  # fmt: skip
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
 
-def ensure(folder: Path, requirements: list[str], warm: list[str] = (), base: str = sys.executable) -> bool:
+def ensure(folder: Path, requirements: list[str], warm: list[str] = ()) -> bool:
     """Make `folder` a venv with `requirements` installed unless it already is one for this key;
     returns whether it was built now. Raises CalledProcessError when pip fails (the folder is then
     left without its marker, so the next run starts over)."""
-    wanted = key(requirements, list(warm), base)
+    wanted = key(requirements, list(warm))
     folder.parent.mkdir(parents=True, exist_ok=True)
     with open(folder.parent / f".{folder.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -71,7 +70,7 @@ def ensure(folder: Path, requirements: list[str], warm: list[str] = (), base: st
             if not (folder / "pyvenv.cfg").is_file():
                 raise SystemExit(f"{folder}: not a venv; remove it or choose another")
             shutil.rmtree(folder)
-        run([base, "-m", "venv", *([] if requirements else ["--without-pip"]), str(folder)])
+        run([sys.executable, "-m", "venv", *([] if requirements else ["--without-pip"]), str(folder)])
         python = str(folder / "bin" / "python")
         if requirements:
             # With modules to warm, only those get bytecode; else pip compiles everything, as by default.

@@ -65,10 +65,7 @@ def main() -> None:
         print(
             json.dumps(
                 [
-                    {
-                        part: {rank: got[root, split, dataset, int(world), part, rank] for rank in range(int(world))}
-                        for part in parts
-                    }  # fmt: skip
+                    read(root, split, dataset, int(world), parts, lambda *load: got[load])
                     for root, split, dataset, world, parts in jobs
                 ]
             )
@@ -78,11 +75,11 @@ def main() -> None:
     print(json.dumps(read(root, split_config, dataset_config, int(world), parts)))
 
 
-def read(root: str, split_config: str, dataset_config: str, world: int, parts: list[str]) -> dict:
-    return {
-        part: {rank: load_rank(root, split_config, dataset_config, world, part, rank) for rank in range(world)}
-        for part in parts
-    }
+def read(root: str, split_config: str, dataset_config: str, world: int, parts: list[str], load=None) -> dict:
+    """{part: {rank: what the rank got}}, each rank's part loaded by `load` (default: load_rank)."""
+    load = load or load_rank
+    return {part: {rank: load(root, split_config, dataset_config, world, part, rank) for rank in range(world)}
+            for part in parts}  # fmt: skip
 
 
 def load_rank(root: str, split_config: str, dataset_config: str, world: int, part: str, rank: int) -> list:

@@ -41,7 +41,8 @@ def energon_python() -> Path:
     try:
         ensure_extra(ENERGON_VENV, "energon")
     except (subprocess.CalledProcessError, OSError) as exc:
-        pytest.skip(f"megatron-energon's venv could not be built ({ENERGON_VENV}): {exc} {exc.stderr or ''}"[-2000:])
+        why = f"{exc} {getattr(exc, 'stderr', None) or ''}"[-2000:]  # an OSError has no stderr
+        pytest.skip(f"megatron-energon's venv could not be built ({ENERGON_VENV}): {why}")
     return ENERGON_VENV / "bin" / "python"
 
 
