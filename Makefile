@@ -33,9 +33,9 @@ $(VENV)/.installed: pyproject.toml Makefile
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && ! dpkg -s libwebp-dev >/dev/null 2>&1; then \
 		apt-get install -y -q --no-install-recommends libjpeg62-turbo-dev zlib1g-dev libwebp-dev >/dev/null 2>&1 \
 		|| echo "note: could not install image headers; pillow-simd may lack WebP"; fi
-	CC="$(SIMD_CC)" $(PY) -m pip install -q --no-cache-dir -e '.[dev,simd,dask,loaders]' || { \
+	CC="$(SIMD_CC)" $(PY) -m pip install -q --no-cache-dir -e '.[dev,simd,dask,loaders,s3]' || { \
 		echo "pillow-simd could not be built here: falling back to plain Pillow"; \
-		$(PY) -m pip install -q -e '.[dev,pillow,dask,loaders]'; }
+		$(PY) -m pip install -q -e '.[dev,pillow,dask,loaders,s3]'; }
 	@$(PY) -c "import PIL; from PIL import features; print('imaging:', PIL.__version__, '(webp:', features.check('webp'), ')')"
 	touch $@
 

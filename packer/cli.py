@@ -146,6 +146,20 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-reuse", action="store_true", help="encode every image, reusing nothing of an earlier pack")
     p.add_argument(
+        "--publish",
+        default=None,
+        metavar="URL",
+        help="also publish the pack to s3://bucket/prefix: each shard uploaded as soon as it is final, "
+        "published.json last (pack-examples publish)",
+    )
+    p.add_argument(
+        "--storage-options",
+        default=None,
+        metavar="JSON",
+        help="for --publish: s3fs-style options (key, secret, token, profile, endpoint_url, client_kwargs, "
+        "config_kwargs); default: the AWS chain and AWS_ENDPOINT_URL",
+    )
+    p.add_argument(
         "--report-sample", type=int, default=48, metavar="N", help="examples per split on report.html's contact sheets"
     )
     return p
@@ -160,10 +174,10 @@ def config_from_args(args: argparse.Namespace) -> PackConfig:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in ("diff", "show"):  # pack-examples diff OLD NEW, pack-examples show ID
-        from . import diff, show
+    if argv and argv[0] in ("diff", "show", "publish"):  # pack-examples diff OLD NEW, show ID, publish STEP_3 URL
+        from . import diff, publish, show
 
-        return (diff if argv[0] == "diff" else show).main(argv[1:])
+        return {"diff": diff, "show": show, "publish": publish}[argv[0]].main(argv[1:])
     try:
         args = parser().parse_args(argv)
     except SystemExit as exc:

@@ -26,7 +26,8 @@ SET_NORMALIZE = ("lower",)
 
 
 # PackConfig fields that change how a run executes, never a byte of its output.
-EXECUTION_ONLY = ("workers", "backend", "scheduler", "fresh", "reuse_from", "no_reuse")
+# Publishing (where the finished pack goes, and the storage options, which may hold a secret) is among them.
+EXECUTION_ONLY = ("workers", "backend", "scheduler", "fresh", "reuse_from", "no_reuse", "publish", "storage_options")
 
 
 class InputError(Exception):
@@ -80,6 +81,9 @@ class PackConfig:
     # output is the same bytes either way.
     reuse_from: Path | None = None
     no_reuse: bool = False
+    # --publish s3://bucket/prefix: each shard uploaded once final, the rest once the pack is complete.
+    publish: str | None = None
+    storage_options: str | None = None  # s3fs-style JSON (packer.storage)
 
     @property
     def failures_log(self) -> Path:

@@ -269,13 +269,14 @@ def execute(
     state: RunState,
     progress: Progress,
     on_first_result: Callable[[], None] | None = None,
+    on_shard: Callable[[Path], None] | None = None,
 ) -> ExecutionResult:
     """Run every chunk through the pool (`total` samples) and cut the results into shards per split.
 
     `progress` is what an earlier, interrupted run of the same plan finished (nothing on a fresh
     run); `state` journals what this one finishes, so that a crash costs at most the shards in the
     making. `on_first_result` is called once, after the first chunk is consumed (the parent's idle
-    time begins)."""
+    time begins). `on_shard` is given each shard's path once it is final (journalled first)."""
     work_dir = shard_root / ".chunks"
     work_dir.mkdir(parents=True, exist_ok=True)
     result = ExecutionResult()
@@ -287,6 +288,11 @@ def execute(
         for series in SERIES:
             cutters[split, series].finish()
         state.split_done(split)
+
+    def shard_closed(shard: ClosedShard) -> None:
+        state.shard_closed(shard)
+        if on_shard is not None:
+            on_shard(Path(shard.path))
 
     def part(c: ChunkSpec) -> str | None:
         return None if pool.ships_bytes else str(work_dir / f"{c.split}-{c.index:06d}.part")
@@ -312,7 +318,7 @@ def execute(
                             maxsize,
                             starts.get((split, series), []),
                             progress.closed.get((split, series), []),
-                            state.shard_closed,
+                            shard_closed,
                         )
                 path = chunk_result.path
                 fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC) if path else None

@@ -59,6 +59,7 @@ from .plan import (
 from .pool import Pool
 from .previous import SOURCES, earlier_pack, encoder_identity, located, match_images, reuse_of, write_stat_cache
 from .previous import counts as reuse_counts
+from .publish import ROOT_FILES, Publisher, pack_files, summary_line
 from .report import build_stats, final_rows, summary, write_card, write_failures, write_stats
 from .report.card import card_path
 from .report.html import ReportWarmer, build_report
@@ -121,18 +122,25 @@ def run(config: PackConfig) -> tuple[int, dict[str, Any]]:
     # Before anything starts or changes: the outputs are packer's to write, and this run is the
     # folder's only writer.
     check_outputs(config)
+    # --publish: the prefix is checked (packer's or empty, the store reachable) and its lock taken
+    # before anything changes here or there.
+    publisher = Publisher(config.publish, config.storage_options) if config.publish else None
+    if publisher is not None:
+        publisher.open()
     lock = OutputLock(config.output_dir)
-    lock.acquire()
     try:
+        lock.acquire()
         pool = Pool(config.backend, config.workers, config.scheduler)
-    except InputError:
+    except (InputError, OutputError):
         lock.undo()
+        if publisher is not None:
+            publisher.close()
         raise
     # The report's chart engine and templates are readied while the images are encoded
     # (ReportWarmer): never while the parent plans.
     warmer = ReportWarmer()
     try:
-        return _run(config, pool, warmer)
+        return _run(config, pool, warmer, publisher)
     except (InputError, OutputError) as exc:
         # A clean stop: what started during planning is shut down before exiting, and an input
         # error leaves nothing behind that this run created (the chart engine ends in `finally`).
@@ -144,9 +152,13 @@ def run(config: PackConfig) -> tuple[int, dict[str, Any]]:
         warmer.close()
         lock.release()
         pool.finish()
+        if publisher is not None:
+            publisher.close()  # a no-op once it finished; else pending uploads stop and the lock goes
 
 
-def _run(config: PackConfig, pool: Pool, warmer: ReportWarmer) -> tuple[int, dict[str, Any]]:
+def _run(
+    config: PackConfig, pool: Pool, warmer: ReportWarmer, publisher: Publisher | None = None
+) -> tuple[int, dict[str, Any]]:
     timings: dict[str, float] = {}
     start = time.perf_counter()
     taxonomy_path = config.label_taxonomy
@@ -198,14 +210,40 @@ def _run(config: PackConfig, pool: Pool, warmer: ReportWarmer) -> tuple[int, dic
     # Inputs are valid: from here on, outputs are written.
     try:
         reuse = Reuse(earlier, matches, encoder, replaced)
-        return write_run(
-            config, taxonomy, plan, image_paths, state, ident, pins, progress, pool, warmer, timings, reuse
+        code, stats = write_run(
+            config, taxonomy, plan, image_paths, state, ident, pins, progress, pool, warmer, timings, reuse, publisher
         )
     except OSError as exc:
         where = exc.filename or config.output_dir
         raise OutputError(f"cannot write {where}: {exc.strerror or exc}; rerun the same command to resume") from None
     finally:
         state.close()
+    if publisher is not None:
+        # The pack is complete here: the rest of it goes up in order, published.json last.
+        try:
+            print(summary_line(publisher.finish(published_files(config))))
+        except OSError as exc:
+            raise OutputError(f"cannot read {exc.filename}: {exc.strerror or exc}") from None
+        except OutputError as exc:
+            raise OutputError(
+                f"the pack is complete in {config.stats.parent}, but publishing failed: {exc}; "
+                f"finish it with: pack-examples publish {config.stats.parent} {config.publish}"
+            ) from None
+    return code, stats
+
+
+def published_files(config: PackConfig) -> dict[str, Path]:
+    """The pack's tree as published: the shards folder, and the files beside stats.json by their
+    published names (splits.json and label_taxonomy.json wherever --splits and --label-taxonomy put them)."""
+    beside = {name: config.stats.parent / name for name in ROOT_FILES}
+    beside |= {
+        "label_taxonomy.json": config.label_taxonomy,
+        "splits.json": config.splits,
+        "README.md": card_path(config.stats),
+        "stats.json": config.stats,
+        "failures.jsonl": config.failures_log,
+    }
+    return pack_files(config.output_dir, beside)
 
 
 def resume_point(state: RunState, previous: dict[str, Any] | None, ident: dict[str, Any]) -> Progress | None:
@@ -234,6 +272,7 @@ def write_run(
     warmer: ReportWarmer,
     timings: dict[str, float],
     reuse: Reuse | None = None,
+    publisher: Publisher | None = None,
 ) -> tuple[int, dict[str, Any]]:
     reuse = reuse or Reuse(None, None, None, None)
     out_dir = config.stats.parent
@@ -289,6 +328,9 @@ def write_run(
         # Once the first results are back, the workers have tasks queued (or, with one worker, the
         # parent is encoding): the report's fixed costs run beside them.
         on_first_result=warmer.start,
+        on_shard=(lambda path: publisher.early(f"shards/{path.relative_to(config.output_dir)}", path))
+        if publisher is not None
+        else None,
     )
     warmer.join()
     timings["images_and_shards"] = time.perf_counter() - start
