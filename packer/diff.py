@@ -25,8 +25,9 @@ from typing import Any
 import polars as pl
 
 from .catalog import CATALOG, read_samples
-from .config import UNIFIED_FIELDS, InputError
+from .config import UNIFIED_FIELDS, InputError, OutputError
 from .guard import inert
+from .remote import RemotePack, failures_from_lines, pack_argument
 from .shards import write_atomic
 
 EXAMPLES = 5  # example ids shown per entry
@@ -50,18 +51,18 @@ def failures_of(folder: Path, shards: Path) -> dict[str, str]:
 
 
 def read_failures(path: Path) -> dict[str, str]:
-    out = {}
-    if path.is_file():
-        with open(path, encoding="utf-8") as handle:
-            for line in handle:
-                row = json.loads(line)
-                out[row["id"]] = f"{row['status']}: {(row.get('reason') or '').split(': ')[0]}"
-    return out
+    if not path.is_file():
+        return {}
+    with open(path, encoding="utf-8") as handle:
+        return failures_from_lines(handle)
 
 
-def load(folder: Path) -> tuple[pl.DataFrame, dict[str, str]]:
+def load(folder: Path | str, storage_options: str | None = None) -> tuple[pl.DataFrame, dict[str, str]]:
     """A pack's catalog (with text and image digests, read back where the catalog lacks them) and
-    its failures by id."""
+    its failures by id. A URL is a published pack, read from its bucket."""
+    if isinstance(folder, str):
+        remote = RemotePack(folder, storage_options)
+        return remote.catalog(), remote.failures()
     shards = shards_folder(folder)
     return load_catalog(shards), failures_of(folder, shards)
 
@@ -97,11 +98,11 @@ def entry(ids: list[str]) -> dict[str, Any]:
     return {"count": len(ids), "examples": sorted(ids)[:EXAMPLES]}
 
 
-def compare(old_folder: Path, new_folder: Path) -> dict[str, Any]:
-    """The comparison of two packs as a JSON-able dict; `same` says whether they hold the same
-    examples, labels, texts and splits."""
-    old, old_failed = load(old_folder)
-    new, new_failed = load(new_folder)
+def compare(old_folder: Path | str, new_folder: Path | str, storage_options: str | None = None) -> dict[str, Any]:
+    """The comparison of two packs (folders, or URLs of published packs) as a JSON-able dict;
+    `same` says whether they hold the same examples, labels, texts and splits."""
+    old, old_failed = load(old_folder, storage_options)
+    new, new_failed = load(new_folder, storage_options)
     return compare_catalogs(old, old_failed, new, new_failed, str(old_folder), str(new_folder))
 
 
@@ -204,8 +205,9 @@ def html(result: dict[str, Any]) -> str:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pack-examples diff", description="Compare two packs by example id.")
-    p.add_argument("old", type=Path, help="the earlier pack (its Step_3 folder, or its shards folder)")
-    p.add_argument("new", type=Path, help="the later pack")
+    p.add_argument("old", type=pack_argument, help="the earlier pack (its Step_3 or shards folder, or s3://... URL)")
+    p.add_argument("new", type=pack_argument, help="the later pack")
+    p.add_argument("--storage-options", default=None, metavar="JSON", help="for s3:// packs (as publish takes)")
     p.add_argument("--json", action="store_true", help="print the comparison as JSON")
     p.add_argument("--html", type=Path, default=None, metavar="FILE", help="also write the comparison as a page")
     return p
@@ -217,10 +219,13 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:
         return int(exc.code or 0)
     try:
-        result = compare(args.old, args.new)
+        result = compare(args.old, args.new, args.storage_options)
     except InputError as exc:
         print(f"error: {inert(exc)}", file=sys.stderr)
         return 2
+    except OutputError as exc:  # a bucket that refused or kept failing
+        print(f"error: {inert(exc)}", file=sys.stderr)
+        return 3
     if args.html is not None:
         # Never over a file packer did not write (a page of an earlier diff is replaced).
         target = args.html

@@ -34,12 +34,19 @@ from typing import Any
 from . import __version__
 from .config import InputError, OutputError
 from .guard import INCOMPLETE, META_FILE, SPLIT_DIRS, OutputLock, _is_packer_file, inert
-from .lazy import lazy_module
-from .storage import MIN_PART_SIZE, PART_SIZE, FileDigest, StorageError, Store, digest_file, parse_options, parse_url
+from .remote import MANIFEST
+from .storage import (
+    MIN_PART_SIZE,
+    PART_SIZE,
+    FileDigest,
+    StorageError,
+    Store,
+    client_error,
+    digest_file,
+    parse_options,
+    parse_url,
+)
 
-botocore_exceptions = lazy_module("botocore.exceptions")
-
-MANIFEST = "published.json"
 LOCK = ".packer-publish.lock"
 MARKER = ".packer"
 MARKER_TEXT = "published by packer: every object under this prefix is packer's and is replaced by its next publish\n"
@@ -164,7 +171,7 @@ class BucketLock:
             try:
                 self.etag = self.store.put(LOCK, body, if_none_match=True)
                 return
-            except botocore_exceptions.ClientError:
+            except client_error():
                 pass  # it exists (412), or another create raced ours (409)
             found = self.store.get(LOCK)
             if found is None:
@@ -277,7 +284,7 @@ class Publisher:
             if MARKER not in self.listing:
                 try:
                     self.store.put(MARKER, MARKER_TEXT.encode(), if_none_match=True)
-                except botocore_exceptions.ClientError:
+                except client_error():
                     pass  # already there
             self.writing = True
 

@@ -17,9 +17,10 @@ from pathlib import Path
 import polars as pl
 
 from .catalog import read_samples
-from .config import InputError
+from .config import InputError, OutputError
 from .diff import shards_folder
 from .guard import check_no_link, inert
+from .remote import RemotePack, pack_argument
 from .shards import write_atomic
 
 NEAREST = 5
@@ -36,17 +37,19 @@ def nearest(wanted: str, ids: list[str]) -> list[str]:
     return []
 
 
-def show(pack: Path, wanted: str, out: Path) -> list[str]:
-    """The lines to print for one example, after writing its images to `out`."""
-    shards = shards_folder(pack)
-    catalog = pl.read_parquet(shards / "samples.parquet")
+def show(pack: Path | str, wanted: str, out: Path, storage_options: str | None = None) -> list[str]:
+    """The lines to print for one example, after writing its images to `out`. A URL is a published
+    pack: its catalog is read from the bucket, and the sample with one ranged read."""
+    remote = RemotePack(pack, storage_options) if isinstance(pack, str) else None
+    shards = shards_folder(pack) if remote is None else None
+    catalog = remote.catalog() if remote is not None else pl.read_parquet(shards / "samples.parquet")
     row = catalog.filter((pl.col("id") == wanted) | (pl.col("key") == wanted))
     if row.is_empty():
         close = nearest(wanted, catalog["id"].to_list())
         hint = f"; nearest ids: {', '.join(close)}" if close else ""
         raise InputError(f"{pack}: no packed example with id or key {wanted!r}{hint}")
     found = row.row(0, named=True)
-    sample = next(read_samples(shards, row.head(1)))
+    sample = next(remote.samples(row.head(1)) if remote is not None else read_samples(shards, row.head(1)))
     doc = json.loads(sample.members["json"])
     lines = [
         f"id: {found['id']}",
@@ -78,17 +81,23 @@ def show(pack: Path, wanted: str, out: Path) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="pack-examples show", description="Show one packed example by id or key.")
     p.add_argument("id", help="the example's id (as in the manifest) or its key (as in the shards)")
-    p.add_argument("--pack", type=Path, default=Path("Step_3"), help="the pack (its Step_3 or shards folder)")
+    p.add_argument(
+        "--pack", type=pack_argument, default=Path("Step_3"), help="the pack (its Step_3 or shards folder, or s3://...)"
+    )
+    p.add_argument("--storage-options", default=None, metavar="JSON", help="for an s3:// pack (as publish takes)")
     p.add_argument("--out", type=Path, default=Path("."), help="where to write its image(s) (default: here)")
     try:
         args = p.parse_args(argv)
     except SystemExit as exc:
         return int(exc.code or 0)
     try:
-        lines = show(args.pack, args.id, args.out)
+        lines = show(args.pack, args.id, args.out, args.storage_options)
     except InputError as exc:
         print(f"error: {inert(exc)}", file=sys.stderr)
         return 2
+    except OutputError as exc:  # a bucket that refused or kept failing
+        print(f"error: {inert(exc)}", file=sys.stderr)
+        return 3
     print("\n".join(inert(line) for line in lines))
     return 0
 

@@ -34,11 +34,21 @@ from urllib.parse import urlsplit
 
 from .config import InputError, OutputError
 from .guard import inert
-from .lazy import lazy_module
 
-botocore_config = lazy_module("botocore.config")
-botocore_exceptions = lazy_module("botocore.exceptions")
-botocore_session = lazy_module("botocore.session")
+
+def _botocore() -> Any:
+    """botocore, imported on first use: a pack without --publish never pays its 0.2 s import."""
+    import botocore.config
+    import botocore.exceptions
+    import botocore.session
+
+    return botocore
+
+
+def client_error() -> type[Exception]:
+    """botocore's ClientError: an answer of the store (412 on a conditional write, 404...)."""
+    return _botocore().exceptions.ClientError
+
 
 SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
@@ -126,7 +136,7 @@ def parse_options(text: str | None) -> dict[str, Any]:
     except ValueError as exc:
         raise InputError(f"--storage-options: not JSON ({exc.msg} at character {exc.pos})") from None
     if not isinstance(options, dict):
-        raise InputError("--storage-options: a JSON object is expected, e.g. '{\"endpoint_url\": \"http://...\"}'")
+        raise InputError('--storage-options: a JSON object is expected, e.g. \'{"endpoint_url": "http://..."}\'')
     unknown = sorted(set(options) - set(OPTION_KEYS))
     if unknown:
         raise InputError(f"--storage-options: unknown key {inert(unknown[0])!r} (known: {', '.join(OPTION_KEYS)})")
@@ -220,7 +230,7 @@ def _status(exc: Exception) -> int | None:
 
 def is_retryable(exc: Exception) -> bool:
     """A fault worth another try: throttling, a 5xx, a reset or a timeout."""
-    e = botocore_exceptions
+    e = _botocore().exceptions
     if isinstance(exc, e.ClientError):
         status = _status(exc)
         return _code(exc) in RETRYABLE_CODES or (status is not None and status >= 500)
@@ -239,7 +249,7 @@ def is_retryable(exc: Exception) -> bool:
 
 def describe(exc: Exception) -> str:
     """The store's error code and message, or the connection fault, on one line."""
-    if isinstance(exc, botocore_exceptions.ClientError):
+    if isinstance(exc, _botocore().exceptions.ClientError):
         message = (getattr(exc, "response", None) or {}).get("Error", {}).get("Message") or ""
         return inert(f"{_code(exc)}: {message}".strip().rstrip(":"))[:300]
     return inert(f"{type(exc).__name__}: {exc}")[:300]
@@ -257,7 +267,7 @@ class Store:
         self.counters = Counters()
         self.reachable = False
         options = dict(options or {})
-        session = botocore_session.get_session()
+        session = _botocore().session.get_session()
         if options.get("profile"):
             session.set_config_variable("profile", options["profile"])
         client_kwargs = dict(options.get("client_kwargs", {}))
@@ -275,7 +285,7 @@ class Store:
         if "s3" not in config_kwargs and (options.get("endpoint_url") or os.environ.get("AWS_ENDPOINT_URL")):
             config_kwargs["s3"] = {"addressing_style": "path"}  # S3-compatible stores rarely serve bucket subdomains
         try:
-            config = botocore_config.Config(**config_kwargs)
+            config = _botocore().config.Config(**config_kwargs)
             region = client_kwargs.pop("region_name", None) or session.get_config_variable("region") or DEFAULT_REGION
             self.client = session.create_client(
                 "s3",
@@ -287,7 +297,7 @@ class Store:
                 config=config,
                 **client_kwargs,
             )
-        except (TypeError, ValueError, botocore_exceptions.BotoCoreError) as exc:
+        except (TypeError, ValueError, _botocore().exceptions.BotoCoreError) as exc:
             raise InputError(f"{url}: the storage client cannot be made: {describe(exc)}") from None
 
     # -- requests ---------------------------------------------------------------------------------
@@ -305,12 +315,13 @@ class Store:
                 self.reachable = True
                 return result
             except Exception as exc:
-                if isinstance(exc, botocore_exceptions.ClientError):
+                errors = _botocore().exceptions
+                if isinstance(exc, errors.ClientError):
                     self.reachable = True
                     if _code(exc) in ("PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey", "404"):
                         raise  # an answer, not a fault: the caller decides
-                refused = isinstance(exc, botocore_exceptions.EndpointConnectionError) and not self.reachable
-                if not isinstance(exc, botocore_exceptions.BotoCoreError | botocore_exceptions.ClientError | OSError):
+                refused = isinstance(exc, errors.EndpointConnectionError) and not self.reachable
+                if not isinstance(exc, errors.BotoCoreError | errors.ClientError | OSError):
                     raise
                 if refused or not is_retryable(exc) or attempt == self.retry.attempts - 1:
                     tries = f" after {attempt + 1} tries" if attempt else ""
@@ -338,7 +349,7 @@ class Store:
     def head(self, relative: str) -> dict[str, Any] | None:
         try:
             return self.call("head_object", relative, Bucket=self.url.bucket, Key=self.url.key(relative))
-        except botocore_exceptions.ClientError:  # 404: absent
+        except _botocore().exceptions.ClientError:  # 404: absent
             return None
 
     def get(self, relative: str, start: int | None = None, size: int | None = None) -> tuple[bytes, str] | None:
@@ -353,7 +364,7 @@ class Store:
 
         try:
             data, etag = self.call(read, relative)
-        except botocore_exceptions.ClientError:
+        except _botocore().exceptions.ClientError:
             return None
         if size is not None and len(data) != size:
             raise StorageError(f"{self.url.of(relative)}: {len(data)} bytes read where {size} were asked for")
@@ -385,7 +396,7 @@ class Store:
             kwargs["IfMatch"] = f'"{if_match}"'
         try:
             self.call("delete_object", relative, **kwargs)
-        except botocore_exceptions.ClientError:
+        except _botocore().exceptions.ClientError:
             pass  # already gone (404), or no longer the object we meant (412): not ours to remove
 
     def upload(self, relative: str, path: Path, digest: FileDigest, part_size: int = PART_SIZE) -> None:
@@ -466,7 +477,7 @@ class Store:
                 Key=self.url.key(relative),
                 UploadId=upload_id,
             )
-        except (StorageError, botocore_exceptions.ClientError) as exc:
+        except (StorageError, _botocore().exceptions.ClientError) as exc:
             print(f"packer: could not abort the multipart upload of {self.url.of(relative)}: {inert(exc)}")
 
     def unfinished_uploads(self) -> list[tuple[str, str]]:
