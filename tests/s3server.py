@@ -49,6 +49,7 @@ class S3Server:
     endpoint: str
     process: subprocess.Popen
     folder: Path
+    clients: dict = field(default_factory=dict)
 
     def env(self, endpoint: str | None = None, key: str = KEY, secret: str = SECRET) -> dict[str, str]:
         """The environment of a client of this server (the AWS chain's variables; no config file,
@@ -64,10 +65,17 @@ class S3Server:
         }
 
     def client(self, endpoint: str | None = None):
-        import botocore.session
-        from botocore.config import Config
+        """A botocore client of the server (made once per endpoint: clients are thread-safe and slow to make)."""
+        key = endpoint or self.endpoint
+        if key not in self.clients:
+            self.clients[key] = self._client(key)
+        return self.clients[key]
 
-        return botocore.session.get_session().create_client(
+    def _client(self, endpoint: str):
+        from botocore.config import Config
+        from botocore.session import get_session
+
+        return get_session().create_client(
             "s3",
             endpoint_url=endpoint or self.endpoint,
             aws_access_key_id=KEY,
