@@ -13,6 +13,7 @@ WORKERS ?= $(shell nproc 2>/dev/null || echo 1)
 TEST_WORKERS ?= $(WORKERS)
 QUICK_WORKERS ?= $(WORKERS)
 LIMIT ?=
+PUBLISH ?=
 PACK_FLAGS ?=
 PROFILE_FLAGS ?=
 NAIVE_VENV ?= .cache/naive-venv
@@ -56,11 +57,11 @@ else
 		--examples-limit $(or $(LIMIT),5000) $(PACK_FLAGS)
 endif
 
-pack: $(VENV)/.installed ## pack everything: make pack MANIFEST=Step_2/data_manifest.jsonl OCR=Step_2/ocr.jsonl [ASR=Step_2B/asr.jsonl] OUT=Step_3
+pack: $(VENV)/.installed ## pack everything: make pack MANIFEST=Step_2/data_manifest.jsonl OCR=Step_2/ocr.jsonl [ASR=Step_2B/asr.jsonl] OUT=Step_3 [PUBLISH=s3://bucket/prefix]
 	@test -n "$(MANIFEST)" || { echo "usage: make pack MANIFEST=Step_2/data_manifest.jsonl OCR=Step_2/ocr.jsonl [ASR=Step_2B/asr.jsonl] OUT=Step_3"; exit 2; }
 	$(PY) -m packer --manifest $(MANIFEST) $(if $(OCR),--ocr $(OCR)) $(if $(ASR),--asr $(ASR)) --output-dir $(OUT)/shards \
 		--label-taxonomy $(OUT)/label_taxonomy.json --splits $(OUT)/splits.json --workers $(WORKERS) \
-		$(if $(LIMIT),--examples-limit $(LIMIT)) $(PACK_FLAGS)
+		$(if $(LIMIT),--examples-limit $(LIMIT)) $(if $(PUBLISH),--publish $(PUBLISH)) $(PACK_FLAGS)
 
 report: $(VENV)/.installed ## rebuild report.html of an earlier pack: make report OUT=Step_3
 	$(PY) -m packer.report $(OUT)
