@@ -314,10 +314,15 @@ class Publisher:
             for relative, path in wanted.items():
                 if relative not in self.futures or self.futures[relative][0] != path:
                     self.futures[relative] = (path, self.pool.submit(self._send, relative, path))
+            sent_now = {}
             for relative in sorted(wanted):
                 digest, sent = self.futures[relative][1].result()  # the first failure ends the publish
                 digests[relative] = digest
-                uploaded += sent
+                if sent:
+                    sent_now[relative] = digest
+            if sent_now:  # checked before the next phase, which refers to them, starts
+                self.store.verify_listed(sent_now)
+            uploaded += len(sent_now)
         manifest = manifest_bytes(digests)
         old = self.store.get(MANIFEST) if self.manifest_present else None
         if old is None or old[0] != manifest:

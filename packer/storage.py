@@ -401,24 +401,29 @@ class Store:
 
     def upload(self, relative: str, path: Path, digest: FileDigest, part_size: int = PART_SIZE) -> None:
         """Send a file as `digest` describes it: whole, or in parts of `part_size` (each with its
-        Content-MD5); a multipart upload that fails is aborted. Then check the store's size and
-        ETag against the digest (StorageError when they differ)."""
+        Content-MD5, which the store checks on receipt); a multipart upload that fails is aborted.
+        The ETag the store answers must be the digest's (StorageError otherwise); the caller checks
+        size and ETag once more from a listing (`verify_listed`)."""
         metadata = {"packer-sha256": digest.sha256}
         fd = open_regular(path)
         try:
             if len(digest.part_md5) == 1:
                 body = os.pread(fd, digest.size + 1, 0)
-                self._put_file(relative, body, digest, metadata)
+                etag = self._put_file(relative, body, digest, metadata)
             else:
-                self._multipart(relative, fd, digest, metadata, part_size)
+                etag = self._multipart(relative, fd, digest, metadata, part_size)
         finally:
             os.close(fd)
-        self.verify(relative, digest)
+        if etag != digest.etag:
+            raise StorageError(
+                f"{self.url.of(relative)}: the store answered ETag {inert(etag)} where {digest.etag} was sent "
+                "(changed while publishing?): rerun"
+            )
 
     def _put_file(self, relative: str, body: bytes, digest: FileDigest, metadata: dict[str, str]) -> None:
         if len(body) != digest.size:
             raise StorageError(f"{self.url.of(relative)}: the local file changed while publishing: rerun")
-        self.call(
+        return self.call(
             "put_object",
             relative,
             Bucket=self.url.bucket,
@@ -427,9 +432,9 @@ class Store:
             ContentMD5=base64.b64encode(digest.part_md5[0]).decode(),
             ContentType=content_type(relative),
             Metadata=metadata,
-        )
+        )["ETag"].strip('"')
 
-    def _multipart(self, relative: str, fd: int, digest: FileDigest, metadata: dict[str, str], part_size: int) -> None:
+    def _multipart(self, relative: str, fd: int, digest: FileDigest, metadata: dict[str, str], part_size: int) -> str:
         key = self.url.key(relative)
         started = self.call(
             "create_multipart_upload",
@@ -455,7 +460,7 @@ class Store:
                     ContentMD5=base64.b64encode(md5).decode(),
                 )
                 parts.append({"ETag": answer["ETag"], "PartNumber": number})
-            self.call(
+            done = self.call(
                 "complete_multipart_upload",
                 relative,
                 Bucket=self.url.bucket,
@@ -463,6 +468,7 @@ class Store:
                 UploadId=upload_id,
                 MultipartUpload={"Parts": parts},
             )
+            return str(done["ETag"]).strip('"')
         except BaseException:
             self.abort(relative, upload_id)
             raise
@@ -490,17 +496,19 @@ class Store:
                 return out
             kwargs.update(KeyMarker=page["NextKeyMarker"], UploadIdMarker=page["NextUploadIdMarker"])
 
-    def verify(self, relative: str, digest: FileDigest) -> None:
-        """The store holds `digest.size` bytes whose ETag is the digest's (the MD5 it computed)."""
-        head = self.head(relative)
-        if head is None:
-            raise StorageError(f"{self.url.of(relative)}: absent right after its upload")
-        size, etag = int(head["ContentLength"]), head["ETag"].strip('"')
-        if size != digest.size or etag != digest.etag:
-            raise StorageError(
-                f"{self.url.of(relative)}: the store holds {size} bytes with ETag {inert(etag)}, where "
-                f"{digest.size} bytes with ETag {digest.etag} were sent (changed while publishing?): rerun"
-            )
+    def verify_listed(self, digests: dict[str, FileDigest]) -> None:
+        """After upload: the store lists every object with `digest.size` bytes and the digest's ETag
+        (the MD5 it computed), one listing request per 1,000 objects."""
+        listed = self.listing()
+        for relative, digest in sorted(digests.items()):
+            found = listed.get(relative)
+            if found is None:
+                raise StorageError(f"{self.url.of(relative)}: absent right after its upload: rerun")
+            if found != (digest.size, digest.etag):
+                raise StorageError(
+                    f"{self.url.of(relative)}: the store holds {found[0]} bytes with ETag {inert(found[1])}, where "
+                    f"{digest.size} bytes with ETag {digest.etag} were sent (changed while publishing?): rerun"
+                )
 
 
 def content_type(relative: str) -> str:
