@@ -126,7 +126,7 @@ def run(config: PackConfig) -> tuple[int, dict[str, Any]]:
     # before anything changes here or there.
     publisher = Publisher(config.publish, config.storage_options) if config.publish else None
     if publisher is not None:
-        publisher.open()
+        publisher.open_in_background()  # its requests overlap the planning; waited for before writing
     lock = OutputLock(config.output_dir)
     try:
         lock.acquire()
@@ -145,8 +145,8 @@ def run(config: PackConfig) -> tuple[int, dict[str, Any]]:
         # A clean stop: what started during planning is shut down before exiting, and an input
         # error leaves nothing behind that this run created (the chart engine ends in `finally`).
         pool.close()
-        if isinstance(exc, InputError):
-            lock.undo()
+        if isinstance(exc, InputError) or (publisher is not None and not publisher.opened):
+            lock.undo()  # nothing was written: the prefix was refused or unreachable (exit 2 or 3)
         raise
     finally:
         warmer.close()
@@ -206,6 +206,8 @@ def _run(
     images_only = ok["image_path"].drop_nulls().to_list()
     matches = match_images(earlier, encoder, images_only, config.workers) if earlier is not None else None
     timings["plan"] = time.perf_counter() - start
+    if publisher is not None:
+        publisher.wait_open()  # the prefix is packer's, and this run holds its lock
 
     # Inputs are valid: from here on, outputs are written.
     try:

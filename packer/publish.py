@@ -19,6 +19,7 @@ report, stats, splits, taxonomy and failures log), never the run state. Order an
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -66,17 +67,12 @@ SHOWN = 5  # foreign objects named in a refusal
 
 
 def phase_of(relative: str) -> int:
-    """Upload order: shards (0), their indexes (1), catalog and energon metadata (2), card, report,
-    splits, taxonomy and failures (3), stats.json (4)."""
+    """Upload order: the shards (0); what describes them: their indexes, the catalog, energon's
+    metadata, the card, report, splits, taxonomy and failures (1); stats.json (2), the verdict on
+    all of it. (published.json comes after, alone.)"""
     if relative == "stats.json":
-        return 4
-    if not relative.startswith("shards/"):
-        return 3
-    if relative.endswith(".tar"):
-        return 0
-    if re.fullmatch(rf"shards/(?:{_SPLITS})/.*", relative):
-        return 1
-    return 2
+        return 2
+    return 0 if re.fullmatch(rf"shards/(?:{_SPLITS})/[^/]*\.tar", relative) else 1
 
 
 def pack_files(shards: Path, beside: dict[str, Path]) -> dict[str, Path]:
@@ -239,11 +235,14 @@ class Publisher:
         jobs: int = 8,
         part_size: int = PART_SIZE,
     ):
-        self.store = Store(parse_url(url), parse_options(options_json))
+        # The URL and options are checked here; the client is made by open() (botocore's import and
+        # set-up take 0.3 s: with --publish, in the background while the pack is planned).
+        self.url, self.options = parse_url(url), parse_options(options_json)
+        self.store: Store = None  # type: ignore[assignment]
+        self.lock: BucketLock | None = None
         self.break_lock = break_lock
         self.part_size = part_size
         self.jobs = jobs
-        self.lock = BucketLock(self.store)
         self.listing: dict[str, tuple[int, str]] = {}
         self.manifest_present = False
         self.write_lock = threading.Lock()
@@ -252,8 +251,33 @@ class Publisher:
         self.futures: dict[str, tuple[Path, Future[tuple[FileDigest, bool]]]] = {}
         self.uploaded_bytes = 0
         self.started = time.perf_counter()
+        self.opening: threading.Thread | None = None
+        self.open_error: BaseException | None = None
+        self.opened = False  # the prefix was checked and its lock taken
+
+    def open_in_background(self) -> None:
+        """Start `open()` in a thread (its requests overlap the pack's planning); `wait_open()` joins it."""
+
+        def run() -> None:
+            try:
+                self.open()
+            except BaseException as exc:  # re-raised by wait_open
+                self.open_error = exc
+
+        self.opening = threading.Thread(target=run, name="publish-open", daemon=True)
+        self.opening.start()
+
+    def wait_open(self) -> None:
+        if self.opening is not None:
+            self.opening.join()
+            self.opening = None
+        if self.open_error is not None:
+            error, self.open_error = self.open_error, None
+            raise error
 
     def open(self) -> None:
+        self.store = Store(self.url, self.options)
+        self.lock = BucketLock(self.store)
         self.store.check()
         self.listing = self.store.listing()
         check_ownership(self.store, self.listing)
@@ -269,6 +293,7 @@ class Publisher:
             raise
         self.manifest_present = MANIFEST in self.listing
         self.pool = ThreadPoolExecutor(self.jobs, thread_name_prefix="publish")
+        self.opened = True
 
     def _start_writing(self) -> None:
         """Before the first object changes: the earlier manifest goes (the pack is incomplete from
@@ -324,14 +349,15 @@ class Publisher:
                 self.store.verify_listed(sent_now)
             uploaded += len(sent_now)
         manifest = manifest_bytes(digests)
-        old = self.store.get(MANIFEST) if self.manifest_present else None
-        if old is None or old[0] != manifest:
+        written = (len(manifest), hashlib.md5(manifest).hexdigest())
+        if not (self.manifest_present and self.listing.get(MANIFEST) == written):
             self._start_writing()
             self.store.put(MANIFEST, manifest)
-            if (found := self.store.get(MANIFEST)) is None or found[0] != manifest:
-                raise StorageError(f"{self.store.url.of(MANIFEST)}: not as written right after its upload: rerun")
             uploaded += 1
-        removed = self._remove_stale(set(digests))
+        listed = self.store.listing()  # the manifest checked, and what the pack no longer has found
+        if listed.get(MANIFEST) != written:
+            raise StorageError(f"{self.store.url.of(MANIFEST)}: not as written right after its upload: rerun")
+        removed = self._remove_stale(set(digests), listed)
         self.close()
         seconds = time.perf_counter() - self.started
         return {
@@ -346,11 +372,11 @@ class Publisher:
             "seconds": round(seconds, 3),
         }
 
-    def _remove_stale(self, kept: set[str]) -> list[str]:
+    def _remove_stale(self, kept: set[str], listed: dict[str, tuple[int, str]]) -> list[str]:
         """The objects of an earlier publish this pack no longer has: packer's names, carrying the
         metadata packer puts on every object it uploads. Anything else is left and named."""
         removed = []
-        for relative in sorted(self.store.listing()):
+        for relative in sorted(listed):
             if relative in kept or relative in CONTROL or not PUBLISHED_NAME.fullmatch(relative):
                 continue
             head = self.store.head(relative)
@@ -363,10 +389,14 @@ class Publisher:
 
     def close(self) -> None:
         """Stop (pending uploads are cancelled; one under way ends its request) and release the lock."""
+        if self.opening is not None:
+            self.opening.join()
+            self.opening = None
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=True)
             self.pool = None
-        self.lock.release()
+        if self.lock is not None:
+            self.lock.release()
 
 
 def summary_line(result: dict[str, Any]) -> str:
