@@ -12,7 +12,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from .config import InputError, OutputError, PackConfig
-from .guard import inert
+from .guard import error_exit
 from .pool import BACKENDS
 
 
@@ -186,12 +186,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         code, _ = run(config_from_args(args))
-    except InputError as exc:
-        print(f"error: {inert(exc)}", file=sys.stderr)
-        return 2
-    except OutputError as exc:
-        print(f"error: {inert(exc)}", file=sys.stderr)
-        return 3
+    except (InputError, OutputError) as exc:
+        return error_exit(exc)
     return code
 
 

@@ -26,7 +26,7 @@ import polars as pl
 
 from .catalog import CATALOG, read_samples
 from .config import UNIFIED_FIELDS, InputError, OutputError
-from .guard import inert
+from .guard import error_exit, inert
 from .remote import RemotePack, failures_from_lines, pack_argument
 from .shards import write_atomic
 
@@ -220,12 +220,8 @@ def main(argv: list[str] | None = None) -> int:
         return int(exc.code or 0)
     try:
         result = compare(args.old, args.new, args.storage_options)
-    except InputError as exc:
-        print(f"error: {inert(exc)}", file=sys.stderr)
-        return 2
-    except OutputError as exc:  # a bucket that refused or kept failing
-        print(f"error: {inert(exc)}", file=sys.stderr)
-        return 3
+    except (InputError, OutputError) as exc:  # OutputError: a bucket that refused or kept failing
+        return error_exit(exc)
     if args.html is not None:
         # Never over a file packer did not write (a page of an earlier diff is replaced).
         target = args.html

@@ -22,6 +22,7 @@ import json
 import os
 import re
 import socket
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -61,6 +62,12 @@ def inert(text: object) -> str:
         return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
     return CONTROL.sub(escape, str(text))
+
+
+def error_exit(exc: InputError | OutputError) -> int:
+    """Print an input or output error as packer's one line (inert); its exit code: 2 input, 3 output."""
+    print(f"error: {inert(exc)}", file=sys.stderr)
+    return 2 if isinstance(exc, InputError) else 3
 
 
 def _refuse(path: Path, why: str, todo: str) -> InputError:

@@ -34,7 +34,7 @@ from typing import Any
 
 from . import __version__
 from .config import InputError, OutputError
-from .guard import INCOMPLETE, META_FILE, SPLIT_DIRS, OutputLock, _is_packer_file, inert
+from .guard import INCOMPLETE, META_FILE, SPLIT_DIRS, OutputLock, _is_packer_file, error_exit, inert
 from .remote import MANIFEST
 from .storage import (
     MIN_PART_SIZE,
@@ -470,12 +470,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         result = publish(args.step3, args.url, args.storage_options, args.break_lock, args.jobs, args.part_size)
-    except InputError as exc:
-        print(f"error: {inert(exc)}", file=sys.stderr)
-        return 2
-    except OutputError as exc:
-        print(f"error: {inert(exc)}", file=sys.stderr)
-        return 3
+    except (InputError, OutputError) as exc:
+        return error_exit(exc)
     print(summary_line(result))
     return 0
 

@@ -19,7 +19,7 @@ import polars as pl
 from .catalog import read_samples
 from .config import InputError, OutputError
 from .diff import shards_folder
-from .guard import check_no_link, inert
+from .guard import check_no_link, error_exit, inert
 from .remote import RemotePack, pack_argument
 from .shards import write_atomic
 
@@ -92,12 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         return int(exc.code or 0)
     try:
         lines = show(args.pack, args.id, args.out, args.storage_options)
-    except InputError as exc:
-        print(f"error: {inert(exc)}", file=sys.stderr)
-        return 2
-    except OutputError as exc:  # a bucket that refused or kept failing
-        print(f"error: {inert(exc)}", file=sys.stderr)
-        return 3
+    except (InputError, OutputError) as exc:  # OutputError: a bucket that refused or kept failing
+        return error_exit(exc)
     print("\n".join(inert(line) for line in lines))
     return 0
 

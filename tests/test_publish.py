@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import MAMI, MAMI_NOT, doc_blocks
+from conftest import MAMI, MAMI_NOT, ROOT, doc_blocks
 from s3server import (
     KEY,
     READ_KEY,
@@ -371,9 +371,13 @@ def test_a_large_shard_goes_up_in_parts_and_a_failed_multipart_upload_is_aborted
 
 def test_pack_with_publish_uploads_shards_as_they_close_and_writes_the_same_pack(ws, s3, env, capsys, tmp_path):
     new_bucket(s3, "during")
-    step3 = small_pack(ws, "--publish", "s3://during/p", "--min-shards", "3")
+    credentials = json.dumps({"key": KEY, "secret": SECRET})
+    step3 = small_pack(ws, "--publish", "s3://during/p", "--min-shards", "3", "--storage-options", credentials)
     out, err = capsys.readouterr()
     assert "packer: published s3://during/p" in out, err
+    assert SECRET not in out + err
+    for path in [*step3.rglob("*"), *ws.root.rglob("*.json*")]:  # no output, state or log holds the secret
+        assert not path.is_file() or SECRET.encode() not in path.read_bytes(), path
     assert local_tree(step3) == {
         k: v for k, v in bucket_tree(s3, "during", "p").items() if k not in (".packer", "published.json")
     }
@@ -425,3 +429,20 @@ def test_show_and_diff_read_the_published_pack(published, pilot, env, tmp_path, 
     assert "same" in capsys.readouterr().out.lower()
     assert main(["show", "x", "--pack", "s3://packs/nothing-here"]) == 2
     assert "no published.json" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_bench_publish_prints_its_rates_and_ratios(tmp_path):
+    """scripts/bench_publish.py on a tiny corpus: every library's rate, and the two ratios."""
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts/bench_publish.py"), "--images", "4", "--repeat", "1",
+         "--work", str(tmp_path / "work"), "--cache", str(tmp_path / "corpus")],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert set(result["upload_mb_per_s"]) == {"packer publish", "botocore loop", "s3fs put", "obstore put"}
+    assert all(rate > 0 for rate in result["upload_mb_per_s"].values())
+    assert result["corpus_images"] == 12 and result["objects"] > 10
+    assert result["publish_vs_plain_loop"] > 0 and result["pack_with_publish_vs_pack"] > 0
+    assert "x the plain botocore loop" in done.stdout and "x the pack alone" in done.stdout
