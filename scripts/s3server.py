@@ -93,7 +93,10 @@ class S3Server:
             self.process.wait()
 
 
-def start_server(folder: Path, timeout: float = 60.0) -> S3Server:
+def start_server(folder: Path, timeout: float = 60.0, owner: int | None = None) -> S3Server:
+    """`weed mini` on 127.0.0.1, ready to serve. It dies with this process, or, given `owner` (a
+    pid), with that process instead (a shell watches it every second): a test session's workers
+    share one server that outlives the worker that started it."""
     weed = weed_binary()
     assert weed is not None
     folder.mkdir(parents=True, exist_ok=True)
@@ -118,7 +121,15 @@ def start_server(folder: Path, timeout: float = 60.0) -> S3Server:
             f"-s3.config={folder / 's3.json'}", "-admin.ui=false", "-webdav=false"]  # fmt: skip
     args += [f"-{name}={port}" for name, port in ports.items()]
     log = open(folder / "weed.log", "wb")  # noqa: SIM115 (the server's own log, kept for a failing test)
-    process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=folder, preexec_fn=_die_with_parent)
+    if owner is None:
+        process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=folder, preexec_fn=_die_with_parent)
+    else:
+        watch = (
+            "\"$@\" & W=$!; trap 'kill $W; wait $W; exit 0' TERM INT; "
+            f"while kill -0 {owner} 2>/dev/null && kill -0 $W 2>/dev/null; do sleep 1; done; kill $W; wait $W"
+        )
+        process = subprocess.Popen(["sh", "-c", watch, "weed-watch", *args], stdout=log, stderr=subprocess.STDOUT,
+                                   cwd=folder, start_new_session=True)  # fmt: skip
     server = S3Server(f"http://127.0.0.1:{s3_port}", process, folder)
     client = server.client()
     deadline = time.monotonic() + timeout

