@@ -449,16 +449,17 @@ def test_show_and_diff_read_the_published_pack(published, pilot, env, tmp_path, 
 
 @pytest.mark.slow
 def test_bench_publish_prints_its_rates_and_ratios(tmp_path):
-    """scripts/bench_publish.py on a tiny corpus: every library's rate, and the two ratios."""
+    """scripts/bench_publish.py on a tiny corpus (packer and the plain loop; the other libraries'
+    uploads are left out here): the rates, and the two ratios."""
     done = subprocess.run(
-        [sys.executable, str(ROOT / "scripts/bench_publish.py"), "--images", "4", "--repeat", "1",
+        [sys.executable, str(ROOT / "scripts/bench_publish.py"), "--images", "2", "--repeat", "1", "--no-libraries",
          "--work", str(tmp_path / "work"), "--cache", str(tmp_path / "corpus")],
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert set(result["upload_mb_per_s"]) == {"packer publish", "botocore loop", "s3fs put", "obstore put"}
+    assert set(result["upload_mb_per_s"]) == {"packer publish", "botocore loop"}
     assert all(rate > 0 for rate in result["upload_mb_per_s"].values())
-    assert result["corpus_images"] == 12 and result["objects"] > 10
+    assert result["corpus_images"] == 6 and result["objects"] > 10
     assert result["publish_vs_plain_loop"] > 0 and result["pack_with_publish_vs_pack"] > 0
     assert "x the plain botocore loop" in done.stdout and "x the pack alone" in done.stdout
