@@ -460,14 +460,22 @@ class Store:
                     ContentMD5=base64.b64encode(md5).decode(),
                 )
                 parts.append({"ETag": answer["ETag"], "PartNumber": number})
-            done = self.call(
-                "complete_multipart_upload",
-                relative,
-                Bucket=self.url.bucket,
-                Key=key,
-                UploadId=upload_id,
-                MultipartUpload={"Parts": parts},
-            )
+            try:
+                done = self.call(
+                    "complete_multipart_upload",
+                    relative,
+                    Bucket=self.url.bucket,
+                    Key=key,
+                    UploadId=upload_id,
+                    MultipartUpload={"Parts": parts},
+                )
+            except StorageError:
+                # A completion whose answer was lost is retried into "no such upload": the object
+                # may well be complete. It is, when the store holds the digest's bytes.
+                head = self.head(relative)
+                if head is not None and head["ETag"].strip('"') == digest.etag:
+                    return digest.etag
+                raise
             return str(done["ETag"]).strip('"')
         except BaseException:
             self.abort(relative, upload_id)

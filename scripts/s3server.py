@@ -160,7 +160,8 @@ class FaultProxy:
     meets one of `kinds` (drawn from a seeded generator): "503" (SlowDown, the store never sees it),
     "reset" (the connection reset before forwarding), "lost" (forwarded, then the answer lost to a
     reset), "stall" (no answer for `stall` seconds, then closed). `deny(method, path)` answers 403
-    to what it matches. `delay` slows every request (kill -9 tests catch a publish in flight)."""
+    to what it matches; `lose(method, path)` forwards what it matches and loses the answer. `delay`
+    slows every request (kill -9 tests catch a publish in flight)."""
 
     upstream: str
     seed: int = 0
@@ -169,6 +170,7 @@ class FaultProxy:
     stall: float = 1.5
     delay: float = 0.0
     deny: object = None
+    lose: object = None  # lose(method, path): forward the request, then lose its answer
     counts: Counter = field(default_factory=Counter)
     requests: list = field(default_factory=list)
 
@@ -247,6 +249,9 @@ class FaultProxy:
             if self.deny is not None and self.deny(method, path):
                 self.counts["deny"] += 1
                 return "deny"
+            if self.lose is not None and self.lose(method, path):
+                self.counts["lost"] += 1
+                return "lost"
             if self.rate and self.random.random() < self.rate:
                 kind = self.random.choice(self.kinds)
                 self.counts[kind] += 1
