@@ -118,7 +118,9 @@ def start_server(folder: Path, timeout: float = 60.0, owner: int | None = None) 
         "s3.port.lance": free_port(),
     }
     args = [weed, "mini", f"-dir={folder / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-            f"-s3.config={folder / 's3.json'}", "-admin.ui=false", "-webdav=false"]  # fmt: skip
+            f"-s3.config={folder / 's3.json'}", "-admin.ui=false", "-webdav=false",
+            # no anonymous statistics to telemetry.seaweedfs.com: nothing leaves 127.0.0.1
+            "-master.telemetry=false"]  # fmt: skip
     args += [f"-{name}={port}" for name, port in ports.items()]
     log = open(folder / "weed.log", "wb")  # noqa: SIM115 (the server's own log, kept for a failing test)
     if owner is None:
