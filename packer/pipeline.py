@@ -237,14 +237,15 @@ def _run(
 def published_files(config: PackConfig) -> dict[str, Path]:
     """The pack's tree as published: the shards folder, and the files beside stats.json by their
     published names (splits.json and label_taxonomy.json wherever --splits and --label-taxonomy put them)."""
-    beside = {name: config.stats.parent / name for name in ROOT_FILES}
-    beside |= {
+    beside = {
         "label_taxonomy.json": config.label_taxonomy,
         "splits.json": config.splits,
         "README.md": card_path(config.stats),
-        "stats.json": config.stats,
+        "report.html": config.stats.parent / "report.html",
         "failures.jsonl": config.failures_log,
+        "stats.json": config.stats,
     }
+    assert set(beside) == set(ROOT_FILES)
     return pack_files(config.output_dir, beside)
 
 

@@ -22,7 +22,6 @@ import argparse
 import hashlib
 import json
 import os
-import re
 import socket
 import sys
 import threading
@@ -34,7 +33,7 @@ from typing import Any
 
 from . import __version__
 from .config import InputError, OutputError
-from .guard import INCOMPLETE, META_FILE, SPLIT_DIRS, OutputLock, _is_packer_file, error_exit, inert
+from .guard import INCOMPLETE, META_FILE, SPLIT_DIRS, SPLIT_FILE, OutputLock, _is_packer_file, error_exit, inert
 from .remote import MANIFEST
 from .storage import (
     MIN_PART_SIZE,
@@ -54,25 +53,32 @@ MARKER_TEXT = "published by packer: every object under this prefix is packer's a
 CONTROL = (MANIFEST, LOCK, MARKER)
 FORMAT = "packer-published/1"
 ROOT_FILES = ("label_taxonomy.json", "splits.json", "README.md", "report.html", "failures.jsonl", "stats.json")
-_SPLITS = "|".join(SPLIT_DIRS)
-_META = META_FILE.pattern.replace(r"(\.tmp)?", "").replace(r"(-journal|-wal|-shm)?", "")
-SPLIT_OBJECT = re.compile(r"(shard|text|video)-\d{5}\.tar(\.idx)?|index(\.images|\.text|\.video)?\.json")
-# Every name packer publishes under a prefix (relative to it), besides the CONTROL objects.
-PUBLISHED_NAME = re.compile(
-    rf"(?:{'|'.join(re.escape(n) for n in ROOT_FILES)})"
-    rf"|shards/samples\.parquet|shards/\.nv-meta/(?:{_META})"
-    rf"|shards/(?:{_SPLITS})/(?:{SPLIT_OBJECT.pattern})"
-)
+# What a run leaves only while it writes (temporaries, SQLite's side files): never published.
+TRANSIENT = (".tmp", "-journal", "-wal", "-shm")
 SHOWN = 5  # foreign objects named in a refusal
+
+
+def published_name(relative: str) -> bool:
+    """Whether a key (relative to the prefix) is one packer publishes, besides the CONTROL objects:
+    a file beside stats.json, the catalog, or a name of guard.py's split or energon patterns."""
+    if relative in ROOT_FILES or relative == "shards/samples.parquet":
+        return True
+    folder, _, name = relative.rpartition("/")
+    if name.endswith(TRANSIENT):
+        return False
+    if folder == "shards/.nv-meta":
+        return bool(META_FILE.fullmatch(name))
+    split = folder.removeprefix("shards/")
+    return folder.startswith("shards/") and split in SPLIT_DIRS and bool(SPLIT_FILE.fullmatch(name))
 
 
 def phase_of(relative: str) -> int:
     """Upload order: the shards (0); what describes them: their indexes, the catalog, energon's
     metadata, the card, report, splits, taxonomy and failures (1); stats.json (2), the verdict on
-    all of it. (published.json comes after, alone.)"""
+    all of it. (published.json comes after, alone.) Only shards end in `.tar` among published names."""
     if relative == "stats.json":
         return 2
-    return 0 if re.fullmatch(rf"shards/(?:{_SPLITS})/[^/]*\.tar", relative) else 1
+    return 0 if relative.endswith(".tar") else 1
 
 
 def pack_files(shards: Path, beside: dict[str, Path]) -> dict[str, Path]:
@@ -94,13 +100,13 @@ def pack_files(shards: Path, beside: dict[str, Path]) -> dict[str, Path]:
         folder = shards / split
         if folder.is_dir() and not folder.is_symlink():
             for entry in sorted(folder.iterdir()):
-                if SPLIT_OBJECT.fullmatch(entry.name):
+                if published_name(f"shards/{split}/{entry.name}"):
                     take(f"shards/{split}/{entry.name}", entry)
     take("shards/samples.parquet", shards / "samples.parquet")
     meta = shards / ".nv-meta"
     if meta.is_dir() and not meta.is_symlink():
         for entry in sorted(meta.iterdir()):
-            if PUBLISHED_NAME.fullmatch(f"shards/.nv-meta/{entry.name}"):
+            if published_name(f"shards/.nv-meta/{entry.name}"):
                 take(f"shards/.nv-meta/{entry.name}", entry)
     return files
 
@@ -210,9 +216,9 @@ class BucketLock:
 
 def check_ownership(store: Store, listing: dict[str, tuple[int, str]]) -> None:
     """The prefix is empty, or packer's: it holds the `.packer` object and nothing but packer's names."""
-    foreign = sorted(k for k in listing if k not in CONTROL and not PUBLISHED_NAME.fullmatch(k))
-    if not foreign and listing and MARKER not in listing and set(listing) - set(CONTROL):
-        foreign = sorted(k for k in listing if k not in CONTROL)
+    foreign = sorted(k for k in listing if k not in CONTROL and not published_name(k))
+    if not foreign and MARKER not in listing:  # packer's names, but not under packer's mark
+        foreign = sorted(set(listing) - set(CONTROL))
     if foreign:
         shown = ", ".join(inert(store.url.of(k)) for k in foreign[:SHOWN])
         more = f" and {len(foreign) - SHOWN} more" if len(foreign) > SHOWN else ""
@@ -278,15 +284,14 @@ class Publisher:
     def open(self) -> None:
         self.store = Store(self.url, self.options)
         self.lock = BucketLock(self.store)
-        self.store.check()
-        self.listing = self.store.listing()
+        self.listing = self.store.listing()  # a bad credential, bucket or endpoint fails here (exit 3)
         check_ownership(self.store, self.listing)
         self.lock.acquire(self.break_lock)
         try:
             self.listing = self.store.listing()  # as it is now that the prefix is ours
             check_ownership(self.store, self.listing)
             for relative, upload_id in self.store.unfinished_uploads():
-                if PUBLISHED_NAME.fullmatch(relative):  # left by a killed publish
+                if published_name(relative):  # left by a killed publish
                     self.store.abort(relative, upload_id)
         except BaseException:
             self.lock.release()
@@ -377,7 +382,7 @@ class Publisher:
         metadata packer puts on every object it uploads. Anything else is left and named."""
         removed = []
         for relative in sorted(listed):
-            if relative in kept or relative in CONTROL or not PUBLISHED_NAME.fullmatch(relative):
+            if relative in kept or relative in CONTROL or not published_name(relative):
                 continue
             head = self.store.head(relative)
             if head is not None and "packer-sha256" in head.get("Metadata", {}):

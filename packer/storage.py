@@ -330,10 +330,6 @@ class Store:
                 time.sleep(self.retry.delay(attempt))
         raise AssertionError("unreachable")
 
-    def check(self) -> None:
-        """The bucket exists and this identity may list it (a permanent error is StorageError)."""
-        self.call("list_objects_v2", None, Bucket=self.url.bucket, Prefix=self.url.key(""), MaxKeys=1)
-
     def listing(self) -> dict[str, tuple[int, str]]:
         """relative key -> (size, ETag without quotes), for every object under the prefix."""
         out: dict[str, tuple[int, str]] = {}
@@ -376,13 +372,15 @@ class Store:
         body: bytes,
         metadata: dict[str, str] | None = None,
         if_none_match: bool = False,
+        md5: bytes | None = None,
     ) -> str:
-        """Put a small object whole (Content-MD5 checked by the store); returns its ETag."""
+        """Put an object whole, with its Content-MD5 (`md5`, else computed), which the store checks;
+        returns its ETag."""
         kwargs: dict[str, Any] = {
             "Bucket": self.url.bucket,
             "Key": self.url.key(relative),
             "Body": body,
-            "ContentMD5": base64.b64encode(hashlib.md5(body).digest()).decode(),
+            "ContentMD5": base64.b64encode(md5 or hashlib.md5(body).digest()).decode(),
             "ContentType": content_type(relative),
             "Metadata": metadata or {},
         }
@@ -409,7 +407,10 @@ class Store:
         try:
             if len(digest.part_md5) == 1:
                 body = os.pread(fd, digest.size + 1, 0)
-                etag = self._put_file(relative, body, digest, metadata)
+                if len(body) != digest.size:
+                    raise StorageError(f"{self.url.of(relative)}: the local file changed while publishing: rerun")
+                # The digest's MD5, not the bytes read now: a file changed since is refused by the store.
+                etag = self.put(relative, body, metadata, md5=digest.part_md5[0])
             else:
                 etag = self._multipart(relative, fd, digest, metadata, part_size)
         finally:
@@ -419,20 +420,6 @@ class Store:
                 f"{self.url.of(relative)}: the store answered ETag {inert(etag)} where {digest.etag} was sent "
                 "(changed while publishing?): rerun"
             )
-
-    def _put_file(self, relative: str, body: bytes, digest: FileDigest, metadata: dict[str, str]) -> None:
-        if len(body) != digest.size:
-            raise StorageError(f"{self.url.of(relative)}: the local file changed while publishing: rerun")
-        return self.call(
-            "put_object",
-            relative,
-            Bucket=self.url.bucket,
-            Key=self.url.key(relative),
-            Body=body,
-            ContentMD5=base64.b64encode(digest.part_md5[0]).decode(),
-            ContentType=content_type(relative),
-            Metadata=metadata,
-        )["ETag"].strip('"')
 
     def _multipart(self, relative: str, fd: int, digest: FileDigest, metadata: dict[str, str], part_size: int) -> str:
         key = self.url.key(relative)
