@@ -20,7 +20,7 @@ import tarfile
 from typing import Any
 
 from .images import DIGEST_CHUNK
-from .shards import END_OF_ARCHIVE, plain_header
+from .shards import END_OF_ARCHIVE, open_regular, plain_header
 
 
 def source_facts(path: str) -> dict[str, Any] | None:
@@ -52,11 +52,8 @@ def read_members(
     fd = open_shards.get(path) if open_shards is not None else None
     if fd is None:
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            fd = open_regular(path)
         except (OSError, ValueError):
-            return None
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            os.close(fd)
             return None
         if open_shards is not None:
             open_shards[path] = fd

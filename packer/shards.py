@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import os
+import stat
 import tarfile
 from pathlib import Path
 
@@ -173,6 +174,16 @@ def copy_range(src: int, offset: int, size: int, dst: int) -> None:
         if n == 0:
             raise OSError(errno.EIO, f"a chunk file ended {end - offset} bytes early")
         offset += n
+
+
+def open_regular(path: str | Path) -> int:
+    """A read-only descriptor of a regular file reached without a link (O_NOFOLLOW), never blocking
+    on a pipe or device (O_NONBLOCK); OSError for anything else."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file", str(path))
+    return fd
 
 
 def write_atomic(path: Path, data: bytes) -> None:

@@ -34,6 +34,7 @@ from urllib.parse import urlsplit
 
 from .config import InputError, OutputError
 from .guard import inert
+from .shards import open_regular
 
 
 def _botocore() -> Any:
@@ -175,15 +176,6 @@ class FileDigest:
         if len(self.part_md5) == 1:
             return self.part_md5[0].hex()
         return f"{hashlib.md5(b''.join(self.part_md5)).hexdigest()}-{len(self.part_md5)}"
-
-
-def open_regular(path: Path) -> int:
-    """A read-only descriptor of a regular file, never through a link (O_NOFOLLOW), or OSError."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
-    if not os.path.stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise OSError(21, "not a regular file", str(path))
-    return fd
 
 
 def digest_file(path: Path, part_size: int = PART_SIZE) -> FileDigest:
