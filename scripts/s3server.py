@@ -33,9 +33,18 @@ def weed_binary() -> str | None:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port on 127.0.0.1 whose +10000 is free too: weed serves gRPC at each port + 10000, so
+    a port from the kernel's ephemeral range (up to 60999) could give an invalid or taken one."""
+    rng = random.SystemRandom()
+    while True:
+        port = rng.randrange(20000, 45000)
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + 10000))
+            return port
+        except OSError:
+            continue
 
 
 def _die_with_parent() -> None:
@@ -96,7 +105,22 @@ class S3Server:
 def start_server(folder: Path, timeout: float = 60.0, owner: int | None = None) -> S3Server:
     """`weed mini` on 127.0.0.1, ready to serve. It dies with this process, or, given `owner` (a
     pid), with that process instead (a shell watches it every second): a test session's workers
-    share one server that outlives the worker that started it."""
+    share one server that outlives the worker that started it. A server that exits at once (a port
+    taken between its choice and the bind) is started again on other ports, twice at most."""
+    for attempt in range(3):
+        try:
+            return _start_server(folder / f"try{attempt}" if attempt else folder, timeout, owner)
+        except ServerExited:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+class ServerExited(RuntimeError):
+    """weed mini ended before it served."""
+
+
+def _start_server(folder: Path, timeout: float, owner: int | None) -> S3Server:
     weed = weed_binary()
     assert weed is not None
     folder.mkdir(parents=True, exist_ok=True)
@@ -140,9 +164,11 @@ def start_server(folder: Path, timeout: float = 60.0, owner: int | None = None) 
             client.list_buckets()
             return server
         except Exception:
-            if process.poll() is not None or time.monotonic() > deadline:
+            exited = process.poll() is not None
+            if exited or time.monotonic() > deadline:
                 server.stop()
-                raise RuntimeError(f"weed mini did not start: {(folder / 'weed.log').read_text()[-2000:]}") from None
+                why = f"weed mini did not start: {(folder / 'weed.log').read_text()[-2000:]}"
+                raise (ServerExited if exited else RuntimeError)(why) from None
             time.sleep(0.2)
 
 
