@@ -14,6 +14,7 @@ from pathlib import Path
 from .config import InputError, OutputError, PackConfig
 from .guard import error_exit
 from .pool import BACKENDS
+from .storage import is_url
 
 
 def positive_int(text: str) -> int:
@@ -39,8 +40,8 @@ def ratios(text: str) -> tuple[float, float, float]:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pack-examples", description="Pack a manifest and its OCR into WebDataset shards.")
-    p.add_argument("--manifest", type=Path, required=True, help="Step-2 data_manifest.jsonl")
-    p.add_argument("--ocr", type=Path, default=None, help="Step-2 ocr.jsonl (optional)")
+    p.add_argument("--manifest", type=location, required=True, help="Step-2 data_manifest.jsonl (a path or s3:// URL)")
+    p.add_argument("--ocr", type=location, default=None, help="Step-2 ocr.jsonl (optional; a path or s3:// URL)")
     p.add_argument("--output-dir", type=Path, required=True, help="shards go to <dir>/{train,val,test}/")
     p.add_argument(
         "--label-taxonomy",
@@ -110,7 +111,9 @@ def parser() -> argparse.ArgumentParser:
         "--fresh", action="store_true", help="start over even where an interrupted run of the same inputs could resume"
     )
     video = p.add_argument_group("videos and speech (manifest rows with video_path; Step 2B's ASR file)")
-    video.add_argument("--asr", type=Path, default=None, help="Step_2B/asr.jsonl: Whisper-style segments per clip")
+    video.add_argument(
+        "--asr", type=location, default=None, help="Step_2B/asr.jsonl: Whisper-style segments per clip (or s3:// URL)"
+    )
     video.add_argument(
         "--video-frames",
         type=positive_int,
@@ -156,13 +159,18 @@ def parser() -> argparse.ArgumentParser:
         "--storage-options",
         default=None,
         metavar="JSON",
-        help="for --publish: s3fs-style options (key, secret, token, profile, endpoint_url, client_kwargs, "
-        "config_kwargs); default: the AWS chain and AWS_ENDPOINT_URL",
+        help="for s3:// inputs and --publish: s3fs-style options (key, secret, token, profile, endpoint_url, "
+        "client_kwargs, config_kwargs); default: the AWS chain and AWS_ENDPOINT_URL",
     )
     p.add_argument(
         "--report-sample", type=int, default=48, metavar="N", help="examples per split on report.html's contact sheets"
     )
     return p
+
+
+def location(text: str) -> Path | str:
+    """An input file's location: a local path, or a URL as written (a Path would fold its `//`)."""
+    return text if is_url(text) else Path(text)
 
 
 def config_from_args(args: argparse.Namespace) -> PackConfig:

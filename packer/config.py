@@ -27,7 +27,17 @@ SET_NORMALIZE = ("lower",)
 
 # PackConfig fields that change how a run executes, never a byte of its output.
 # Publishing (where the finished pack goes, and the storage options, which may hold a secret) is among them.
-EXECUTION_ONLY = ("workers", "backend", "scheduler", "fresh", "reuse_from", "no_reuse", "publish", "storage_options")
+EXECUTION_ONLY = (
+    "workers",
+    "backend",
+    "scheduler",
+    "fresh",
+    "reuse_from",
+    "no_reuse",
+    "publish",
+    "storage_options",
+    "staged",
+)
 
 
 class InputError(Exception):
@@ -41,7 +51,7 @@ class OutputError(Exception):
 
 @dataclass(frozen=True)
 class PackConfig:
-    manifest: Path
+    manifest: Path  # a URL (str) until the run stages it
     ocr: Path | None
     output_dir: Path
     label_taxonomy: Path
@@ -83,7 +93,10 @@ class PackConfig:
     no_reuse: bool = False
     # --publish s3://bucket/prefix: each shard uploaded once final, the rest once the pack is complete.
     publish: str | None = None
-    storage_options: str | None = None  # s3fs-style JSON (packer.storage)
+    storage_options: str | None = None  # s3fs-style JSON (packer.storage), for s3:// inputs and --publish
+    # Input files given as s3:// URLs are read from local copies (objects.stage): (copy, URL) pairs.
+    # The URLs are what the run records and names in its messages.
+    staged: tuple[tuple[str, str], ...] = ()
 
     @property
     def failures_log(self) -> Path:
@@ -92,7 +105,18 @@ class PackConfig:
     def to_json(self) -> dict[str, Any]:
         """What decides the output (recorded in stats.json): not how the run was executed, so that
         runs on any number of workers, on loky or Dask, resumed or not, write the same stats."""
-        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items() if k not in EXECUTION_ONLY}
+        urls = dict(self.staged)
+        return {
+            k: urls.get(str(v), str(v)) if isinstance(v, Path) else v
+            for k, v in asdict(self).items()
+            if k not in EXECUTION_ONLY
+        }
+
+    def named(self, text: str) -> str:
+        """`text` (a message) with each staged copy's path replaced by its URL."""
+        for copy, url in self.staged:
+            text = text.replace(copy, url)
+        return text
 
 
 @dataclass(frozen=True)

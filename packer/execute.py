@@ -19,16 +19,18 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
 from .guard import create_exclusive
 from .images import ImageFailure, encode_image
+from .objects import Objects, Prefetch, objects_for
 from .reuse import reused_image, source_facts
 from .shards import SERIES, ShardWriter, sample_bytes, series_of
 from .specs import ChunkResult, ChunkSpec, SampleOutcome, SampleSpec
 from .state import ClosedShard, Progress, RunState
+from .storage import StorageError, is_url
 from .video import VideoSettings, encode_clip
 
 if TYPE_CHECKING:
@@ -41,6 +43,14 @@ class ImageSettings:
     quality: int
     max_pixels: int
     video: VideoSettings = VideoSettings()  # clips: how many frames, and the bounds of one decode
+    # Storage options for s3:// images and clips (objects.worker_options); None when the run has none.
+    storage: dict | None = None
+
+    @property
+    def object_limit(self) -> int:
+        """The most bytes a worker fetches of one image object: 4 bytes per pixel of the pixel bound
+        (an image within it is no larger, uncompressed), and 1 MiB of headers."""
+        return 4 * self.max_pixels + (1 << 20)
 
 
 @dataclass
@@ -107,12 +117,42 @@ def reuse_of(spec: SampleSpec, open_shards: dict[str, int]) -> tuple[bytes, dict
 
 
 @contextmanager
-def closing_all(fds: dict[str, int]) -> Iterator[None]:
+def closing_all(fds: dict[str, int], prefetch: Prefetch | None = None) -> Iterator[None]:
     try:
         yield
     finally:
         for fd in fds.values():
             os.close(fd)
+        if prefetch is not None:
+            prefetch.close()
+
+
+def fetched_image(spec: SampleSpec, objects: Objects, prefetch: Prefetch, limit: int) -> tuple[bytes, dict[str, Any]]:
+    """An image object's bytes and its source facts (SHA-256, size, last-modified, ETag as the
+    inode), or ImageFailure as a file would fail: missing, refused, or over the byte bound."""
+    url = spec.image_path
+    assert url is not None
+    try:
+        # Prefetched unless a reuse was planned (and its JPEG then failed its check).
+        got = prefetch.take(url) if spec.reuse is None else objects.fetch(url, limit)
+    except StorageError as exc:
+        raise ImageFailure("image_unreadable", str(exc)) from None
+    if got is None:
+        raise ImageFailure("image_missing", url)
+    data, facts = got
+    if len(data) > limit:
+        raise ImageFailure("image_too_large", f"{url}: over {limit} bytes (4 per pixel of --max-image-pixels)")
+    digest = hashlib.sha256(data).hexdigest()
+    return data, {"sha256": digest, "size": len(data), "mtime_ns": facts.st_mtime_ns, "inode": facts.st_ino}
+
+
+def wanted_objects(specs: list[SampleSpec]) -> list[tuple[str, int | None]]:
+    """The image objects of a chunk its worker fetches ahead: every s3:// image with no planned reuse."""
+    return [
+        (s.image_path, s.object_size)
+        for s in specs
+        if s.video_path is None and s.image_path is not None and s.reuse is None and is_url(s.image_path)
+    ]
 
 
 def pack_chunk(chunk: ChunkSpec, chunk_path: str | None, settings: ImageSettings) -> ChunkResult:
@@ -120,18 +160,28 @@ def pack_chunk(chunk: ChunkSpec, chunk_path: str | None, settings: ImageSettings
     no path, return them with the result (a Dask worker on another machine)."""
     outcomes = []
     open_shards: dict[str, int] = {}  # the earlier pack's shards this chunk reuses from, open while it runs
+    specs = chunk.samples()
+    objects = objects_for(settings.storage) if settings.storage is not None else None
+    limit = settings.object_limit
+    prefetch = Prefetch(objects, wanted_objects(specs), limit) if objects is not None else None
     with (
         os.fdopen(create_exclusive(Path(chunk_path)), "wb") if chunk_path else io.BytesIO() as out,
-        closing_all(open_shards),
+        closing_all(open_shards, prefetch),
     ):
-        for spec in chunk.samples():
+        for spec in specs:
             members = {"txt": spec.text.encode("utf-8")}
             image = near_hash = video = source = None
             reused = False
             if spec.video_path is not None:
                 try:
                     clip = encode_clip(
-                        spec.video_path, settings.size, settings.quality, settings.max_pixels, settings.video
+                        spec.video_path,
+                        settings.size,
+                        settings.quality,
+                        settings.max_pixels,
+                        settings.video,
+                        objects,
+                        spec.object_size,
                     )
                 except ImageFailure as exc:
                     outcomes.append(SampleOutcome(spec.id, "failed", reason=exc.reason, detail=exc.detail))
@@ -145,9 +195,15 @@ def pack_chunk(chunk: ChunkSpec, chunk_path: str | None, settings: ImageSettings
                 near_hash, reused = spec.reuse["dhash"], True
                 source = {k: spec.reuse[f"source_{k}"] for k in SOURCE_FACTS}
             elif spec.image_path is not None:
-                source = source_facts(spec.image_path)  # read once here; the decode then reads the page cache
                 try:
-                    encoded = encode_image(spec.image_path, settings.size, settings.quality, settings.max_pixels)
+                    if objects is not None and prefetch is not None and is_url(spec.image_path):
+                        data, source = fetched_image(spec, objects, prefetch, limit)
+                    else:
+                        # Read once here; the decode then reads the page cache.
+                        data, source = None, source_facts(spec.image_path)
+                    encoded = encode_image(
+                        spec.image_path, settings.size, settings.quality, settings.max_pixels, data=data
+                    )
                 except ImageFailure as exc:
                     outcomes.append(SampleOutcome(spec.id, "failed", reason=exc.reason, detail=exc.detail))
                     continue

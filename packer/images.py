@@ -14,9 +14,14 @@ import zlib
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image, ImageFile
+
+from .storage import is_url
+
+if TYPE_CHECKING:
+    from .objects import Objects
 
 # A truncated file is an error to report, never a silently grey-padded image.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -83,9 +88,12 @@ def dhash(image: Image.Image) -> int:
     return bits
 
 
-def file_digest(path: str) -> str | None:
+def file_digest(path: str, objects: Objects | None = None) -> str | None:
     """SHA-256 of a file's bytes (exact duplicates, groups, the audit); None when it cannot be read.
-    SHA-256 runs at about 2 GB/s with the CPU's SHA extensions, faster than blake2b here."""
+    SHA-256 runs at about 2 GB/s with the CPU's SHA extensions, faster than blake2b here. A URL is
+    an object of `objects`, fetched whole."""
+    if objects is not None and is_url(path):
+        return objects.digest(path)
     digest = hashlib.sha256()
     try:
         with open(path, "rb") as handle:
@@ -96,28 +104,31 @@ def file_digest(path: str) -> str | None:
     return digest.hexdigest()
 
 
-def fingerprint(paths: list[str], workers: int) -> dict[str, str | None]:
+def fingerprint(paths: list[str], workers: int, objects: Objects | None = None) -> dict[str, str | None]:
     """A key per image file that is equal exactly when the bytes are: None when it cannot be read.
 
     Two files can only hold the same bytes if they have the same size, so a file whose size no
     other file has is keyed by its size, from one stat(); only files sharing a size are read and
     hashed (SHA-256). Meme corpora rarely repeat a size but for real copies, so the images are
     read once, by the workers, instead of twice. On `workers` threads of the parent: stat, file
-    reads and hashlib release the GIL, so this scales without waiting for the pool to start.
+    reads and hashlib release the GIL, so this scales without waiting for the pool to start. URLs
+    are objects of `objects`: their sizes come from a listing, and shared sizes are fetched and hashed.
     """
-    stats = stat_many(paths, workers)
+    stats = stat_many(paths, workers, objects)
     sizes = {p: st.st_size if st is not None and stat.S_ISREG(st.st_mode) else None for p, st in stats.items()}
     seen = Counter(sizes.values())
     shared = [p for p, size in sizes.items() if size is not None and seen[size] > 1]
     with ThreadPoolExecutor(max_workers=max(1, workers)) as threads:
-        digests = dict(zip(shared, threads.map(file_digest, shared)))
+        digests = dict(zip(shared, threads.map(lambda p: file_digest(p, objects), shared)))
     return {p: digests[p] if p in digests else None if size is None else f"size:{size}" for p, size in sizes.items()}
 
 
-def stat_many(paths: list[str], workers: int) -> dict[str, os.stat_result | None]:
+def stat_many(paths: list[str], workers: int, objects: Objects | None = None) -> dict[str, Any]:
     """stat() of every distinct path (None where it fails), sorted by path. On `workers` threads
     (stat releases the GIL: a cold cache or a network file system waits in parallel), each taking
-    one contiguous slice: a task per file would cost ten times the stat itself."""
+    one contiguous slice: a task per file would cost ten times the stat itself. With `objects`,
+    each URL's answer is its ObjectFacts (size, last-modified, ETag), found by listing."""
+    remote = objects.facts([p for p in set(paths) if is_url(p)]) if objects is not None else {}
 
     def batch(part: list[str]) -> list[os.stat_result | None]:
         out: list[os.stat_result | None] = []
@@ -128,12 +139,12 @@ def stat_many(paths: list[str], workers: int) -> dict[str, os.stat_result | None
                 out.append(None)
         return out
 
-    unique = sorted(set(paths))
+    unique = sorted(set(paths) - set(remote))
     step = max(1, -(-len(unique) // max(1, workers)))
     parts = [unique[i : i + step] for i in range(0, len(unique), step)]
     with ThreadPoolExecutor(max_workers=max(1, len(parts))) as threads:
         results = [st for part in threads.map(batch, parts) for st in part]
-    return dict(zip(unique, results))
+    return dict(sorted({**dict(zip(unique, results)), **remote}.items()))
 
 
 def to_rgb_or_rgba(image: Image.Image) -> Image.Image:
@@ -202,7 +213,7 @@ def _optional(name: str) -> Any:
     return _optional_modules[name]
 
 
-def spng_pixels(image: Image.Image, handle: io.BufferedReader, inflate: bool = True) -> Image.Image | None:
+def spng_pixels(image: Image.Image, handle: io.BufferedReader | io.BytesIO, inflate: bool = True) -> Image.Image | None:
     """The PNG's pixels decoded by libspng, in the mode to_rgb_or_rgba gives for Pillow's: None
     where libspng would not give Pillow's pixels, where the file carries EXIF (Pillow must read it,
     and reading it decodes the image) or any damage (png_for_spng), or where libspng refuses the
@@ -359,6 +370,7 @@ def encode_image(
     reducing_gap: float | None = None,
     decoder: str | None = None,
     clock: Clock = OFF,
+    data: bytes | None = None,
 ) -> EncodedImage:
     """Open, orient, convert, squash-resize to size x size, encode as JPEG.
 
@@ -367,7 +379,8 @@ def encode_image(
     384x384 result: squashing to a square commutes with the 8 orientations, so this equals orienting
     the source, without copying a full-size image. PNG pixels come from libspng where it gives
     Pillow's (spng_pixels). The keyword arguments exist for the profiler's comparisons; packer uses
-    the defaults (`decoder`: png_decoder()).
+    the defaults (`decoder`: png_decoder()). `data`: the image's bytes, already fetched (an object
+    of a bucket): decoded exactly as the file would be.
     """
     Image.MAX_IMAGE_PIXELS = max_pixels
     decoder = decoder or png_decoder()
@@ -375,7 +388,8 @@ def encode_image(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with open_regular(path) as handle, Image.open(handle) as image:
+            source = io.BytesIO(data) if data is not None else open_regular(path)
+            with source as handle, Image.open(handle) as image:
                 orig_format = image.format or "unknown"
                 image.seek(0)  # first frame of a GIF / animated WebP
                 # libspng first: for a PNG, Pillow's getexif() would decode the image itself.

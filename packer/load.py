@@ -14,6 +14,7 @@ from typing import Any
 import polars as pl
 
 from .config import InputError, Taxonomy
+from .guard import inert
 
 REQUIRED = {"id": str, "dataset": str}
 OPTIONAL_STR = ("split", "image_path", "video_path", "text_raw", "lang")
@@ -238,6 +239,29 @@ def check_unique_ids(frame: pl.DataFrame, path: Path) -> None:
         shown = ", ".join(f"'{i}' (line {lines[r]})" for i, r in zip(dupes["id"], dupes["row"]))
         count = dupes["id"].n_unique()
         raise InputError(f"{path}: field 'id': {count} id(s) appear more than once: {shown[:2000]}")
+
+
+URL = r"^[A-Za-z][A-Za-z0-9+.-]*://"
+S3_OBJECT = r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/."
+
+
+def check_locations(frame: pl.DataFrame, path: Path) -> None:
+    """Every image_path and video_path given as a URL is an s3://bucket/key URL (any S3-compatible
+    store), or an InputError naming the line and the field: a scheme packer does not read would
+    otherwise fail every example that names it."""
+    from .objects import split_url
+
+    for field in ("image_path", "video_path"):
+        value = pl.col(field)
+        bad = frame.filter(value.str.contains(URL) & ~value.str.contains(S3_OBJECT)).head(1)
+        for row, url in bad.select("row", field).iter_rows():
+            try:
+                split_url(url)
+                problem = f"{inert(url)}: not an s3://bucket/key URL of an object"
+            except InputError as exc:
+                problem = str(exc)
+            line = line_numbers(path, [row]).get(row, "?")
+            raise InputError(f"{path}: line {line}: field '{field}': {problem}")
 
 
 def check_ocr(frame: pl.DataFrame, path: Path | None) -> None:

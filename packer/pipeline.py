@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,7 @@ from .guard import (
     remove_previous,
 )
 from .images import fingerprint
+from .objects import Objects, stage, worker_options
 from .plan import (
     Plan,
     build_plan,
@@ -66,6 +68,7 @@ from .report.html import ReportWarmer, build_report
 from .report.stats import json_bytes
 from .shards import write_atomic, write_shard_index
 from .state import Progress, RunState, difference, file_digest, identity, images_digest, text_digest
+from .storage import is_url, parse_options
 from .video import VideoSettings
 
 
@@ -95,11 +98,8 @@ def output_paths(config: PackConfig) -> dict[str, Path]:
 def check_outputs(config: PackConfig) -> None:
     """Before anything changes: the run may write every output path (guard.py), or InputError."""
     outputs = output_paths(config)
-    inputs = {
-        "manifest": config.manifest,
-        **({"OCR file": config.ocr} if config.ocr else {}),
-        **({"ASR file": config.asr} if config.asr else {}),
-    }
+    files = {"manifest": config.manifest, "OCR file": config.ocr, "ASR file": config.asr}
+    inputs = {name: path for name, path in files.items() if isinstance(path, Path)}  # not a URL
     check_no_overlap(outputs, inputs)
     check_shard_folder(config.output_dir)
     for name, kind, flag in (
@@ -122,6 +122,7 @@ def run(config: PackConfig) -> tuple[int, dict[str, Any]]:
     # Before anything starts or changes: the outputs are packer's to write, and this run is the
     # folder's only writer.
     check_outputs(config)
+    objects = Objects(parse_options(config.storage_options))  # s3:// inputs (nothing is asked until one is read)
     # --publish: the prefix is checked (packer's or empty, the store reachable) and its lock taken
     # before anything changes here or there.
     publisher = Publisher(config.publish, config.storage_options) if config.publish else None
@@ -140,10 +141,13 @@ def run(config: PackConfig) -> tuple[int, dict[str, Any]]:
     # (ReportWarmer): never while the parent plans.
     warmer = ReportWarmer()
     try:
-        return _run(config, pool, warmer, publisher)
+        with tempfile.TemporaryDirectory(prefix="packer-inputs-") as staging:
+            config = stage_inputs(config, objects, Path(staging))
+            return _run(config, pool, warmer, publisher, objects)
     except (InputError, OutputError) as exc:
         # A clean stop: what started during planning is shut down before exiting, and an input
         # error leaves nothing behind that this run created (the chart engine ends in `finally`).
+        exc.args = (config.named(str(exc)),)  # an input file's URL, not its local copy
         pool.close()
         if isinstance(exc, InputError) or (publisher is not None and not publisher.opened):
             lock.undo()  # nothing was written: the prefix was refused or unreachable (exit 2 or 3)
@@ -156,9 +160,27 @@ def run(config: PackConfig) -> tuple[int, dict[str, Any]]:
             publisher.close()  # a no-op once it finished; else pending uploads stop and the lock goes
 
 
+def stage_inputs(config: PackConfig, objects: Objects, folder: Path) -> PackConfig:
+    """The configuration with each input file given as a URL read from a local copy in `folder`."""
+    copies: dict[str, Path] = {}
+    for field, name in (("manifest", "manifest"), ("ocr", "OCR file"), ("asr", "ASR file")):
+        url = getattr(config, field)
+        if isinstance(url, str):
+            copies[field] = stage(url, folder / f"{field}.jsonl", name, objects)
+    if not copies:
+        return config
+    staged = tuple((str(copies[f]), getattr(config, f)) for f in copies)
+    return replace(config, **copies, staged=staged)
+
+
 def _run(
-    config: PackConfig, pool: Pool, warmer: ReportWarmer, publisher: Publisher | None = None
+    config: PackConfig,
+    pool: Pool,
+    warmer: ReportWarmer,
+    publisher: Publisher | None = None,
+    objects: Objects | None = None,
 ) -> tuple[int, dict[str, Any]]:
+    objects = objects or Objects()
     timings: dict[str, float] = {}
     start = time.perf_counter()
     taxonomy_path = config.label_taxonomy
@@ -182,18 +204,18 @@ def _run(
     timings["load"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    plan = build_plan(config, taxonomy, pinned, partial(fingerprint, workers=config.workers))
+    plan = build_plan(config, taxonomy, pinned, partial(fingerprint, workers=config.workers, objects=objects))
     # The image and video files to read (the safety checks, the resume identity and the workers' check).
     ok = plan.rows.filter(pl.col("status") == "ok")
     image_paths = pl.concat([ok["image_path"], ok["video_path"]]).drop_nulls().to_list()
-    check_images_outside(output_paths(config), image_paths)
+    check_images_outside(output_paths(config), [p for p in image_paths if not is_url(p)])
     ident = identity(
         config.to_json(),
         file_digest(config.manifest),
         file_digest(config.ocr),
         text_digest(taxonomy_text),
         text_digest(pins),
-        images_digest(image_paths, config.workers),
+        images_digest(image_paths, config.workers, objects),
         file_digest(config.asr),
     )
     progress = resume_point(state, previous, ident)
@@ -204,7 +226,7 @@ def _run(
         raise InputError(f"{config.reuse_from}: --reuse-from names this run's own pack: a re-pack reuses it as it is")
     encoder = encoder_identity(config.image_size, config.jpeg_quality, config.max_image_pixels)
     images_only = ok["image_path"].drop_nulls().to_list()
-    matches = match_images(earlier, encoder, images_only, config.workers) if earlier is not None else None
+    matches = match_images(earlier, encoder, images_only, config.workers, objects) if earlier is not None else None
     timings["plan"] = time.perf_counter() - start
     if publisher is not None:
         publisher.wait_open()  # the prefix is packer's, and this run holds its lock
@@ -213,7 +235,20 @@ def _run(
     try:
         reuse = Reuse(earlier, matches, encoder, replaced)
         code, stats = write_run(
-            config, taxonomy, plan, image_paths, state, ident, pins, progress, pool, warmer, timings, reuse, publisher
+            config,
+            taxonomy,
+            plan,
+            image_paths,
+            state,
+            ident,
+            pins,
+            progress,
+            pool,
+            warmer,
+            timings,
+            reuse,
+            publisher,
+            objects,
         )
     except OSError as exc:
         where = exc.filename or config.output_dir
@@ -276,8 +311,11 @@ def write_run(
     timings: dict[str, float],
     reuse: Reuse | None = None,
     publisher: Publisher | None = None,
+    objects: Objects | None = None,
 ) -> tuple[int, dict[str, Any]]:
     reuse = reuse or Reuse(None, None, None, None)
+    objects = objects or Objects()
+    remote = any(is_url(p) for p in image_paths)
     out_dir = config.stats.parent
     out_dir.mkdir(parents=True, exist_ok=True)
     here = config.output_dir.resolve()
@@ -308,15 +346,18 @@ def write_run(
         print(f"packer: resuming: {progress.kept_shards} finished shards kept")
 
     video = VideoSettings(config.video_frames, config.max_video_seconds, config.video_timeout)
-    settings = ImageSettings(config.image_size, config.jpeg_quality, config.max_image_pixels, video)
+    storage = worker_options(config.storage_options) if remote else None
+    settings = ImageSettings(config.image_size, config.jpeg_quality, config.max_image_pixels, video, storage)
     total = samples_to_pack(plan.rows) - sum(len(o) for o in progress.outcomes.values())
     start = time.perf_counter()
     pool.ready()
     cpu = time.process_time()
-    pool.check_workers(image_paths)
+    # The workers are checked on files and on objects the plan found (a missing one fails alone).
+    pool.check_workers([p for p in image_paths if not is_url(p) or objects.known.get(p) is not None], storage)
     print(f"packer: image stage on {pool.describe()}")
     samples = ordered_samples(plan.rows)  # sorted once: for the shard cuts and the chunks alike
     samples = reuse_of(samples, located(reuse.matches, reuse.earlier) if reuse.matches is not None else None)
+    samples = with_object_sizes(samples, objects.known if remote else {})
     result = execute(
         iter_chunks(samples, guided_chunks(pool.workers, config.chunk_size), progress.start),
         total,
@@ -389,6 +430,16 @@ def write_run(
     remove_previous(config.output_dir)
     print(summary(stats))
     return (0 if all(stats["checks"].values()) else 1), stats
+
+
+def with_object_sizes(samples: pl.DataFrame, known: dict[str, Any]) -> pl.DataFrame:
+    """The samples with `object_size`: each s3:// image's or clip's size as the plan found it."""
+    sizes = pl.DataFrame(
+        {"media": list(known), "object_size": [f.st_size if f is not None else None for f in known.values()]},
+        schema={"media": pl.String, "object_size": pl.Int64},
+    )
+    media = pl.coalesce("video_path", "image_path").alias("media")
+    return samples.with_columns(media).join(sizes, on="media", how="left", maintain_order="left").drop("media")
 
 
 @dataclass

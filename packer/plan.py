@@ -25,6 +25,7 @@ from .labels import label_part
 from .load import (
     READ_ERRORS,
     check_asr,
+    check_locations,
     check_manifest,
     check_ocr,
     check_unique_ids,
@@ -269,6 +270,7 @@ def build_plan(
     # Every image (and clip) to pack gets a key equal exactly when its bytes are (see
     # execute.fingerprint): duplicates, groups and the leakage audit all compare images by it, and
     # two clips with the same bytes count as one image does.
+    check_locations(rows.filter(pl.col("status") == "ok"), config.manifest)
     to_key = rows.filter(pl.col("media_path").is_not_null() & (pl.col("status") == "ok"))["media_path"]
     image_keys = fingerprint(to_key.to_list()) if to_key.len() else {}
     key_frame = pl.DataFrame(

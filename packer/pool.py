@@ -94,14 +94,34 @@ def _ready() -> int:
 
 
 def _readable(path: str) -> bool:
+    """Whether this process can open the file (opened, not os.access: root's access() says yes to
+    any file, and a sandbox may refuse what the permissions allow)."""
     try:
-        return os.access(path, os.R_OK)
-    except ValueError:  # a NUL in the path
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except (OSError, ValueError):  # ValueError: a NUL in the path
         return False
+    os.close(fd)
+    return True
 
 
 def _missing(paths: list[str]) -> list[str]:
     return [p for p in paths if not _readable(p)]
+
+
+def _unreadable_objects(urls: list[str], options: dict[str, Any]) -> list[str]:
+    """Of these s3:// URLs, each this worker cannot read, with the store's reason."""
+    from .objects import objects_for
+    from .storage import StorageError
+
+    objects = objects_for(options)
+    out = []
+    for url in urls:
+        try:
+            if objects.head(url) is None:
+                out.append(f"{url} (no such object)")
+        except StorageError as exc:
+            out.append(str(exc))
+    return out
 
 
 def _build() -> dict[str, str]:
@@ -162,7 +182,7 @@ class LokyBackend:
     def start_failed(self, error: BaseException) -> BaseException:
         return error
 
-    def check_workers(self, paths: list[str]) -> None:
+    def check_workers(self, paths: list[str], storage: dict[str, Any] | None = None) -> None:
         """loky's workers are this machine's processes, started from this environment."""
 
     def describe(self) -> str:
@@ -227,9 +247,11 @@ class DaskBackend:
     def start_failed(self, error: BaseException) -> BaseException:
         return InputError(f"--scheduler {self.scheduler}: cannot connect: {error}")
 
-    def check_workers(self, paths: list[str]) -> None:
+    def check_workers(self, paths: list[str], storage: dict[str, Any] | None = None) -> None:
         """Every worker runs the same packer and Pillow as the parent (the JPEG bytes depend on
-        them) and can read a sample of the images the parent reads; else an InputError."""
+        them) and can read a sample of the images the parent reads, files under the same paths (a
+        shared filesystem) and s3:// objects with `storage` (no shared disk needed); else an
+        InputError."""
         mine = _build()
         try:
             builds = self.client.run(_build)
@@ -245,16 +267,28 @@ class DaskBackend:
                     f"dask worker {worker} runs {theirs}, this machine {mine}: start the workers from the same "
                     "environment (the encoded bytes depend on it)"
                 )
-        if not paths:
-            return
-        sample = [p for p in paths[:: max(1, len(paths) // 5)][:5] if _readable(p)]
-        for worker, missing in self.client.run(_missing, sample).items():
-            if missing:
-                raise InputError(
-                    f"dask worker {worker} cannot read {len(missing)} of {len(sample)} sampled images "
-                    f"(e.g. {missing[0]}): the workers need the images under the same paths as this machine "
-                    "(a shared filesystem)"
-                )
+        from .storage import is_url
+
+        local = [p for p in paths if not is_url(p)]
+        remote = [p for p in paths if is_url(p)]
+        if local:
+            sample = [p for p in local[:: max(1, len(local) // 5)][:5] if _readable(p)]
+            for worker, missing in self.client.run(_missing, sample).items():
+                if missing:
+                    raise InputError(
+                        f"dask worker {worker} cannot read {len(missing)} of {len(sample)} sampled images "
+                        f"(e.g. {missing[0]}): the workers need the local images under the same paths as this "
+                        "machine (a shared filesystem), or the images in a bucket (s3:// paths)"
+                    )
+        if remote:
+            sample = remote[:: max(1, len(remote) // 5)][:5]
+            for worker, unreadable in self.client.run(_unreadable_objects, sample, storage or {}).items():
+                if unreadable:
+                    raise InputError(
+                        f"dask worker {worker} cannot read {len(unreadable)} of {len(sample)} sampled objects "
+                        f"(e.g. {unreadable[0]}): give the workers credentials (their own AWS chain, or "
+                        "--storage-options, which the tasks carry)"
+                    )
 
     def describe(self) -> str:
         where = self.scheduler or f"a local cluster, dashboard {self.cluster.dashboard_link}"
@@ -311,8 +345,8 @@ class Pool:
         if self.error is not None:
             raise self.impl.start_failed(self.error) from None
 
-    def check_workers(self, paths: list[str]) -> None:
-        self.impl.check_workers(paths)
+    def check_workers(self, paths: list[str], storage: dict[str, Any] | None = None) -> None:
+        self.impl.check_workers(paths, storage)
 
     def describe(self) -> str:
         return self.impl.describe()

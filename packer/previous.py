@@ -37,7 +37,9 @@ from .catalog import CATALOG
 from .config import InputError
 from .guard import MARKER, PREVIOUS
 from .images import file_digest, stat_many
+from .objects import Objects
 from .shards import write_atomic
+from .storage import is_url
 
 RACY_NS = 2_000_000_000
 # The stat cache, beside the catalog in the shards folder: per source file its path, size, mtime,
@@ -113,7 +115,9 @@ def earlier_pack(shard_root: Path, reuse_from: Path | None) -> Path | None:
     return None
 
 
-def match_images(root: Path, encoder: str, paths: list[str], workers: int) -> pl.DataFrame:
+def match_images(
+    root: Path, encoder: str, paths: list[str], workers: int, objects: Objects | None = None
+) -> pl.DataFrame:
     """Per image path of this run that an earlier sample holds encoded the same way: `image_path`
     and `reuse` (where: the shard as the catalog names it, relative to `root`; the JPEG's digest;
     the source file's facts)."""
@@ -136,18 +140,22 @@ def match_images(root: Path, encoder: str, paths: list[str], workers: int) -> pl
     cache, written = stat_cache(root)
     known = known_sources(cache)
     sizes = set(earlier["source_size"].to_list())
-    stats = stat_many(paths, workers)
+    stats = stat_many(paths, workers, objects)
     facts = {p: (st.st_size, st.st_mtime_ns, st.st_ino) for p, st in stats.items() if st is not None}
     digests: dict[str, str] = {}
     to_hash = []
     for path, now in facts.items():
         before = known.get(path)
-        if before is not None and tuple(before[:3]) == now and now[1] < written - RACY_NS:
+        # An object's ETag (its "inode") changes with its bytes: no racy window (and the store's
+        # clock is not this machine's).
+        settled = is_url(path) or now[1] < written - RACY_NS
+        if before is not None and tuple(before[:3]) == now and settled:
             digests[path] = before[3]
         elif now[0] in sizes:
             to_hash.append(path)
     with ThreadPoolExecutor(max_workers=max(1, workers)) as threads:
-        digests.update((p, d) for p, d in zip(to_hash, threads.map(file_digest, to_hash)) if d is not None)
+        hashed = threads.map(lambda p: file_digest(p, objects), to_hash)
+        digests.update((p, d) for p, d in zip(to_hash, hashed) if d is not None)
     if not digests:
         return empty
     first = earlier.unique(subset="source_sha256", keep="first", maintain_order=True)

@@ -21,6 +21,7 @@ SAMPLE_COLUMNS = [
     "aux_json",
     "asr_json",
     "reuse",
+    "object_size",
 ]
 
 
@@ -41,6 +42,9 @@ class SampleSpec:
     # Where an earlier pack holds this image encoded with the same settings (shard, offset, size,
     # image_sha256, dhash, source_sha256, source_size; the file's mtime and inode as now), or None.
     reuse: dict[str, Any] | None = None
+    # An image or clip in a bucket (an s3:// path): its size as the plan found it (the workers'
+    # fetch budget, and a clip's ranged reads); None for a local file.
+    object_size: int | None = None
 
 
 @dataclass(frozen=True)
@@ -78,7 +82,8 @@ class SampleOutcome:
     dhash: int | None = None
     video: dict[str, Any] | None = None  # a packed video example's facts (duration, fps, size, frame times)
     # What the catalog records of a packed sample: its members' digests, its source file's facts
-    # (sha256, size, mtime_ns, inode: what the next pack matches on), and whether it was reused.
+    # (sha256, size, mtime_ns, inode: what the next pack matches on; an object's last-modified and
+    # ETag stand for mtime and inode), and whether it was reused.
     facts: dict[str, Any] | None = None
     digest: str | None = None  # a packed sample's content digest (execute.sample_digest)
 

@@ -26,6 +26,7 @@ from typing import Any
 from . import __version__
 from .guard import WORK_FILE, remove_owned
 from .images import stat_many
+from .objects import ObjectFacts, Objects
 from .shards import series_of, write_atomic
 from .specs import SampleOutcome
 
@@ -51,12 +52,15 @@ def text_digest(text: str | bytes | None) -> str | None:
     return hashlib.sha256(text.encode("utf-8") if isinstance(text, str) else text).hexdigest()
 
 
-def images_digest(paths: list[str], workers: int) -> str:
-    """Size and modification time of every image file the plan reads: a changed file changes it."""
+def images_digest(paths: list[str], workers: int, objects: Objects | None = None) -> str:
+    """Size and modification time of every image file the plan reads (and an object's ETag): a
+    changed file or object changes it."""
 
     digest = hashlib.sha256()
-    for path, st in stat_many(paths, workers).items():
+    for path, st in stat_many(paths, workers, objects).items():
         line = f"{path}\0missing\n" if st is None else f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n"
+        if isinstance(st, ObjectFacts):
+            line = f"{path}\0{st.st_size}\0{st.st_mtime_ns}\0{st.etag}\n"
         digest.update(line.encode("utf-8", "surrogatepass"))
     return digest.hexdigest()
 

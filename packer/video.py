@@ -19,12 +19,16 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
 from .images import ImageFailure, dhash, open_regular
 from .lazy import lazy_module
+from .storage import StorageError, is_url
+
+if TYPE_CHECKING:
+    from .objects import Objects
 
 av = lazy_module("av")  # PyAV loads on a clip's first use: an image-only pack never pays its import
 
@@ -225,32 +229,62 @@ def to_jpeg(frame: Any, size: int, quality: int, rotation: int) -> tuple[bytes, 
     return out.getvalue(), resized
 
 
-def encode_clip(path: str, size: int, quality: int, max_pixels: int, settings: VideoSettings) -> EncodedClip:
+def encode_clip(
+    path: str,
+    size: int,
+    quality: int,
+    max_pixels: int,
+    settings: VideoSettings,
+    objects: Objects | None = None,
+    object_size: int | None = None,
+) -> EncodedClip:
     """Open a clip, take its middle frame and `settings.frames` evenly spaced frames, encode each.
+    A URL is an object of `objects` (of `object_size` bytes, else asked), read by ranged requests
+    where FFmpeg seeks (objects.RangedFile): never downloaded whole.
 
     Fails (ImageFailure) with a countable reason: video_missing, video_not_a_file, video_empty,
-    video_unreadable (not a video, or a container FFmpeg cannot open), video_no_stream (audio
-    only), video_no_frames, video_too_large (frame pixels or duration over their bounds),
-    video_truncated, video_corrupt, video_timeout."""
+    video_unreadable (not a video, or a container FFmpeg cannot open, or an object the store
+    refuses), video_no_stream (audio only), video_no_frames, video_too_large (frame pixels or
+    duration over their bounds), video_truncated, video_corrupt, video_timeout."""
     deadline = time.monotonic() + settings.timeout
     try:
-        handle = open_regular(path)
+        handle, length = _open(path, objects, object_size)
     except FileNotFoundError:
         raise fail("video_missing", path) from None
     except ImageFailure as exc:
         raise fail("video_not_a_file", exc.detail) from None
-    except OSError as exc:
+    except (OSError, StorageError) as exc:
         raise fail("video_unreadable", f"{type(exc).__name__}: {exc}") from None
     with handle:
-        if os.fstat(handle.fileno()).st_size == 0:
+        if length == 0:
             raise fail("video_empty", f"an empty file (0 bytes): {path}")
         try:
             container = av.open(handle, buffer_size=READ_BUFFER, metadata_errors="replace")
         except (av.FFmpegError, UnicodeDecodeError, ValueError) as exc:
             why = getattr(exc, "strerror", None) or str(exc)
             raise fail("video_unreadable", f"not a video FFmpeg can open ({why})") from None
-        with container:
-            return _encode(container, size, quality, max_pixels, settings, deadline)
+        except (StorageError, FileNotFoundError) as exc:  # the object's bytes, refused or gone while read
+            raise fail("video_unreadable", str(exc)) from None
+        try:
+            with container:
+                return _encode(container, size, quality, max_pixels, settings, deadline)
+        except (StorageError, FileNotFoundError) as exc:
+            raise fail("video_unreadable", str(exc)) from None
+
+
+def _open(path: str, objects: Objects | None, object_size: int | None) -> tuple[Any, int]:
+    """The clip as a file PyAV reads, and its length in bytes."""
+    if objects is not None and is_url(path):
+        from .objects import RangedFile
+
+        if object_size is None:
+            facts = objects.head(path)
+            if facts is None:
+                raise FileNotFoundError(path)
+            object_size = facts.st_size
+        return RangedFile(objects, path, object_size), object_size
+    handle = open_regular(path)
+    return handle, os.fstat(handle.fileno()).st_size
 
 
 def _encode(

@@ -201,6 +201,7 @@ class FaultProxy:
     lose: object = None  # lose(method, path): forward the request, then lose its answer
     counts: Counter = field(default_factory=Counter)
     requests: list = field(default_factory=list)
+    ranges: list = field(default_factory=list)  # each request's Range header (None: the whole object)
 
     def __post_init__(self):
         self.random = random.Random(self.seed)
@@ -234,7 +235,7 @@ class FaultProxy:
 
             def _any(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                fault = proxy.draw(self.command, self.path)
+                fault = proxy.draw(self.command, self.path, self.headers.get("Range"))
                 if proxy.delay:
                     time.sleep(proxy.delay)
                 if fault == "deny":
@@ -271,9 +272,10 @@ class FaultProxy:
         self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
-    def draw(self, method: str, path: str) -> str | None:
+    def draw(self, method: str, path: str, ranged: str | None = None) -> str | None:
         with self.lock:
             self.requests.append((method, path))
+            self.ranges.append(ranged)
             if self.deny is not None and self.deny(method, path):
                 self.counts["deny"] += 1
                 return "deny"

