@@ -217,6 +217,17 @@ class Objects:
         except _botocore().exceptions.ClientError:
             return None
 
+    def unreadable(self, urls: list[str]) -> list[str]:
+        """Of these URLs, each this process cannot read, with the store's reason (a worker's check)."""
+        out = []
+        for url in urls:
+            try:
+                if self.head(url) is None:
+                    out.append(f"{url} (no such object)")
+            except StorageError as exc:
+                out.append(str(exc))
+        return out
+
     def ranged(self, url: str, start: int, size: int) -> bytes:
         bucket, key = split_url(url)
         got = self.store(bucket).get(key, start, size)

@@ -111,17 +111,8 @@ def _missing(paths: list[str]) -> list[str]:
 def _unreadable_objects(urls: list[str], options: dict[str, Any]) -> list[str]:
     """Of these s3:// URLs, each this worker cannot read, with the store's reason."""
     from .objects import objects_for
-    from .storage import StorageError
 
-    objects = objects_for(options)
-    out = []
-    for url in urls:
-        try:
-            if objects.head(url) is None:
-                out.append(f"{url} (no such object)")
-        except StorageError as exc:
-            out.append(str(exc))
-    return out
+    return objects_for(options).unreadable(urls)
 
 
 def _build() -> dict[str, str]:
@@ -267,7 +258,7 @@ class DaskBackend:
                     f"dask worker {worker} runs {theirs}, this machine {mine}: start the workers from the same "
                     "environment (the encoded bytes depend on it)"
                 )
-        from .storage import is_url
+        from .objects import is_url
 
         local = [p for p in paths if not is_url(p)]
         remote = [p for p in paths if is_url(p)]

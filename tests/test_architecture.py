@@ -109,7 +109,7 @@ def test_each_room_keeps_to_its_imports():
     assert len(adapters) >= 7
     for name in adapters:
         assert GRAPH[name][0] <= {"packer.sources.common"}, (name, GRAPH[name][0])
-    worker_code = {"packer.images", "packer.video"}
+    worker_code = {"packer.images", "packer.video", "packer.objects"}
     assert GRAPH["packer.pool"][0] <= {"packer.config", "packer", *worker_code}, GRAPH["packer.pool"][0]
     assert "packer.pool" not in GRAPH["packer.execute"][0]
     for name, (deps, _) in GRAPH.items():
