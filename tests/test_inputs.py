@@ -291,3 +291,22 @@ def test_wrong_credentials_a_missing_bucket_or_an_unknown_scheme_are_refused_bef
     manifest[1] = "s3://refusals/no/manifest.jsonl"
     assert main(manifest) == 2
     assert "s3://refusals/no/manifest.jsonl: no such object (the manifest)" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_bench_inputs_prints_both_rates_and_their_ratio(tmp_path):
+    """scripts/bench_inputs.py on a tiny corpus: both image stages, the server's CPU, the ratio, and
+    the same shards from the bucket as from disk (the script stops otherwise)."""
+    from conftest import ROOT
+
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts/bench_inputs.py"), "--images", "2", "--repeat", "1",
+         "--work", str(tmp_path / "work"), "--cache", str(tmp_path / "corpus")],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["corpus_images"] == 6
+    assert result["disk"]["images_per_second"] > 0 and result["bucket"]["images_per_second"] > 0
+    assert result["bucket"]["server_cpu_seconds"] > 0 and result["image_stage_bucket_vs_disk"] > 0
+    assert "shards identical" in done.stdout
