@@ -18,7 +18,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -26,8 +25,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from profile_throughput import make_corpus, write_manifest  # noqa: E402
-from s3server import new_bucket, start_server  # noqa: E402
+from bench_publish import corpus_and_server  # noqa: E402
+from profile_throughput import write_manifest  # noqa: E402
 
 
 def pack_command(manifest: str, out: Path, workers: int) -> list[str]:
@@ -78,15 +77,8 @@ def main() -> None:
     p.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
     p.add_argument("--cache", type=Path, default=ROOT / ".cache" / "profile-corpus")
     args = p.parse_args()
-    work = args.work or Path(tempfile.mkdtemp(prefix="bench-inputs-"))
-    work.mkdir(parents=True, exist_ok=True)
-    args.cache.mkdir(parents=True, exist_ok=True)
-    images = make_corpus(args.cache, args.images)
-    disk_manifest = write_manifest(work / "manifest.jsonl", images)
-    server = start_server(work / "seaweedfs")
-    env = {**os.environ, **server.env()}
+    work, images, disk_manifest, server, env = corpus_and_server(args, "bench-inputs-")
     try:
-        new_bucket(server, "bench")
         client = server.client()
 
         def put(path: Path) -> None:

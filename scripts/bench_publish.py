@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from profile_throughput import make_corpus, write_manifest  # noqa: E402
-from s3server import KEY, SECRET, new_bucket, start_server  # noqa: E402
+from s3server import KEY, SECRET, S3Server, new_bucket, start_server  # noqa: E402
 
 from packer.publish import ROOT_FILES, pack_files, publish  # noqa: E402
 
@@ -103,6 +103,20 @@ def obstore_put(files: dict[str, Path], bucket: str, prefix: str, endpoint: str,
     return time.perf_counter() - start
 
 
+def corpus_and_server(args: argparse.Namespace, prefix: str) -> tuple[Path, list[Path], Path, S3Server, dict]:
+    """The scratch folder (--work, else a temporary one named `prefix`...), the profile corpus
+    (--images, cached in --cache), its manifest, a SeaweedFS server on 127.0.0.1 with a bucket
+    `bench`, and an environment whose AWS chain points at it."""
+    work = args.work or Path(tempfile.mkdtemp(prefix=prefix))
+    work.mkdir(parents=True, exist_ok=True)
+    args.cache.mkdir(parents=True, exist_ok=True)
+    images = make_corpus(args.cache, args.images)
+    manifest = write_manifest(work / "manifest.jsonl", images)
+    server = start_server(work / "seaweedfs")
+    new_bucket(server, "bench")
+    return work, images, manifest, server, {**os.environ, **server.env()}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--images", type=int, default=480, help="distinct corpus images (each written 3 times)")
@@ -113,16 +127,9 @@ def main() -> None:
     p.add_argument("--cache", type=Path, default=ROOT / ".cache" / "profile-corpus")
     p.add_argument("--no-libraries", action="store_true", help="leave out the s3fs and obstore uploads")
     args = p.parse_args()
-    work = args.work or Path(tempfile.mkdtemp(prefix="bench-publish-"))
-    work.mkdir(parents=True, exist_ok=True)
-    args.cache.mkdir(parents=True, exist_ok=True)
-    images = make_corpus(args.cache, args.images)
-    manifest = write_manifest(work / "manifest.jsonl", images)
-    server = start_server(work / "seaweedfs")
-    env = {**os.environ, **server.env()}
+    work, images, manifest, server, env = corpus_and_server(args, "bench-publish-")
     os.environ.update(server.env())
     try:
-        new_bucket(server, "bench")
         out = work / "Step_3"
         # 2. pack with and without --publish, alternating
         plain, with_publish = [], []
