@@ -76,25 +76,26 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
     p.add_argument("--cache", type=Path, default=ROOT / ".cache" / "profile-corpus")
+    p.add_argument("--endpoint", default=None, help="an S3 server running already (its credentials: the AWS chain)")
     args = p.parse_args()
     work, images, disk_manifest, server, env = corpus_and_server(args, "bench-inputs-")
     try:
         client = server.client()
 
         def put(path: Path) -> None:
-            client.put_object(Bucket="bench", Key=f"corpus/{path.name}", Body=path.read_bytes())
+            client.put_object(Bucket=args.bucket, Key=f"corpus/{path.name}", Body=path.read_bytes())
 
         with ThreadPoolExecutor(8) as threads:
             list(threads.map(put, images))
         urls = [Path(f"/corpus/{path.name}") for path in images]
         bucket_manifest = write_manifest(work / "bucket.jsonl", urls)
-        text = bucket_manifest.read_text().replace('"/corpus/', '"s3://bench/corpus/')
-        client.put_object(Bucket="bench", Key="manifest.jsonl", Body=text.encode())
+        text = bucket_manifest.read_text().replace('"/corpus/', f'"s3://{args.bucket}/corpus/')
+        client.put_object(Bucket=args.bucket, Key="manifest.jsonl", Body=text.encode())
         out = work / "Step_3"
         runs: dict[str, list[tuple[float, float, float]]] = {"disk": [], "bucket": []}
         shards: dict[str, dict[str, str]] = {}
         for _ in range(args.repeat):
-            for name, manifest in (("disk", str(disk_manifest)), ("bucket", "s3://bench/manifest.jsonl")):
+            for name, manifest in (("disk", str(disk_manifest)), ("bucket", f"s3://{args.bucket}/manifest.jsonl")):
                 wall, stage, shards[name], server_cpu = timed_pack(pack_command(manifest, out, args.workers), out, env)
                 runs[name].append((wall, stage, server_cpu))
     finally:

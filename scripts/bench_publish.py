@@ -106,14 +106,20 @@ def obstore_put(files: dict[str, Path], bucket: str, prefix: str, endpoint: str,
 def corpus_and_server(args: argparse.Namespace, prefix: str) -> tuple[Path, list[Path], Path, S3Server, dict]:
     """The scratch folder (--work, else a temporary one named `prefix`...), the profile corpus
     (--images, cached in --cache), its manifest, a SeaweedFS server on 127.0.0.1 with a bucket
-    `bench`, and an environment whose AWS chain points at it."""
+    `bench` (--endpoint: one running already, e.g. a test session's, with a new bucket), and an
+    environment whose AWS chain points at it."""
     work = args.work or Path(tempfile.mkdtemp(prefix=prefix))
     work.mkdir(parents=True, exist_ok=True)
     args.cache.mkdir(parents=True, exist_ok=True)
     images = make_corpus(args.cache, args.images)
     manifest = write_manifest(work / "manifest.jsonl", images)
-    server = start_server(work / "seaweedfs")
-    new_bucket(server, "bench")
+    if getattr(args, "endpoint", None):
+        server = S3Server(args.endpoint, None, work)
+        args.bucket = f"bench-{os.getpid()}"
+    else:
+        server = start_server(work / "seaweedfs")
+        args.bucket = "bench"
+    new_bucket(server, args.bucket)
     return work, images, manifest, server, {**os.environ, **server.env()}
 
 
@@ -126,6 +132,7 @@ def main() -> None:
     p.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
     p.add_argument("--cache", type=Path, default=ROOT / ".cache" / "profile-corpus")
     p.add_argument("--no-libraries", action="store_true", help="leave out the s3fs and obstore uploads")
+    p.add_argument("--endpoint", default=None, help="an S3 server running already (its credentials: the AWS chain)")
     args = p.parse_args()
     work, images, manifest, server, env = corpus_and_server(args, "bench-publish-")
     os.environ.update(server.env())
@@ -135,7 +142,7 @@ def main() -> None:
         plain, with_publish = [], []
         for i in range(args.repeat):
             plain.append(timed_pack(pack_command(manifest, out, args.workers), out, env))
-            cmd = pack_command(manifest, out, args.workers, "--publish", f"s3://bench/during{i}")
+            cmd = pack_command(manifest, out, args.workers, "--publish", f"s3://{args.bucket}/during{i}")
             with_publish.append(timed_pack(cmd, out, env))
         # 1. upload rates of the last pack's files
         files = pack_files(out / "shards", {name: out / name for name in ROOT_FILES})
@@ -143,17 +150,17 @@ def main() -> None:
         rates: dict[str, list[float]] = {"packer publish": [], "botocore loop": [], "s3fs put": [], "obstore put": []}
         endpoint = server.endpoint
         if not args.no_libraries:  # each library's first uploads (sessions, a first burst) are not timed
-            s3fs_put(files, "bench", "warm-s3fs", endpoint)
-            obstore_put(files, "bench", "warm-obstore", endpoint, args.jobs)
+            s3fs_put(files, args.bucket, "warm-s3fs", endpoint)
+            obstore_put(files, args.bucket, "warm-obstore", endpoint, args.jobs)
         for i in range(args.repeat):
             with contextlib.redirect_stdout(io.StringIO()):
                 start = time.perf_counter()
-                publish(out, f"s3://bench/cli{i}", jobs=args.jobs)
+                publish(out, f"s3://{args.bucket}/cli{i}", jobs=args.jobs)
                 rates["packer publish"].append(size / (time.perf_counter() - start) / 1e6)
-            timings = {"botocore loop": plain_loop(files, "bench", f"loop{i}", endpoint, args.jobs)}
+            timings = {"botocore loop": plain_loop(files, args.bucket, f"loop{i}", endpoint, args.jobs)}
             if not args.no_libraries:
-                timings["s3fs put"] = s3fs_put(files, "bench", f"s3fs{i}", endpoint)
-                timings["obstore put"] = obstore_put(files, "bench", f"obs{i}", endpoint, args.jobs)
+                timings["s3fs put"] = s3fs_put(files, args.bucket, f"s3fs{i}", endpoint)
+                timings["obstore put"] = obstore_put(files, args.bucket, f"obs{i}", endpoint, args.jobs)
             for name, seconds in timings.items():
                 if seconds is not None:
                     rates[name].append(size / seconds / 1e6)

@@ -56,7 +56,7 @@ def _die_with_parent() -> None:
 @dataclass
 class S3Server:
     endpoint: str
-    process: subprocess.Popen
+    process: subprocess.Popen | None
     folder: Path
     clients: dict = field(default_factory=dict)
 
@@ -94,6 +94,8 @@ class S3Server:
         )
 
     def stop(self) -> None:
+        if self.process is None:  # a server this process did not start (S3Server(endpoint, None, folder))
+            return
         self.process.terminate()
         try:
             self.process.wait(10)

@@ -294,15 +294,16 @@ def test_wrong_credentials_a_missing_bucket_or_an_unknown_scheme_are_refused_bef
 
 
 @pytest.mark.slow
-def test_bench_inputs_prints_both_rates_and_their_ratio(tmp_path):
-    """scripts/bench_inputs.py on a tiny corpus: both image stages, the server's CPU, the ratio, and
-    the same shards from the bucket as from disk (the script stops otherwise)."""
+def test_bench_inputs_prints_both_rates_and_their_ratio(s3, tmp_path):
+    """scripts/bench_inputs.py on a tiny corpus, against the session's server: both image stages,
+    the server's CPU, the ratio, and the same shards from the bucket as from disk (the script stops
+    otherwise)."""
     from conftest import ROOT
 
     done = subprocess.run(
-        [sys.executable, str(ROOT / "scripts/bench_inputs.py"), "--images", "2", "--repeat", "1",
-         "--work", str(tmp_path / "work"), "--cache", str(tmp_path / "corpus")],
-        capture_output=True, text=True, timeout=600,
+        [sys.executable, str(ROOT / "scripts/bench_inputs.py"), "--images", "2", "--repeat", "1", "--workers", "1",
+         "--endpoint", s3.endpoint, "--work", str(tmp_path / "work"), "--cache", str(tmp_path / "corpus")],
+        capture_output=True, text=True, timeout=600, env={**os.environ, **s3.env()},
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.strip().splitlines()[-1])

@@ -418,13 +418,13 @@ def test_show_and_diff_read_the_published_pack(published, pilot, env, tmp_path, 
 
 
 @pytest.mark.slow
-def test_bench_publish_prints_its_rates_and_ratios(tmp_path):
-    """scripts/bench_publish.py on a tiny corpus (packer and the plain loop; the other libraries'
-    uploads are left out here): the rates, and the two ratios."""
+def test_bench_publish_prints_its_rates_and_ratios(s3, tmp_path):
+    """scripts/bench_publish.py on a tiny corpus, against the session's server (packer and the plain
+    loop; the other libraries' uploads are left out here): the rates, and the two ratios."""
     done = subprocess.run(
         [sys.executable, str(ROOT / "scripts/bench_publish.py"), "--images", "2", "--repeat", "1", "--no-libraries",
-         "--work", str(tmp_path / "work"), "--cache", str(tmp_path / "corpus")],
-        capture_output=True, text=True, timeout=600,
+         "--endpoint", s3.endpoint, "--work", str(tmp_path / "work"), "--cache", str(tmp_path / "corpus")],
+        capture_output=True, text=True, timeout=600, env={**os.environ, **s3.env()},
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.strip().splitlines()[-1])
