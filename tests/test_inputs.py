@@ -91,18 +91,36 @@ def same_as_disk(out: Path, corpus: Path, corpus_pack: dict[str, str], reference
     assert local.equals(theirs["source_path"]) and mine["source_path"].str.starts_with(PREFIX).sum() > 0
 
 
-def test_a_mixed_manifest_in_the_bucket_packs_as_from_disk_through_faults(
+def test_a_mixed_manifest_in_the_bucket_packs_as_from_disk_through_faults_and_a_kill(
     in_bucket, corpus, corpus_pack, corpus_reference, s3, tmp_path
 ):
+    """The mixed manifest and the ASR file read from the bucket, through 10% of requests faulted
+    (503, resets, lost answers, stalls past the 1 s read timeout), killed with SIGKILL after 3
+    shards and run again: it resumes, and the pack is the pack from disk."""
     faults = FaultProxy(s3.endpoint.removeprefix("http://"), seed=5, rate=0.1, stall=1.1)
     env = {**os.environ, **s3.env(faults.endpoint)}
     out = tmp_path / "Step_3"
     cmd = pack_command(f"{PREFIX}mixed.jsonl", f"{PREFIX}asr.jsonl", out, "--storage-options", json.dumps(FAST))
+    journal = out / "shards" / ".run" / "journal.jsonl"
     try:
+        proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        while not (journal.exists() and journal.read_text().count('{"shard"') >= 3):
+            assert proc.poll() is None, "the run ended before the kill point"
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        workers = children(proc.pid)
+        proc.kill()
+        proc.wait()
+        for pid in workers:  # the workers exit with their parent
+            deadline = time.monotonic() + 10
+            while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
         done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     finally:
         faults.close()
     assert done.returncode == 0, done.stderr
+    assert "packer: resuming:" in done.stdout
     assert all(faults.counts[kind] > 0 for kind in ("503", "reset", "lost", "stall")), faults.counts
     same_as_disk(out, corpus, corpus_pack, corpus_reference, f"{PREFIX}mixed.jsonl")
     stats = json.loads((out / "stats.json").read_text())
@@ -175,33 +193,6 @@ def test_dask_packs_a_mixed_manifest_then_a_bucket_its_workers_alone_can_reach(
             assert done.returncode == 0, done.stderr
             same_as_disk(out, corpus, corpus_pack, corpus_reference, f"{PREFIX}manifest.jsonl")
             assert set(client.run(opens, image).values()) == {"refused"}  # the hook held throughout
-
-
-@pytest.mark.slow
-def test_a_bucket_pack_killed_with_sigkill_resumes_to_the_same_pack(
-    in_bucket, corpus, corpus_pack, corpus_reference, s3, tmp_path
-):
-    out = tmp_path / "Step_3"
-    env = {**os.environ, **s3.env()}
-    cmd = pack_command(f"{PREFIX}manifest.jsonl", f"{PREFIX}asr.jsonl", out)
-    journal = out / "shards" / ".run" / "journal.jsonl"
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while not (journal.exists() and journal.read_text().count('{"shard"') >= 3):
-        assert proc.poll() is None, "the run ended before the kill point"
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
-    workers = children(proc.pid)
-    proc.kill()
-    proc.wait()
-    for pid in workers:  # the workers exit with their parent
-        deadline = time.monotonic() + 10
-        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr
-    assert "packer: resuming:" in done.stdout
-    same_as_disk(out, corpus, corpus_pack, corpus_reference, f"{PREFIX}manifest.jsonl")
 
 
 # -- a small bucket: missing, replaced and reused objects; refusals ---------------------------------
