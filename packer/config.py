@@ -148,6 +148,7 @@ FORMER_DEFAULT_TAXONOMIES = frozenset(
         "fe885e6917688a56dd726faddaf1002cc2b8e1075284b8ac8aee33c13ff63d19",
         "a536999e0c9b043f4948ada9d08231f7d073857d4279aef42067831ef70541ad",
         "acf2f4cddb7ca9d6e1f3b328c77f42d0525ee2b233f13f992dccc75ca79b3fc9",
+        "05964025d332a9ffef64734560d7309ee77a8b141e6fbd113ea9b9eec014e796",
     }
 )
 

@@ -12,7 +12,7 @@ from typing import Any
 import polars as pl
 
 from ..audit import assigned_leaks, balance, largest_groups, leakage
-from ..config import SPLITS, UNIFIED_FIELDS, PackConfig
+from ..config import DIAGNOSTICS, SPLITS, UNIFIED_FIELDS, PackConfig
 from ..execute import ExecutionResult
 from ..guard import inert
 from ..shards import SERIES_KINDS, write_atomic
@@ -311,6 +311,7 @@ def build_stats(
             "ocr_rows_without_manifest_row": ocr_orphans,
         },
         **({"video": video_report(rows, asr_orphans, config)} if has_video else {}),
+        **({"diagnostics": diagnostics_report(packed)} if (packed["split"] == DIAGNOSTICS).any() else {}),
         "duplicates_dropped": int(rows.filter(pl.col("reason") == "duplicate").height),
         "leakage": leakage(rows, config.near_dup_bits),
         "balance": bal,
@@ -319,6 +320,29 @@ def build_stats(
         "config": config.to_json(),
         "versions": library_versions(),
         "seconds": {k: round(v, 3) for k, v in timings.items()},
+    }
+
+
+def diagnostics_report(packed: pl.DataFrame) -> dict[str, Any]:
+    """The packed diagnostics (HateCheck, Multilingual HateCheck) per language and per
+    functionality (the `functionality` of their aux): cases, hateful cases and the hateful share."""
+    cases = packed.filter(pl.col("split") == DIAGNOSTICS).with_columns(
+        functionality=pl.col("aux_json").str.json_path_match("$.functionality").fill_null("(none)")
+    )
+
+    def table(by: str) -> dict[str, dict[str, Any]]:
+        grouped = cases.group_by(by).agg(cases=pl.len(), hateful=(pl.col("abuse_hate") == 1).sum()).sort(by)
+        return {
+            key: {"cases": n, "hateful": int(h), "hateful_share": round(h / n, 4)}
+            for key, n, h in grouped.select(by, "cases", "hateful").iter_rows()
+        }
+
+    return {
+        "cases": cases.height,
+        "languages": cases["lang"].n_unique(),
+        "functionalities": cases["functionality"].n_unique(),
+        "by_language": table("lang"),
+        "by_functionality": table("functionality"),
     }
 
 
@@ -373,6 +397,15 @@ def summary(stats: dict[str, Any]) -> str:
     )
     if "video" in stats:
         lines += video_lines(stats["video"])
+    if "diagnostics" in stats:
+        diag = stats["diagnostics"]
+        shares = ", ".join(
+            f"{lang} {e['cases']} ({e['hateful_share']:.0%} hateful)" for lang, e in diag["by_language"].items()
+        )
+        lines.append(
+            f"  diagnostics: {diag['cases']} cases in {diag['languages']} language(s), "
+            f"{diag['functionalities']} functionalities: {shares}"
+        )
     reuse = stats.get("reuse")
     if reuse and reuse.get("from"):
         lines.append(
