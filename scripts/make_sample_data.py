@@ -390,6 +390,37 @@ def hatemm_clips(out: Path, count: int, rng: random.Random) -> tuple[list[dict],
     return manifest, asr
 
 
+# Multilingual HateCheck's cases as its adapter writes them (packer.sources.mhc): a few per language.
+MHC_SAMPLE = {
+    "de": ("german", ["Ich hasse {}.", "{} sind wunderbar."], ["Frauen", "Muslime", "Juden"]),
+    "fr": ("french", ["Je déteste les {}.", "Les {} sont formidables."], ["femmes", "immigrés", "Juifs"]),
+    "zh": ("mandarin", ["我讨厌{}。", "{}很棒。"], ["女人", "穆斯林", "犹太人"]),
+}
+MHC_TARGETS = ["women", "Muslims", "jews"]
+
+
+def mhc_cases(rng: random.Random) -> list[dict]:
+    """Diagnostics in three languages: a hateful and a non-hateful template per target."""
+    rows = []
+    for code, (language, templates, names) in MHC_SAMPLE.items():
+        n = 0
+        for hateful, template in zip((True, False), templates):
+            for name, target in zip(names, MHC_TARGETS):
+                n += 1
+                labels = {
+                    "mhc_case_id": f"{language}-{n}",
+                    "functionality": "derog_neg_emote_h" if hateful else "ident_pos_nh",
+                    "label_gold": "hateful" if hateful else "non-hateful",
+                    "target_ident": target,
+                    "templ_id": 1 if hateful else 2,
+                    "label_annotated_maj": "hateful" if hateful else "non-hateful",
+                    "language": language,
+                }
+                rows.append({"id": f"mhc_{language}-{n}", "dataset": "mhc", "split": "test", "image_path": None,
+                             "text_raw": template.format(name), "labels_raw": labels, "lang": code})  # fmt: skip
+    return rows
+
+
 def example_id(dataset: str, split: str, n: int) -> str:
     """The builder's ids: no split in MMHS150K's and HateXplain's, the image name in Memotion's."""
     if dataset == "memotion1":
@@ -461,6 +492,7 @@ def make(out: Path, per_dataset: int, seed: int, clips: int = 12) -> None:
     ocr.append({"id": "not_in_manifest", "dataset": "mami", "split": "train", "image_path": None, "ocr": {"lines": []}})
     videos, asr = hatemm_clips(out, clips, random.Random(seed + 1))
     manifest += videos
+    manifest += mhc_cases(random.Random(seed + 2))
     (out / "data_manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in manifest), encoding="utf-8")
     (out / "ocr.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ocr), encoding="utf-8")
     (out / "asr.jsonl").write_text("".join(json.dumps(r) + "\n" for r in asr), encoding="utf-8")

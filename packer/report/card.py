@@ -154,6 +154,19 @@ def card_metadata(
                 "splits": [{"name": f["split"], "num_examples": counts[f["split"]][f"{kind}_examples"]} for f in files],
             }
         )
+    diagnostics = counts.get(DIAGNOSTICS, {})
+    if diagnostics.get("text_shards", 0) > 0:
+        # The functional tests alone (HateCheck, Multilingual HateCheck), to filter by `json.lang`.
+        files = [{"split": DIAGNOSTICS, "path": f"{relative(shard_root / DIAGNOSTICS, card_dir)}/{TEXT_SERIES}-*.tar"}]
+        configs.append({"config_name": DIAGNOSTICS, "data_files": files})
+        infos.append(
+            {
+                "config_name": DIAGNOSTICS,
+                "description": f"packer pack {fingerprint}",
+                "features": sample_features(taxonomy, False, 0),
+                "splits": [{"name": DIAGNOSTICS, "num_examples": diagnostics["text_examples"]}],
+            }
+        )
     meta: dict[str, Any] = {
         "pretty_name": "packer shards",
         "language": ["en"],
