@@ -227,11 +227,13 @@ def test_a_row_packer_assigns_follows_its_groups_dataset_split(ws):
 
 
 def without_hatemm() -> dict:
-    """The default label_taxonomy.json of the version before videos: the current one less HateMM."""
+    """The default label_taxonomy.json of the version before videos: the current one less HateMM
+    (and less Multilingual HateCheck, which came later still)."""
     from packer.config import default_taxonomy_text
 
     doc = json.loads(default_taxonomy_text())
     doc["datasets"].pop("hatemm")
+    doc["datasets"].pop("mhc")
     return doc
 
 
@@ -256,6 +258,10 @@ def test_an_unedited_older_default_taxonomy_is_replaced_an_edited_one_kept(ws, c
 
     old = previous_default()
     assert is_former_default(old) and not is_former_default(default_taxonomy_text().encode())
+    # The default before Multilingual HateCheck is a former default too.
+    before_mhc = json.loads(default_taxonomy_text())
+    before_mhc["datasets"].pop("mhc")
+    assert is_former_default((json.dumps(before_mhc, indent=1, ensure_ascii=False) + "\n").encode())
     # The default before videos (HateMM) is a former default too.
     assert is_former_default((json.dumps(without_hatemm(), indent=1, ensure_ascii=False) + "\n").encode())
     ws.out.mkdir(parents=True)
