@@ -230,6 +230,30 @@ def check_manifest(frame: pl.DataFrame, path: Path) -> None:
         raise InputError(locate_bad_line(path, REQUIRED, OPTIONAL_STR))
 
 
+def repeated_lines(frame: pl.DataFrame, path: Path) -> list[int]:
+    """Of these rows (`row`, `id`: every row whose id may be repeated), those whose line is byte for
+    byte an earlier line of the same id (its line ending aside): two Step-2 outputs concatenated,
+    a builder run twice with `>>`. Rows of one id that differ are left to check_unique_ids."""
+    wanted = dict(frame.select("row", "id").iter_rows())
+    if not wanted:
+        return []
+    seen: dict[tuple[str, bytes], int] = {}
+    repeats = []
+    row = 0
+    with open(path, "rb") as handle:
+        for raw in handle:
+            if not raw.strip():
+                continue
+            if row in wanted:
+                line = raw.rstrip(b"\r\n")
+                if (wanted[row], line) in seen:
+                    repeats.append(row)
+                else:
+                    seen[wanted[row], line] = row
+            row += 1
+    return repeats
+
+
 def check_unique_ids(frame: pl.DataFrame, path: Path) -> None:
     """Ids unique, or an InputError naming the lines of every copy. `frame` may be any subset that
     holds every row whose id could be repeated (the plan passes the rows whose key is repeated)."""

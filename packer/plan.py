@@ -30,6 +30,7 @@ from .load import (
     check_ocr,
     check_unique_ids,
     explain_read_error,
+    repeated_lines,
     replace_lone_surrogates,
     scan_asr,
     scan_manifest,
@@ -41,6 +42,8 @@ from .splits import assign_splits, connected_groups, cross_split_copy, dataset_s
 from .text import ASR_DROPS, asr_text, clean_text, combined_text, normalized_text, ocr_text
 
 KEY_MAX = 80
+# A manifest line that is byte for byte an earlier line (with the same id): dropped, counted.
+REPEATED_LINE = "repeated_line"
 
 
 @dataclass
@@ -104,6 +107,8 @@ def read_pinned(path: Path, data: bytes | None) -> dict[str, str]:
 
 
 def status_columns(config: PackConfig) -> list[pl.Expr]:
+    """Each row's status and reason: a repeated line is dropped whatever else it holds; then
+    failures before drops."""
     unlabelled = pl.all_horizontal(pl.col(f).is_null() for f in UNIFIED_FIELDS)
     failure = pl.coalesce(
         pl.col("unicode_error"),
@@ -121,14 +126,18 @@ def status_columns(config: PackConfig) -> list[pl.Expr]:
         pl.col("label_drop"),
         pl.when(unlabelled & (not config.keep_unlabelled)).then(pl.lit("unlabelled")),
     )
+    repeated = pl.when(pl.col("repeated_line")).then(pl.lit(REPEATED_LINE))
     status = (
-        pl.when(failure.is_not_null())
+        pl.when(pl.col("repeated_line"))
+        .then(pl.lit("dropped"))
+        .when(failure.is_not_null())
         .then(pl.lit("failed"))
         .when(drop.is_not_null())
         .then(pl.lit("dropped"))
         .otherwise(pl.lit("ok"))
     )
-    return [status.alias("status"), pl.coalesce(failure, drop).alias("reason"), pl.lit("plan").alias("stage")]
+    reason = pl.coalesce(repeated, failure, drop)
+    return [status.alias("status"), reason.alias("reason"), pl.lit("plan").alias("stage")]
 
 
 def load_inputs(config: PackConfig, taxonomy: Taxonomy) -> Inputs:
@@ -249,9 +258,16 @@ def build_columns(
     with ThreadPoolExecutor(max_workers=2) as pool:
         done = list(pool.map(build, order))
     rows = pl.concat(done).sort("row").with_columns(key_repeated=pl.col("key").is_duplicated())
-    # A repeated id repeats its key: the rows with a repeated key are all that need checking.
+    # A repeated id repeats its key: the rows with a repeated key are all that need checking. A line
+    # repeated byte for byte (two builder outputs concatenated) is dropped, the first one kept.
+    repeats = repeated_lines(rows.filter("key_repeated").select("row", "id"), config.manifest)
+    rows = rows.with_columns(repeated_line=pl.col("row").is_in(repeats))
+    # Among the other rows, a key still repeated is a repeated id (an input error) or a collision.
+    rows = rows.with_columns(
+        key_repeated=~pl.col("repeated_line") & pl.col("key").is_duplicated().over("repeated_line")
+    )
     check_unique_ids(rows.filter("key_repeated"), config.manifest)
-    return rows.with_columns(*status_columns(config)).drop("key_repeated")
+    return rows.with_columns(*status_columns(config)).drop("key_repeated", "repeated_line")
 
 
 def build_plan(

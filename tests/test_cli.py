@@ -274,6 +274,25 @@ def test_examples_limit_spreads_over_every_dataset(ws):
     assert per_ds == {"olid": 18, "mami": 2}
 
 
+def test_a_line_repeated_byte_for_byte_is_dropped_and_counted(ws, capsys):
+    """Two Step-2 outputs concatenated: the repeated lines are dropped as `repeated_line` (the first
+    copy packs), counted, and the run passes; a third row of one id that differs is still an error."""
+    ws.add("mami_1", "mami", "train", MAMI, ws.image("1.jpg"))
+    ws.add("olid_1", "olid", "train", {"subtask_a": "OFF"}, text="@USER post")
+    ws.write()
+    lines = ws.manifest.read_text().splitlines(keepends=True)
+    ws.manifest.write_text("".join(lines + lines[1:]))  # olid_1 twice: byte for byte
+    assert main(ws.args("--workers", "1")) == 0
+    stats = ws.stats
+    assert stats["total_examples"] == 3 and stats["packed_examples"] == 2
+    assert stats["reasons"]["dropped"] == {"repeated_line": 1}
+    assert [(f["id"], f["status"], f["reason"]) for f in ws.failures()] == [("olid_1", "dropped", "repeated_line")]
+    assert json.loads((ws.out / "splits.json").read_text()).keys() == {"mami_1", "olid_1"}
+    ws.manifest.write_text("".join(lines + lines[1:]) + lines[1].replace("OFF", "NOT"))
+    assert main(ws.args("--workers", "1")) == 2
+    assert "'olid_1' (line 2), 'olid_1' (line 4)" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "content, message",
     [
@@ -284,8 +303,10 @@ def test_examples_limit_spreads_over_every_dataset(ws):
         ),
         # labels_raw may be any JSON value (a bare value fails only its row); a missing dataset stops the run.
         ('{"id": "a", "labels_raw": 0}\n', "line 1: field 'dataset': missing (required)"),
+        # Two different rows with one id (a line repeated byte for byte is dropped instead: below).
         (
-            '{"id": "a", "dataset": "mami", "labels_raw": {}}\n{"id": "a", "dataset": "mami", "labels_raw": {}}\n',
+            '{"id": "a", "dataset": "mami", "labels_raw": {}}\n'
+            '{"id": "a", "dataset": "mami", "labels_raw": {"x": 1}}\n',
             "field 'id': 1 id(s) appear more than once: 'a' (line 1), 'a' (line 2)",
         ),
     ],

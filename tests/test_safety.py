@@ -325,8 +325,8 @@ def test_control_characters_never_reach_the_terminal(tmp_path):
     assert run.returncode == 1  # 1 of 2 failed
     assert "\\x1b]0;PWNED\\x07" in run.stdout.decode()
     dupes = Workspace(tmp_path / "dupes")
-    for _ in range(2):
-        dupes.add("mami_train_" + HOSTILE, "mami", "train", MAMI)
+    for text in ("first", "second"):  # two different rows with one id (identical lines would be dropped)
+        dupes.add("mami_train_" + HOSTILE, "mami", "train", MAMI, text=text)
     dupes.write()
     again = pack(dupes.args(), tmp_path)
     assert again.returncode == 2 and "appear more than once" in one_line(again.stderr)
