@@ -20,7 +20,7 @@ from PIL import Image
 
 from packer.cli import main
 from packer.report.stats import output_digests
-from packer.video import VideoSettings, encode_clip, frame_times
+from packer.video import VideoSettings, encode_clip
 
 sys.path.insert(0, str(ROOT / "scripts"))
 from make_sample_data import write_clip  # noqa: E402
@@ -232,19 +232,30 @@ def moving_square_x(jpeg: bytes) -> float:
     return (sum(columns) / len(columns)) / width
 
 
+# The rule, written down here and not computed by packer's code: frame i of N is the frame shown at
+# (i + 0.5) / N of the clip, i.e. the last frame starting at or before that time; the middle frame is
+# the one shown at 1/2. For clip00 (1.5 s at 8 fps): (i + 0.5) * 1.5 / 8 = 0.094, 0.281, 0.469, ...
+# s, shown by frames 0, 2, 3, 5, 6, 8, 9, 11 (starting at k / 8 s); the middle, 0.75 s, by frame 6.
+FRAME_TIMES = {  # name: (duration, the N frames' start times, the middle frame's)
+    "clip00.mp4": (1.5, [0.0, 0.25, 0.375, 0.625, 0.75, 1.0, 1.125, 1.375], 0.75),
+    "clip02.mkv": (2.5, [0.125, 0.375, 0.75, 1.0, 1.375, 1.625, 2.0, 2.25], 1.25),
+    "clip06.webm": (2.5, [0.125, 0.375, 0.75, 1.0, 1.375, 1.625, 2.0, 2.25], 1.25),
+    "long_gop.mp4": (12.0, [0.7, 2.2, 3.7, 5.2, 6.7, 8.2, 9.7, 11.2], 6.0),  # 10 fps, one keyframe
+}
+
+
 def test_frames_are_the_ones_at_their_times(videos: Path):
     """Each fNN.jpg is the frame shown at (i + 0.5) / N of the clip (the square's position says
-    which frame it is), and the JSON says when; the middle frame likewise."""
+    which frame it is), and the JSON says when; the middle frame likewise (FRAME_TIMES)."""
     samples = video_samples(videos / "Step_3" / "shards")
-    for name in ("clip00.mp4", "clip02.mkv", "clip06.webm", "long_gop.mp4"):
+    for name, (duration, times, middle) in FRAME_TIMES.items():
         members = samples[f"hatemm_{name}"]
         doc = json.loads(members["json"])
         facts = doc["video"]
         fps = facts["fps"]
         count = round(facts["duration"] * fps)
-        wanted = [int(t * fps + 1e-6) / fps for t in frame_times(facts["duration"], FRAMES)]
-        assert facts["frame_times"] == [round(t, 3) for t in wanted], name
-        assert facts["middle_time"] == round(int(facts["duration"] / 2 * fps + 1e-6) / fps, 3)
+        assert facts["duration"] == duration and len(times) == FRAMES, name
+        assert facts["frame_times"] == times and facts["middle_time"] == middle, name
         for i, t in enumerate(facts["frame_times"]):
             index = round(t * fps)
             side = 1 / 3 * (facts["height"] / facts["width"])  # the square's side, as a share of the width
