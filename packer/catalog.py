@@ -26,7 +26,8 @@ CATALOG = "samples.parquet"
 LOCATION = {"shard": pl.String, "index": pl.Int32, "offset": pl.Int64, "size": pl.Int64}
 # What a later pack compares (`diff`) and reuses: the digests of the sample's jpg and txt members,
 # its image's dHash, its source file's path, digest and size, and the digest of the settings its
-# image was encoded with (previous.encoder_identity). Each source file's mtime and inode, which
+# image was encoded with (previous.encoder_identity; a clip's: previous.clip_encoder_identity, and
+# no digest of the clip's bytes, which are read in ranges, never whole). Each source file's mtime and inode, which
 # change when a file is only touched, are kept beside the catalog (previous.SOURCES), not in it.
 FACTS = {
     "image_sha256": pl.String,
@@ -44,8 +45,9 @@ class CatalogError(RuntimeError):
     """The shards and the samples that were packed into them disagree: a bug, never an input error."""
 
 
-def sample_facts(outcomes: Iterable[Any], encoder: str | None) -> pl.DataFrame:
-    """The FACTS of every packed sample (SampleOutcome.facts), by id."""
+def sample_facts(outcomes: Iterable[Any], encoder: str | None, clip_encoder: str | None = None) -> pl.DataFrame:
+    """The FACTS of every packed sample (SampleOutcome.facts), by id; `encoder` is the digest of the
+    image settings, `clip_encoder` of the clip settings (previous.clip_encoder_identity)."""
     rows = []
     for o in outcomes:
         if o.status != "packed":
@@ -60,7 +62,7 @@ def sample_facts(outcomes: Iterable[Any], encoder: str | None) -> pl.DataFrame:
                 o.dhash,
                 source.get("sha256"),
                 source.get("size"),
-                encoder if o.image is not None and o.video is None else None,
+                (clip_encoder if o.video is not None else encoder) if o.image is not None else None,
             )
         )
     names = ["image_sha256", "text_sha256", "dhash", "source_sha256", "source_size", "encoder"]
@@ -87,7 +89,10 @@ def build_catalog(
     if facts is None:
         facts = pl.DataFrame(schema={"id": pl.String, **{n: t for n, t in FACTS.items() if n != "source_path"}})
     rows = rows.join(facts, on="id", how="left", maintain_order="left").with_columns(
-        source_path=pl.when(pl.col("series") == "images").then(pl.col("image_path"))
+        source_path=pl.when(pl.col("series") == "images")
+        .then(pl.col("image_path"))
+        .when(pl.col("series") == "video")
+        .then(pl.col("video_path"))
     )
     listing = pl.DataFrame(
         [

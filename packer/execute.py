@@ -26,7 +26,7 @@ from tqdm import tqdm
 from .guard import create_exclusive
 from .images import ImageFailure, encode_image
 from .objects import Objects, Prefetch, objects_for
-from .reuse import reused_image, source_facts
+from .reuse import clip_facts, reused_clip, reused_image, source_facts
 from .shards import SERIES, ShardWriter, sample_bytes, series_of
 from .specs import ChunkResult, ChunkSpec, SampleOutcome, SampleSpec
 from .state import ClosedShard, Progress, RunState
@@ -172,7 +172,15 @@ def pack_chunk(chunk: ChunkSpec, chunk_path: str | None, settings: ImageSettings
             members = {"txt": spec.text.encode("utf-8")}
             image = near_hash = video = source = None
             reused = False
-            if spec.video_path is not None:
+            if spec.video_path is not None and (
+                found_clip := reused_clip(spec.reuse, settings.video.frames, open_shards) if spec.reuse else None
+            ):
+                # Decoded by an earlier pack with the same settings, from the same file: its frames taken as they are.
+                frames, image, video = found_clip
+                members.update(frames)
+                near_hash, reused = spec.reuse["dhash"], True
+                source = {k: spec.reuse[f"source_{k}"] for k in SOURCE_FACTS}
+            elif spec.video_path is not None:
                 try:
                     clip = encode_clip(
                         spec.video_path,
@@ -189,6 +197,7 @@ def pack_chunk(chunk: ChunkSpec, chunk_path: str | None, settings: ImageSettings
                 members["jpg"] = clip.middle
                 members.update({f"f{i:02d}.jpg": frame for i, frame in enumerate(clip.frames)})
                 image, video, near_hash = clip.image, clip.facts, clip.dhash
+                source = clip_facts(spec.video_path, objects)
             elif spec.image_path is not None and (found := reuse_of(spec, open_shards)) is not None:
                 # Encoded by an earlier pack with the same settings, from the same bytes: taken as is.
                 members["jpg"], image = found

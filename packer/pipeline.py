@@ -59,7 +59,17 @@ from .plan import (
     splits_document,
 )
 from .pool import Pool
-from .previous import SOURCES, earlier_pack, encoder_identity, located, match_images, reuse_of, write_stat_cache
+from .previous import (
+    SOURCES,
+    clip_encoder_identity,
+    earlier_pack,
+    encoder_identity,
+    located,
+    match_clips,
+    match_images,
+    reuse_of,
+    write_stat_cache,
+)
 from .previous import counts as reuse_counts
 from .publish import ROOT_FILES, Publisher, pack_files, summary_line
 from .report import build_stats, final_rows, summary, write_card, write_failures, write_stats
@@ -227,13 +237,16 @@ def _run(
     encoder = encoder_identity(config.image_size, config.jpeg_quality, config.max_image_pixels)
     images_only = ok["image_path"].drop_nulls().to_list()
     matches = match_images(earlier, encoder, images_only, config.workers, objects) if earlier is not None else None
+    clip_encoder = clip_encoder_identity(encoder, config.video_frames, config.max_video_seconds)
+    clips_only = ok["video_path"].drop_nulls().to_list()
+    clips = match_clips(earlier, clip_encoder, clips_only, config.workers, objects) if earlier is not None else None
     timings["plan"] = time.perf_counter() - start
     if publisher is not None:
         publisher.wait_open()  # the prefix is packer's, and this run holds its lock
 
     # Inputs are valid: from here on, outputs are written.
     try:
-        reuse = Reuse(earlier, matches, encoder, replaced)
+        reuse = Reuse(earlier, matches, encoder, replaced, clips, clip_encoder)
         code, stats = write_run(
             config,
             taxonomy,
@@ -356,7 +369,11 @@ def write_run(
     pool.check_workers([p for p in image_paths if not is_url(p) or objects.known.get(p) is not None], storage)
     print(f"packer: image stage on {pool.describe()}")
     samples = ordered_samples(plan.rows)  # sorted once: for the shard cuts and the chunks alike
-    samples = reuse_of(samples, located(reuse.matches, reuse.earlier) if reuse.matches is not None else None)
+    samples = reuse_of(
+        samples,
+        located(reuse.matches, reuse.earlier) if reuse.matches is not None else None,
+        located(reuse.clips, reuse.earlier) if reuse.clips is not None else None,
+    )
     samples = with_object_sizes(samples, objects.known if remote else {})
     result = execute(
         iter_chunks(samples, guided_chunks(pool.workers, config.chunk_size), progress.start),
@@ -386,7 +403,8 @@ def write_run(
         write_shard_index(config.output_dir / split, listed)
     start = time.perf_counter()
     packed = {o.id: o.nbytes for o in result.outcomes if o.status == "packed"}
-    catalog = build_catalog(samples, packed, result.shards, sample_facts(result.outcomes, reuse.encoder))
+    facts = sample_facts(result.outcomes, reuse.encoder, reuse.clip_encoder)
+    catalog = build_catalog(samples, packed, result.shards, facts)
     write_tar_indexes(config.output_dir, catalog, result.shards)
     write_meta(config.output_dir, result.shards, dict.fromkeys(s.split for s in result.shards))
     write_catalog(config.output_dir, catalog)
@@ -445,13 +463,16 @@ def with_object_sizes(samples: pl.DataFrame, known: dict[str, Any]) -> pl.DataFr
 @dataclass
 class Reuse:
     """The earlier pack a run reuses (its shards folder), its images matched to this run's, the
-    digest of this run's image settings, and the pack this run replaces (reused or not, it is
+    digest of this run's image settings, the pack this run replaces, and the earlier clips matched
+    with the digest of this run's clip settings (reused or not, it is
     compared with: report.html's "Since the previous pack")."""
 
     earlier: Path | None
     matches: pl.DataFrame | None
     encoder: str | None
     replaced: Path | None = None  # the pack in the output folder this run replaces
+    clips: pl.DataFrame | None = None  # its clips matched to this run's (by their files' facts)
+    clip_encoder: str | None = None
 
 
 def keep_previous(config: PackConfig) -> Path:

@@ -98,6 +98,18 @@ def encoder_identity(size: int, quality: int, max_pixels: int) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
 
 
+def clip_encoder_identity(encoder: str, frames: int, max_seconds: float) -> str:
+    """A digest of everything that shapes a clip's frames besides the clip: the image settings
+    (`encoder`), the frames per clip, the duration bound, PyAV's version and packer's clip code."""
+    try:
+        av = metadata.version("av")
+    except metadata.PackageNotFoundError:
+        av = None
+    code = hashlib.sha256((Path(__file__).parent / "video.py").read_bytes()).hexdigest()
+    parts = {"images": encoder, "frames": frames, "max_seconds": max_seconds, "av": av, "code": code}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+
+
 def earlier_pack(shard_root: Path, reuse_from: Path | None) -> Path | None:
     """The shards folder of the pack to reuse: --reuse-from's (a Step_3 folder or its shards
     folder), else this folder's `.previous/` (a re-pack that was interrupted), else this folder."""
@@ -192,6 +204,54 @@ def match_images(
     return matched.select("image_path", reuse=pl.struct(*REUSE_FIELDS))
 
 
+def match_clips(
+    root: Path, clip_encoder: str, paths: list[str], workers: int, objects: Objects | None = None
+) -> pl.DataFrame:
+    """Per clip path of this run that an earlier sample holds, encoded with the same clip settings,
+    from a file (or object) whose size, mtime and inode (an object's size, last-modified and ETag)
+    are what that pack's stat cache recorded, in a shard as that pack left it: `video_path` and
+    `reuse`. A clip is never hashed (it is read in ranges, not whole): its facts stand for it, with
+    the racy window of a file, and only a trusted shard is taken from, so its frames need no check."""
+    empty = pl.DataFrame(schema={"video_path": pl.String, "reuse": REUSE})
+    try:
+        earlier = pl.read_parquet(root / CATALOG)
+    except (OSError, pl.exceptions.PolarsError):
+        return empty
+    if not paths or not {"encoder", "source_path", *FROM_CATALOG} <= set(earlier.columns):
+        return empty
+    earlier = (
+        earlier.filter(
+            (pl.col("series") == "video")
+            & (pl.col("encoder") == clip_encoder)
+            & pl.col("source_path").is_in(list(set(paths)))
+        )
+        .unique(subset="source_path", keep="first", maintain_order=True)
+        .select("source_path", *FROM_CATALOG)
+    )
+    cache, written = stat_cache(root)
+    if earlier.is_empty() or cache is None:
+        return empty
+    known = known_sources(cache)
+    trusted = set(trusted_shards(root, cache, written))
+    stats = stat_many(earlier["source_path"].to_list(), workers, objects)
+    rows = []
+    for found in earlier.iter_rows(named=True):
+        path = found.pop("source_path")
+        st, before = stats.get(path), known.get(path)
+        if st is None or before is None or found["shard"] not in trusted:
+            continue
+        now = (st.st_size, st.st_mtime_ns, st.st_ino)
+        if tuple(before[:3]) == now and (is_url(path) or now[1] < written - RACY_NS):
+            rows.append(
+                {
+                    "video_path": path,
+                    "reuse": {**found, "source_size": now[0], "source_mtime_ns": now[1], "source_inode": now[2],
+                              "trusted": True},
+                }
+            )  # fmt: skip
+    return pl.DataFrame(rows, schema={"video_path": pl.String, "reuse": REUSE}) if rows else empty
+
+
 def stat_cache(root: Path) -> tuple[pl.DataFrame | None, int]:
     """A pack's stat cache (its source files' and its shards' rows) and when it was written; None
     when it has none or it cannot be read (then every candidate file is hashed, every JPEG checked)."""
@@ -242,10 +302,11 @@ def write_stat_cache(shard_root: Path, catalog: pl.DataFrame, outcomes: list[Any
         for o in outcomes
         if o.status == "packed" and o.facts and o.facts.get("source")
     }
+    # Clips have no digest (their bytes are never read whole): their facts alone stand for them.
     rows = [
         (path, size, *seen[i], digest)
         for i, path, size, digest in catalog.select("id", "source_path", "source_size", "source_sha256").iter_rows()
-        if path is not None and digest is not None and i in seen
+        if path is not None and i in seen
     ]
     sources = pl.DataFrame(rows, schema=STAT_CACHE, orient="row").unique(
         "source_path", keep="first", maintain_order=True
@@ -267,19 +328,35 @@ def located(matches: pl.DataFrame, root: Path) -> pl.DataFrame:
     )
 
 
-def reuse_of(samples: pl.DataFrame, matches: pl.DataFrame | None) -> pl.DataFrame:
-    """The samples with their `reuse` column (null where nothing matched)."""
+def reuse_of(samples: pl.DataFrame, matches: pl.DataFrame | None, clips: pl.DataFrame | None = None) -> pl.DataFrame:
+    """The samples with their `reuse` column (null where nothing matched): images by `matches`
+    (by image_path), clips by `clips` (by video_path)."""
     if matches is None or matches.is_empty():
-        return samples.with_columns(reuse=pl.lit(None, REUSE))
-    return samples.join(matches, on="image_path", how="left", maintain_order="left").with_columns(
-        reuse=pl.when(pl.col("image_path").is_not_null()).then(pl.col("reuse"))
+        out = samples.with_columns(reuse=pl.lit(None, REUSE))
+    else:
+        out = samples.join(matches, on="image_path", how="left", maintain_order="left")
+    out = out.with_columns(reuse=pl.when(pl.col("image_path").is_not_null()).then(pl.col("reuse")))
+    if clips is None or clips.is_empty():
+        return out
+    clip = clips.rename({"reuse": "clip_reuse"})
+    return (
+        out.join(clip, on="video_path", how="left", maintain_order="left")
+        .with_columns(reuse=pl.coalesce("reuse", "clip_reuse"))
+        .drop("clip_reuse")
     )
 
 
 def counts(outcomes: list[Any]) -> dict[str, int]:
-    """Images reused from the earlier pack and images encoded, among the packed samples."""
-    reused = sum(1 for o in outcomes if o.facts and o.facts.get("reused"))
-    checked = sum(1 for o in outcomes if o.facts and o.facts.get("reuse_checked"))
-    encoded = sum(1 for o in outcomes if o.status == "packed" and o.image is not None and o.video is None) - reused
+    """Images reused from the earlier pack and images encoded, among the packed samples; and clips
+    whose frames were reused and clips decoded, where there are clips."""
+    packed = [o for o in outcomes if o.status == "packed" and o.image is not None]
+    images = [o for o in packed if o.video is None]
+    clips = [o for o in packed if o.video is not None]
+    reused = sum(1 for o in images if o.facts and o.facts.get("reused"))
+    checked = sum(1 for o in images if o.facts and o.facts.get("reuse_checked"))
     # `checked`: reused JPEGs hashed against the earlier catalog (their shard was not as left).
-    return {"reused": reused, "encoded": encoded, "checked": checked}
+    out = {"reused": reused, "encoded": len(images) - reused, "checked": checked}
+    if clips:
+        clips_reused = sum(1 for o in clips if o.facts and o.facts.get("reused"))
+        out.update(clips_reused=clips_reused, clips_decoded=len(clips) - clips_reused)
+    return out

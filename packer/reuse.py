@@ -21,6 +21,7 @@ from typing import Any
 
 from .images import DIGEST_CHUNK
 from .shards import END_OF_ARCHIVE, open_regular, plain_header
+from .storage import is_url
 
 
 def source_facts(path: str) -> dict[str, Any] | None:
@@ -111,6 +112,42 @@ def plain_members(data: bytes) -> dict[str, bytes] | None:
         members[ext] = bytes(view[start : start + size])
         position = start + size + (-size) % 512
     return members if len(keys) == 1 else None
+
+
+def reused_clip(
+    reuse: dict[str, Any], frames: int, open_shards: dict[str, int] | None = None
+) -> tuple[dict[str, bytes], dict[str, Any], dict[str, Any]] | None:
+    """An earlier pack's sample of this clip: its frame members (`jpg`, then `f00.jpg`...), and its
+    `image` and `video` metadata; None to decode the clip again. Only from a shard as that pack left
+    it (previous.match_clips), whose middle frame has the catalog's digest."""
+    if not reuse.get("trusted"):
+        return None
+    members = read_members(reuse["shard"], reuse["offset"], reuse["size"], open_shards)
+    names = ["jpg", *(f"f{i:02d}.jpg" for i in range(frames))]
+    if members is None or "json" not in members or any(n not in members for n in names):
+        return None
+    if hashlib.sha256(members["jpg"]).hexdigest() != reuse["image_sha256"]:
+        return None
+    try:
+        doc = json.loads(members["json"])
+        image, video = doc.get("image"), doc.get("video")
+    except (ValueError, AttributeError):
+        return None
+    if not isinstance(image, dict) or not isinstance(video, dict) or len(video.get("frame_times") or ()) != frames:
+        return None
+    return {n: members[n] for n in names}, image, video
+
+
+def clip_facts(path: str, objects: Any = None) -> dict[str, Any] | None:
+    """A clip's size, mtime and inode (an object's size, last-modified and ETag), for the stat cache:
+    no digest, a clip is never read whole. None when it cannot be stat'ed."""
+    try:
+        st = objects.head(path) if objects is not None and is_url(path) else os.stat(path)
+    except (OSError, ValueError, RuntimeError):
+        return None
+    if st is None:
+        return None
+    return {"sha256": None, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino}
 
 
 def reused_image(

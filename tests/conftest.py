@@ -372,10 +372,10 @@ def digests(folder: Path, anywhere: bool = False, replace: dict[str, str] | None
             data = path.read_bytes()
             if path.name == "stats.json":
                 data = without_seconds(data)
-            for old, new in (replace or {}).items():
-                data = data.replace(old.encode("utf-8"), new.encode("utf-8"))
             if anywhere:
                 data = data.replace(str(folder).encode("utf-8"), b"<out>")
+            for old, new in (replace or {}).items():
+                data = data.replace(old.encode("utf-8"), new.encode("utf-8"))
             out[str(path.relative_to(folder))] = hashlib.sha256(data).hexdigest()
     return out
 

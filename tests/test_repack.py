@@ -358,3 +358,40 @@ def test_show_prints_an_example_and_writes_its_image(pilot: Path, tmp_path: Path
                              capture_output=True, text=True, cwd=tmp_path)  # fmt: skip
     assert missing.returncode == 2 and f"nearest ids: {row['id']}" in missing.stderr
     assert ROOT.is_dir()
+
+
+def test_a_relabel_repack_of_the_pilot_decodes_no_clip_frame(pilot: Path, tmp_path: Path):
+    """The pilot (12 clips) re-packed with an edited HateMM rule: every clip's frames are the earlier
+    pack's (reused: none decoded), and the pack is the same bytes as a pack that decodes them all."""
+    from conftest import sample_args
+
+    step2 = pilot.parent / "Step_2"
+
+    def pack(out: Path, *extra: str) -> dict:
+        flags = [a for a in sample_args(step2, out, *extra) if a not in ("--shard-maxcount", "16")]
+        assert main(flags) == 0
+        return stats_of(out)
+
+    for name in ("Step_3", "encoded"):
+        shutil.copytree(pilot, tmp_path / name)
+        path = tmp_path / name / "label_taxonomy.json"
+        doc = json.loads(path.read_text())
+        doc["datasets"]["hatemm"]["labels"]["target_group"]["cases"][1]["then"]["map"]["jews"] = ["religion"]
+        path.write_text(json.dumps(doc, indent=1))
+    reused = pack(tmp_path / "Step_3")["reuse"]
+    assert (reused["clips_reused"], reused["clips_decoded"]) == (12, 0)
+    encoded = pack(tmp_path / "encoded", "--no-reuse")["reuse"]
+    assert (encoded["clips_reused"], encoded["clips_decoded"]) == (0, 12)
+    # Every file the same (the card names its folder; stats.json less its reuse counts and timings).
+    ours = digests(tmp_path / "Step_3", anywhere=True)
+    theirs = digests(
+        tmp_path / "encoded",
+        anywhere=True,
+        replace={"`encoded`": "`Step_3`", "encoded/": "Step_3/", '"encoded"': '"Step_3"'},
+    )
+    assert ours == theirs
+    assert sum("/video-" in k for k in ours) >= 2
+    # The edited rule took: HateMM's clips about Jews now target `religion`, not `jewish`.
+    clips = pl.read_parquet(tmp_path / "Step_3" / "shards" / "samples.parquet").filter(pl.col("dataset") == "hatemm")
+    assert clips.filter(pl.col("target_group").list.contains("religion")).height > 0
+    assert clips.filter(pl.col("target_group").list.contains("jewish")).height == 0

@@ -408,9 +408,14 @@ def summary(stats: dict[str, Any]) -> str:
         )
     reuse = stats.get("reuse")
     if reuse and reuse.get("from"):
+        clips = (
+            f"; clips: {reuse['clips_reused']} reused, {reuse['clips_decoded']} decoded"
+            if "clips_reused" in reuse
+            else ""
+        )
         lines.append(
             f"  images: {reuse['reused']} reused, {reuse['encoded']} encoded (from {reuse['from']}); "
-            f"{reuse.get('checked', 0)} reused JPEGs hashed to check them (the rest are in unchanged shards)"
+            f"{reuse.get('checked', 0)} reused JPEGs hashed to check them (the rest are in unchanged shards){clips}"
         )
     leak = stats["leakage"]
     by_pair = ", ".join(f"{pair} {entry['shared']}" for pair, entry in leak["images"].items())
