@@ -392,8 +392,14 @@ def test_the_documented_bucket_snippets_read_every_published_example(published, 
     assert {s: len(d) for s, d in namespace["images"].items()} == {
         s: stats["splits"][s]["image_examples"] for s in ("train", "val", "test")
     }
-    read = [doc["id"] for config in namespace["loaded"].values() for split in config.values() for doc in split["json"]]
+    loaded = namespace["loaded"]
+    read = [
+        doc["id"] for name in ("images", "text", "video") for split in loaded[name].values() for doc in split["json"]
+    ]
     assert sorted(read) == sorted(namespace["ids"])  # datasets reads every published example too
+    diagnostics = [doc["id"] for doc in loaded["diagnostics"]["diagnostics"]["json"]]  # the card's diagnostics config
+    assert sorted(diagnostics) == sorted(i for i, s in json.loads((pilot / "splits.json").read_text()).items()
+                                         if s == "diagnostics")  # fmt: skip
 
 
 @on_the_published_pilot
