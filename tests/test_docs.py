@@ -41,3 +41,12 @@ def test_every_docs_page_is_linked_from_the_readme_and_nothing_points_outside():
     for page in DOCS:
         assert "../shared" not in page.read_text(encoding="utf-8"), page.name
     assert len(readme.read_text(encoding="utf-8").splitlines()) < 200
+
+
+def test_no_page_names_a_file_a_users_clone_does_not_have():
+    """The README and docs/ stand on their own: none names the team's specification files, which
+    live outside the repository (a user's clone has only what is here)."""
+    outside = re.compile(r"\b(?:INPUTS|OUTPUTS|TAXONOMY|STYLE|DEVELOPERS)\.md\b|shared/(?:docs|realdata)")
+    for page in DOCS:
+        for number, line in enumerate(page.read_text(encoding="utf-8").splitlines(), start=1):
+            assert not outside.search(line), f"{page.name}:{number}: {line.strip()}"
