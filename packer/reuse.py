@@ -44,6 +44,32 @@ def source_facts(path: str) -> dict[str, Any] | None:
     return {"sha256": digest.hexdigest(), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino}
 
 
+def read_source(path: str, limit: int) -> tuple[bytes, dict[str, Any]] | None:
+    """A regular file's bytes, read once, and its facts (SHA-256 of those bytes, size, mtime,
+    inode): the decoder then reads the same bytes from memory. None where it cannot be opened, is
+    not a regular file or is over `limit` bytes: the caller then hashes it as it streams
+    (source_facts) and decodes it from its path, which fails it with its reason."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except (OSError, ValueError):
+        return None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_size > limit:  # a folder, a pipe, a device: never read
+        os.close(fd)
+        return None
+    with os.fdopen(fd, "rb") as handle:
+        try:
+            # As many bytes as it holds (and one more, to see it grow): a read of `limit` bytes would
+            # allocate that much first.
+            data = handle.read(st.st_size + 1)
+        except OSError:
+            return None
+    if len(data) > limit:
+        return None
+    facts = {"sha256": hashlib.sha256(data).hexdigest(), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    return data, {**facts, "inode": st.st_ino}
+
+
 def read_members(
     path: str, offset: int, size: int, open_shards: dict[str, int] | None = None
 ) -> dict[str, bytes] | None:
