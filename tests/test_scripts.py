@@ -181,6 +181,23 @@ def test_bench_video_prints_the_three_rates_and_their_ratios(tmp_path):
     assert sum("packer / ffmpeg loop:" in line and "packer / PyAV whole decode:" in line for line in lines) == 2
 
 
+def test_bench_scale_prints_time_and_peak_memory_per_case(tmp_path):
+    """scripts/bench_scale.py on tiny manifests: a row per case with its stages and the peaks the
+    sampler saw (every process of the tree has a resident set over a few MB)."""
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts/bench_scale.py"), "--text-rows", "300", "--image-rows", "40",
+         "--work", str(tmp_path)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads(done.stdout.strip().splitlines()[-1])
+    assert [r["case"] for r in results] == ["text 300", "images 40"]
+    for r in results:
+        assert r["parent_peak_mb"] > 20 and r["worker_peak_mb"] > 5
+        assert r["total_peak_mb"] >= r["parent_peak_mb"] and r["stages"]["images_and_shards"] > 0
+    assert json.loads((tmp_path / "Step_3" / "stats.json").read_text())["packed_examples"] == 40
+
+
 @pytest.mark.heavy  # venvs of its own
 def test_side_venv_is_built_once_per_key_and_never_removes_what_it_did_not_make(tmp_path):
     """scripts/side_venv.py: the same key is a no-op (the same folder, untouched); another key (here
