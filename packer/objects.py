@@ -237,12 +237,15 @@ class Objects:
 
 
 _process_objects: dict[str, Objects] = {}
+CHAIN_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT_URL")
 
 
 def objects_for(options: dict[str, Any] | None) -> Objects:
     """This process's Objects for these options (a worker keeps its clients and connections from
-    one task to the next)."""
-    key = json.dumps(options or {}, sort_keys=True)
+    one task to the next). The AWS chain's variables are part of the key: a process whose
+    environment changes (a notebook, a test) gets clients of its new settings."""
+    chain = {name: os.environ.get(name) for name in CHAIN_VARIABLES}
+    key = json.dumps([options or {}, chain], sort_keys=True)
     if key not in _process_objects:
         _process_objects[key] = Objects(options)
     return _process_objects[key]
