@@ -71,10 +71,6 @@ def facts_of(answer: dict[str, Any], size_field: str = "ContentLength") -> Objec
     return ObjectFacts(int(answer[size_field]), seconds * 1_000_000_000, str(answer.get("ETag", "")).strip('"'))
 
 
-def scheme_of(text: str) -> str:
-    return urlsplit(text).scheme.lower() if is_url(text) else ""
-
-
 def split_url(url: str) -> tuple[str, str]:
     """(bucket, key) of an `s3://bucket/key` input URL, or InputError."""
     parts = urlsplit(url)
@@ -89,6 +85,11 @@ def split_url(url: str) -> tuple[str, str]:
     if not BUCKET.fullmatch(parts.netloc) or not key:
         raise InputError(f"{inert(url)}: not an s3://bucket/key URL of an object")
     return parts.netloc, key
+
+
+def by_location(paths: list[str]) -> tuple[list[str], list[str]]:
+    """(the local paths, the URLs) of `paths`, each in its order."""
+    return [p for p in paths if not is_url(p)], [p for p in paths if is_url(p)]
 
 
 def worker_options(options_json: str | None) -> dict[str, Any]:
@@ -179,9 +180,9 @@ class Objects:
         kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": folder, "Delimiter": "/"}
         while True:
             page = store.call("list_objects_v2", None, **kwargs)
-            for obj in page.get("Contents", []):
-                found[obj["Key"]] = facts_of(obj, "Size")
             contents = page.get("Contents") or []
+            for obj in contents:
+                found[obj["Key"]] = facts_of(obj, "Size")
             if not page.get("IsTruncated") or (contents and contents[-1]["Key"] >= last):
                 break
             kwargs["ContinuationToken"] = page["NextContinuationToken"]
@@ -201,21 +202,8 @@ class Objects:
         """An object's bytes and facts (None: no such object); StorageError when it cannot be read.
         A body longer than `limit` is not read past it (the caller fails it as too large)."""
         bucket, key = split_url(url)
-        store = self.store(bucket)
-
-        def read() -> tuple[bytes, ObjectFacts]:
-            answer = store.client.get_object(Bucket=bucket, Key=key)
-            body = answer["Body"]
-            try:
-                data = body.read(limit + 1) if limit is not None else body.read()
-            finally:
-                body.close()
-            return data, facts_of(answer)
-
-        try:
-            return store.call(read, key)
-        except _botocore().exceptions.ClientError:
-            return None
+        found = self.store(bucket).read(key, limit=limit)
+        return (found[0], facts_of(found[1])) if found is not None else None
 
     def unreadable(self, urls: list[str]) -> list[str]:
         """Of these URLs, each this process cannot read, with the store's reason (a worker's check)."""
@@ -358,28 +346,19 @@ def stage(url: str, path: Path, name: str, objects: Objects) -> Path:
     bucket, key = split_url(url)
     store = objects.store(bucket)
     try:
-        head = store.call("head_object", key, Bucket=bucket, Key=key)
-    except _botocore().exceptions.ClientError:
-        raise InputError(f"{inert(url)}: no such object (the {name})") from None
+        facts = objects.head(url)
     except StorageError as exc:
         raise InputError(f"{exc}: {REFUSED}") from None
-    size, etag = int(head["ContentLength"]), head["ETag"]
+    if facts is None:
+        raise InputError(f"{inert(url)}: no such object (the {name})")
     part = 64 << 20
     try:
         with open(path, "wb") as out:
-            for start in range(0, size, part):
-                n = min(part, size - start)
-
-                def read(start: int = start, n: int = n) -> bytes:
-                    answer = store.client.get_object(
-                        Bucket=bucket, Key=key, Range=f"bytes={start}-{start + n - 1}", IfMatch=etag
-                    )
-                    return answer["Body"].read()
-
-                data = store.call(read, key)
-                if len(data) != n:
-                    raise StorageError(f"{inert(url)}: {len(data)} bytes read where {n} were asked for")
-                out.write(data)
-    except (StorageError, _botocore().exceptions.ClientError) as exc:
+            for start in range(0, facts.st_size, part):
+                found = store.read(key, start, min(part, facts.st_size - start), if_match=facts.etag)
+                if found is None:
+                    raise InputError(f"{inert(url)}: the {name} changed or went away while it was read: run again")
+                out.write(found[0])
+    except StorageError as exc:
         raise InputError(f"{inert(url)}: the {name} could not be read: {describe(exc)}") from None
     return path

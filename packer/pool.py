@@ -258,10 +258,9 @@ class DaskBackend:
                     f"dask worker {worker} runs {theirs}, this machine {mine}: start the workers from the same "
                     "environment (the encoded bytes depend on it)"
                 )
-        from .objects import is_url
+        from .objects import by_location
 
-        local = [p for p in paths if not is_url(p)]
-        remote = [p for p in paths if is_url(p)]
+        local, remote = by_location(paths)
         if local:
             sample = [p for p in local[:: max(1, len(local) // 5)][:5] if _readable(p)]
             for worker, missing in self.client.run(_missing, sample).items():

@@ -340,23 +340,44 @@ class Store:
         except _botocore().exceptions.ClientError:  # 404: absent
             return None
 
-    def get(self, relative: str, start: int | None = None, size: int | None = None) -> tuple[bytes, str] | None:
-        """(bytes, ETag) of an object, or of `size` bytes from `start` (one ranged read); None when absent."""
+    def read(
+        self,
+        relative: str,
+        start: int | None = None,
+        size: int | None = None,
+        *,
+        limit: int | None = None,
+        if_match: str | None = None,
+    ) -> tuple[bytes, dict[str, Any]] | None:
+        """An object's bytes, or `size` bytes from `start` (one ranged read), or no more than
+        `limit` + 1 of them; and the store's answer (ETag, LastModified, ContentLength...). None when
+        absent, or with `if_match` (an ETag) no longer that version."""
         kwargs: dict[str, Any] = {"Bucket": self.url.bucket, "Key": self.url.key(relative)}
         if start is not None and size is not None:
             kwargs["Range"] = f"bytes={start}-{start + size - 1}"
+        if if_match is not None:
+            kwargs["IfMatch"] = f'"{if_match}"'
 
-        def read() -> tuple[bytes, str]:
+        def request() -> tuple[bytes, dict[str, Any]]:
             answer = self.client.get_object(**kwargs)
-            return answer["Body"].read(), answer["ETag"].strip('"')
+            body = answer.pop("Body")
+            try:
+                return (body.read(limit + 1) if limit is not None else body.read()), answer
+            finally:
+                body.close()
 
         try:
-            data, etag = self.call(read, relative)
+            data, answer = self.call(request, relative)
         except _botocore().exceptions.ClientError:
             return None
         if size is not None and len(data) != size:
             raise StorageError(f"{self.url.of(relative)}: {len(data)} bytes read where {size} were asked for")
-        return data, etag
+        return data, answer
+
+    def get(self, relative: str, start: int | None = None, size: int | None = None) -> tuple[bytes, str] | None:
+        """(bytes, ETag) of an object, or of `size` bytes from `start` (one ranged read); None when absent."""
+        found = self.read(relative, start, size)
+        return (found[0], found[1]["ETag"].strip('"')) if found is not None else None
 
     def put(
         self,
