@@ -26,7 +26,7 @@ from tqdm import tqdm
 from .guard import create_exclusive
 from .images import ImageFailure, encode_image
 from .objects import Objects, Prefetch, objects_for
-from .reuse import clip_facts, read_source, reused_clip, reused_image, source_facts
+from .reuse import clip_facts, read_source, reused_clip, reused_image
 from .shards import SERIES, ShardWriter, sample_bytes, series_of
 from .specs import ChunkResult, ChunkSpec, SampleOutcome, SampleSpec
 from .state import ClosedShard, Progress, RunState
@@ -207,12 +207,10 @@ def pack_chunk(chunk: ChunkSpec, chunk_path: str | None, settings: ImageSettings
                 try:
                     if objects is not None and prefetch is not None and is_url(spec.image_path):
                         data, source = fetched_image(spec, objects, prefetch, limit)
-                    elif (read := read_source(spec.image_path, limit)) is not None:
-                        data, source = read  # read once: hashed, then decoded from memory
                     else:
-                        # Not a regular file, gone, or larger than any image within the pixel bound:
-                        # hashed as it streams, and decoded (or failed with its reason) from its path.
-                        data, source = None, source_facts(spec.image_path)
+                        # Read once: hashed, then decoded from memory; a file larger than any image within
+                        # the pixel bound, or not a regular file, is decoded (or failed) from its path.
+                        data, source = read_source(spec.image_path, limit)
                     encoded = encode_image(
                         spec.image_path, settings.size, settings.quality, settings.max_pixels, data=data
                     )

@@ -463,9 +463,9 @@ def with_object_sizes(samples: pl.DataFrame, known: dict[str, Any]) -> pl.DataFr
 @dataclass
 class Reuse:
     """The earlier pack a run reuses (its shards folder), its images matched to this run's, the
-    digest of this run's image settings, the pack this run replaces, and the earlier clips matched
-    with the digest of this run's clip settings (reused or not, it is
-    compared with: report.html's "Since the previous pack")."""
+    digest of this run's image settings, the pack this run replaces (reused or not, it is compared
+    with: report.html's "Since the previous pack"), and the earlier pack's clips matched to this
+    run's with the digest of this run's clip settings."""
 
     earlier: Path | None
     matches: pl.DataFrame | None

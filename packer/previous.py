@@ -158,10 +158,7 @@ def match_images(
     to_hash = []
     for path, now in facts.items():
         before = known.get(path)
-        # An object's ETag (its "inode") changes with its bytes: no racy window (and the store's
-        # clock is not this machine's).
-        settled = is_url(path) or now[1] < written - RACY_NS
-        if before is not None and tuple(before[:3]) == now and settled:
+        if unchanged(path, before, now, written):
             digests[path] = before[3]
         elif now[0] in sizes:
             to_hash.append(path)
@@ -204,6 +201,15 @@ def match_images(
     return matched.select("image_path", reuse=pl.struct(*REUSE_FIELDS))
 
 
+def unchanged(path: str, before: tuple | None, now: tuple[int, int, int], written: int) -> bool:
+    """Whether a source is as the earlier pack's stat cache recorded it (`before`: size, mtime,
+    inode...), by its facts `now`: all three equal, and a file's mtime older than the cache by the
+    racy window. An object's ETag (its "inode") changes with its bytes: no racy window for it (and
+    the store's clock is not this machine's)."""
+    settled = is_url(path) or now[1] < written - RACY_NS
+    return before is not None and tuple(before[:3]) == now and settled
+
+
 def match_clips(
     root: Path, clip_encoder: str, paths: list[str], workers: int, objects: Objects | None = None
 ) -> pl.DataFrame:
@@ -213,11 +219,13 @@ def match_clips(
     `reuse`. A clip is never hashed (it is read in ranges, not whole): its facts stand for it, with
     the racy window of a file, and only a trusted shard is taken from, so its frames need no check."""
     empty = pl.DataFrame(schema={"video_path": pl.String, "reuse": REUSE})
+    if not paths:  # no clips: the earlier catalog is not read for them
+        return empty
     try:
         earlier = pl.read_parquet(root / CATALOG)
     except (OSError, pl.exceptions.PolarsError):
         return empty
-    if not paths or not {"encoder", "source_path", *FROM_CATALOG} <= set(earlier.columns):
+    if not {"encoder", "source_path", *FROM_CATALOG} <= set(earlier.columns):
         return empty
     earlier = (
         earlier.filter(
@@ -237,11 +245,11 @@ def match_clips(
     rows = []
     for found in earlier.iter_rows(named=True):
         path = found.pop("source_path")
-        st, before = stats.get(path), known.get(path)
-        if st is None or before is None or found["shard"] not in trusted:
+        st = stats.get(path)
+        if st is None or found["shard"] not in trusted:
             continue
         now = (st.st_size, st.st_mtime_ns, st.st_ino)
-        if tuple(before[:3]) == now and (is_url(path) or now[1] < written - RACY_NS):
+        if unchanged(path, known.get(path), now, written):
             rows.append(
                 {
                     "video_path": path,

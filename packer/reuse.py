@@ -24,50 +24,38 @@ from .shards import END_OF_ARCHIVE, open_regular, plain_header
 from .storage import is_url
 
 
-def source_facts(path: str) -> dict[str, Any] | None:
-    """SHA-256, size, mtime (ns) and inode of a regular file, read once; None when it cannot be read."""
+def read_source(path: str, limit: int) -> tuple[bytes | None, dict[str, Any] | None]:
+    """A regular file read once: its bytes, and its facts (SHA-256 of those bytes, size, mtime (ns),
+    inode) for the stat cache; the decoder then reads the same bytes from memory. A file over `limit`
+    bytes is hashed as it streams and not kept (no bytes: it is decoded from its path). A path that
+    cannot be opened or is not a regular file (a folder, a pipe, a device) is never read: (None,
+    None), and the decode from its path fails it with its reason."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except (OSError, ValueError):
-        return None
+        return None, None
     st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):  # a folder, a pipe, a device: never read (the encode fails it)
+    if not stat.S_ISREG(st.st_mode):
         os.close(fd)
-        return None
-    digest = hashlib.sha256()
+        return None, None
+    digest, blocks, total = hashlib.sha256(), [], 0
     try:
         with os.fdopen(fd, "rb") as handle:
-            for block in iter(lambda: handle.read(DIGEST_CHUNK), b""):
+            # The whole file in one read where it may be kept (one more byte, to see it grow): a read
+            # of `limit` bytes would allocate that much first.
+            block = handle.read(st.st_size + 1 if st.st_size <= limit else DIGEST_CHUNK)
+            while block:
                 digest.update(block)
+                total += len(block)
+                if total <= limit:
+                    blocks.append(block)
+                else:
+                    blocks.clear()
+                block = handle.read(DIGEST_CHUNK)
     except OSError:
-        return None
-    return {"sha256": digest.hexdigest(), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino}
-
-
-def read_source(path: str, limit: int) -> tuple[bytes, dict[str, Any]] | None:
-    """A regular file's bytes, read once, and its facts (SHA-256 of those bytes, size, mtime,
-    inode): the decoder then reads the same bytes from memory. None where it cannot be opened, is
-    not a regular file or is over `limit` bytes: the caller then hashes it as it streams
-    (source_facts) and decodes it from its path, which fails it with its reason."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except (OSError, ValueError):
-        return None
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode) or st.st_size > limit:  # a folder, a pipe, a device: never read
-        os.close(fd)
-        return None
-    with os.fdopen(fd, "rb") as handle:
-        try:
-            # As many bytes as it holds (and one more, to see it grow): a read of `limit` bytes would
-            # allocate that much first.
-            data = handle.read(st.st_size + 1)
-        except OSError:
-            return None
-    if len(data) > limit:
-        return None
-    facts = {"sha256": hashlib.sha256(data).hexdigest(), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-    return data, {**facts, "inode": st.st_ino}
+        return None, None
+    facts = {"sha256": digest.hexdigest(), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino}
+    return (b"".join(blocks) if total <= limit else None), facts
 
 
 def read_members(

@@ -58,9 +58,12 @@ def images_digest(paths: list[str], workers: int, objects: Objects | None = None
 
     digest = hashlib.sha256()
     for path, st in stat_many(paths, workers, objects).items():
-        line = f"{path}\0missing\n" if st is None else f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n"
-        if isinstance(st, ObjectFacts):
+        if st is None:
+            line = f"{path}\0missing\n"
+        elif isinstance(st, ObjectFacts):
             line = f"{path}\0{st.st_size}\0{st.st_mtime_ns}\0{st.etag}\n"
+        else:
+            line = f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n"
         digest.update(line.encode("utf-8", "surrogatepass"))
     return digest.hexdigest()
 
