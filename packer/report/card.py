@@ -128,15 +128,18 @@ def sample_features(taxonomy: Taxonomy, with_image: bool, frames: int = 0) -> li
 def card_metadata(
     stats: dict[str, Any], taxonomy: Taxonomy, shard_root: Path, card_dir: Path, fingerprint: str
 ) -> dict[str, Any]:
-    """The YAML header: a config per shard series that has shards, a data-files pattern per split."""
+    """The YAML header: a config per shard series that has shards, a data-files pattern per split;
+    and a `diagnostics` config, the functional tests alone (HateCheck, Multilingual HateCheck: text
+    shards), to filter by `json.lang`."""
     counts = stats["splits"]
     configs, infos = [], []
     frames = stats["config"].get("video_frames", 0)
-    for name, series in CONFIGS.items():
+    wanted = [(name, series, (*SPLITS, DIAGNOSTICS)) for name, series in CONFIGS.items()]
+    for name, series, splits in [*wanted, (DIAGNOSTICS, TEXT_SERIES, (DIAGNOSTICS,))]:
         kind = SERIES_KINDS[series]
         files = [
             {"split": split, "path": f"{relative(shard_root / split, card_dir)}/{series}-*.tar"}
-            for split in (*SPLITS, DIAGNOSTICS)
+            for split in splits
             if counts.get(split, {}).get(f"{kind}_shards", 0) > 0
         ]
         if not files:
@@ -152,19 +155,6 @@ def card_metadata(
                 "features": sample_features(taxonomy, series != TEXT_SERIES, frames if series == VIDEO_SERIES else 0),
                 # Checked by `datasets` once it has read the shards (a changed file cannot load silently).
                 "splits": [{"name": f["split"], "num_examples": counts[f["split"]][f"{kind}_examples"]} for f in files],
-            }
-        )
-    diagnostics = counts.get(DIAGNOSTICS, {})
-    if diagnostics.get("text_shards", 0) > 0:
-        # The functional tests alone (HateCheck, Multilingual HateCheck), to filter by `json.lang`.
-        files = [{"split": DIAGNOSTICS, "path": f"{relative(shard_root / DIAGNOSTICS, card_dir)}/{TEXT_SERIES}-*.tar"}]
-        configs.append({"config_name": DIAGNOSTICS, "data_files": files})
-        infos.append(
-            {
-                "config_name": DIAGNOSTICS,
-                "description": f"packer pack {fingerprint}",
-                "features": sample_features(taxonomy, False, 0),
-                "splits": [{"name": DIAGNOSTICS, "num_examples": diagnostics["text_examples"]}],
             }
         )
     meta: dict[str, Any] = {
