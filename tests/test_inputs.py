@@ -17,9 +17,10 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from conftest import MAMI, MAMI_NOT, children, digests, write_jsonl
+from conftest import MAMI, MAMI_NOT, alive, digests, write_jsonl
 from PIL import Image
 from s3server import KEY, SECRET, FaultProxy
+from test_resume import journal_lines, kill_when
 
 from packer.cli import main
 
@@ -101,21 +102,11 @@ def test_a_mixed_manifest_in_the_bucket_packs_as_from_disk_through_faults_and_a_
     env = {**os.environ, **s3.env(faults.endpoint)}
     out = tmp_path / "Step_3"
     cmd = pack_command(f"{PREFIX}mixed.jsonl", f"{PREFIX}asr.jsonl", out, "--storage-options", json.dumps(FAST))
-    journal = out / "shards" / ".run" / "journal.jsonl"
     try:
-        proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 120
-        while not (journal.exists() and journal.read_text().count('{"shard"') >= 3):
-            assert proc.poll() is None, "the run ended before the kill point"
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
-        workers = children(proc.pid)
-        proc.kill()
-        proc.wait()
-        for pid in workers:  # the workers exit with their parent
-            deadline = time.monotonic() + 10
-            while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
-                time.sleep(0.05)
+        workers = kill_when(cmd, tmp_path, lambda _pid: journal_lines(out, "shard") >= 3, timeout=120, env=env)
+        deadline = time.monotonic() + 10
+        while alive(workers) and time.monotonic() < deadline:  # the workers exit with their parent
+            time.sleep(0.05)
         done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     finally:
         faults.close()

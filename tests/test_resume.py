@@ -18,9 +18,9 @@ from PIL import Image
 pytestmark = pytest.mark.slow  # whole runs killed and resumed
 
 
-def kill_when(cmd: list[str], cwd: Path, ready, timeout: float = 60) -> set[int]:
-    """Start `cmd`, SIGKILL it as soon as `ready(its pid)` is true; returns the workers it had."""
-    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def kill_when(cmd: list[str], cwd: Path, ready, timeout: float = 60, env: dict | None = None) -> set[int]:
+    """Start `cmd` (in `env`), SIGKILL it as soon as `ready(its pid)` is true; returns the workers it had."""
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     deadline = time.monotonic() + timeout
     workers: set[int] = set()
     while not ready(proc.pid):
